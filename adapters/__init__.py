@@ -1,0 +1,1 @@
+"""gatewayd provider adapters: one small interface, one module per provider type."""

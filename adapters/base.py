@@ -1,0 +1,265 @@
+"""The one interface every provider adapter implements, and the failure taxonomy.
+
+An adapter speaks one provider's wire format. Its translation is pure
+functions (request in, upstream JSON out; upstream JSON in, OpenAI JSON out)
+tested with literal fixtures; its I/O goes through `HttpAdapter.send()`, the
+one place that talks to the network. The router sees only OpenAI-shaped
+bytes, `UpstreamError`s and the `Adapter` protocol below.
+
+Every upstream failure is classified once, where it is seen:
+
+    class        what                                    router's default reading
+    rate_limit   429                                     retry (if listed), cool down
+    overloaded   503, 529 (Anthropic overloaded_error)   retry (if listed), cool down
+    server       any other 5xx                           retry (if listed), cool down
+    timeout      connect / first byte / idle deadline    retry (if listed), cool down
+    connect      refused, reset, DNS, TLS                retry (if listed), cool down
+    auth         401, 403: deployment misconfigured      no retry, fall back, counts
+    not_found    404: wrong model or URL                 no retry, fall back, counts
+    client       400, 413, 422, other 4xx                back to the client as it came
+    protocol     malformed answer or in-band error       no retry, fall back, counts
+    redirect     3xx (redirects are never followed)      no retry, fall back, counts
+
+The decision table over these classes lives in gatewayd.daemon.policy.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import TYPE_CHECKING, AsyncIterator, Protocol
+
+import aiohttp
+import orjson
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.graph import Deployment, Provider
+
+
+class FailureClass(str, Enum):
+    RATE_LIMIT = "rate_limit"
+    OVERLOADED = "overloaded"
+    SERVER = "server"
+    TIMEOUT = "timeout"
+    CONNECT = "connect"
+    AUTH = "auth"
+    NOT_FOUND = "not_found"
+    CLIENT = "client"
+    PROTOCOL = "protocol"
+    REDIRECT = "redirect"
+
+
+def classify_status(status: int) -> FailureClass:
+    if status == 429:
+        return FailureClass.RATE_LIMIT
+    if status in (503, 529):
+        return FailureClass.OVERLOADED
+    if status >= 500:
+        return FailureClass.SERVER
+    if status in (401, 403):
+        return FailureClass.AUTH
+    if status == 404:
+        return FailureClass.NOT_FOUND
+    if 300 <= status < 400:
+        return FailureClass.REDIRECT
+    return FailureClass.CLIENT
+
+
+class UpstreamError(Exception):
+    """One failed attempt at one deployment.
+
+    `body` is an OpenAI-shaped error body, already scrubbed of secrets; it is
+    what the client receives when the failure is the client's own (400/422).
+    """
+
+    def __init__(
+        self,
+        failure: FailureClass,
+        message: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        body: bytes | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+        self.body = body
+
+    def describe(self) -> str:
+        status = f" {self.status}" if self.status else ""
+        return f"{self.failure.value}{status}: {self.message}"
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass(slots=True)
+class Reply:
+    """A complete answer in OpenAI's shape."""
+
+    body: bytes
+    usage: Usage | None = None
+
+
+class ReplyStream(Protocol):
+    """An open stream of OpenAI `chat.completion.chunk` events.
+
+    Iterating yields complete SSE events ready to write (`b"data: {...}\\n\\n"`),
+    the final `b"data: [DONE]\\n\\n"` included. It raises `UpstreamError` on an
+    in-band error or a malformed event; when it ends without `done` set, the
+    upstream cut the stream.
+    """
+
+    usage: Usage | None
+    done: bool
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Adapter(Protocol):
+    """What the router needs from a provider. One instance per provider identity."""
+
+    capabilities: frozenset[str]  # of "chat", "stream", "embeddings"
+
+    async def chat(self, deployment: Deployment, body: dict) -> Reply: ...
+
+    async def stream(self, deployment: Deployment, body: dict) -> ReplyStream: ...
+
+    async def embeddings(self, deployment: Deployment, body: dict) -> Reply: ...
+
+    async def close(self) -> None: ...
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def openai_error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
+    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def usage_from_openai(payload: dict) -> Usage | None:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+
+class HttpAdapter:
+    """Common I/O for adapters that talk HTTP: one connection pool per provider.
+
+    Subclasses supply `auth_headers()` and the translation; this class owns the
+    aiohttp session, never follows redirects, classifies transport failures and
+    error statuses, and scrubs the provider's key out of anything it passes on.
+    """
+
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self._session: aiohttp.ClientSession | None = None
+        secret = provider.api_key.reveal() if provider.api_key else ""
+        self._secret = secret.encode() if len(secret) >= 4 else b""
+        self._headers = {**dict(provider.headers), **self.auth_headers(secret)}
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {}
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self.provider.max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=True,
+                skip_auto_headers=("User-Agent",),
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def scrub(self, data: bytes) -> bytes:
+        return data.replace(self._secret, b"[redacted]") if self._secret else data
+
+    def scrub_text(self, text: str) -> str:
+        return self.scrub(text.encode()).decode("utf-8", "replace") if self._secret else text
+
+    async def send(
+        self, deployment: Deployment, url: str, payload: bytes, *, params: dict | None = None
+    ) -> aiohttp.ClientResponse:
+        """POST and return the response once its status is 2xx; else raise UpstreamError.
+
+        The caller reads (and releases) the returned response. Deadlines other
+        than connect are the router's: it cancels this coroutine when they pass.
+        """
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=deployment.policy.timeouts.connect)
+        headers = self._headers
+        try:
+            response = await self.session().post(
+                url, data=payload, headers={**headers, "Content-Type": "application/json"},
+                params=params, allow_redirects=False, timeout=timeout,
+            )
+        except aiohttp.ServerTimeoutError as exc:
+            raise UpstreamError(FailureClass.TIMEOUT, f"connect timed out: {exc}") from None
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise UpstreamError(FailureClass.CONNECT, self.scrub_text(f"cannot connect: {exc}")) from None
+        if response.status < 300:
+            return response
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientError, OSError):
+            raw = b""
+        finally:
+            response.release()
+        raise self.error_from_status(response.status, response.headers, self.scrub(raw))
+
+    def error_from_status(self, status: int, headers, raw: bytes) -> UpstreamError:
+        """Turn an upstream error answer into an UpstreamError with an OpenAI-shaped body."""
+        failure = classify_status(status)
+        message = f"upstream answered HTTP {status}"
+        body = raw
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+            message = str(payload["error"].get("message") or message)
+        else:
+            body = openai_error_body(message, "upstream_error", None)
+        return UpstreamError(
+            failure, message, status=status,
+            retry_after=parse_retry_after(headers.get("Retry-After")), body=body,
+        )
+
+    @staticmethod
+    def join(base_url: str, path: str) -> str:
+        return base_url.rstrip("/") + path

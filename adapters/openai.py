@@ -1,0 +1,151 @@
+"""OpenAI and every OpenAI-compatible server (vLLM, llama.cpp, LM Studio, Groq,
+Together, OpenRouter, Mistral, DeepSeek): requests pass through with only
+`model` changed, answers and stream events are relayed as they came.
+
+Wire format: POST {base_url}/chat/completions and /embeddings with
+`Authorization: Bearer KEY`; streams are SSE `data: {chat.completion.chunk}`
+events ending with `data: [DONE]`; errors are `{"error": {...}}` bodies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, AsyncIterator
+
+import aiohttp
+import orjson
+
+from gatewayd.adapters.base import (
+    FailureClass,
+    HttpAdapter,
+    Reply,
+    UpstreamError,
+    Usage,
+    usage_from_openai,
+)
+from gatewayd.adapters.sse import read_events
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.graph import Deployment
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+def to_upstream(body: dict, model: str) -> bytes:
+    """The request as the upstream expects it: the client's body with `model` replaced."""
+    return orjson.dumps({**body, "model": model})
+
+
+def from_upstream(raw: bytes) -> Reply:
+    """Check an answer is a JSON object and read its usage; the bytes go on untouched."""
+    try:
+        payload = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not JSON") from None
+    if not isinstance(payload, dict):
+        raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a JSON object")
+    if "error" in payload and isinstance(payload["error"], dict):
+        raise UpstreamError(FailureClass.PROTOCOL, str(payload["error"].get("message", "in-band error")))
+    return Reply(raw, usage_from_openai(payload))
+
+
+def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
+    """Validate one stream event's data cheaply; returns (event bytes to relay, usage seen).
+
+    Only events that may carry an error or usage are parsed; the rest are
+    relayed as they came.
+    """
+    if data == b"[DONE]":
+        return None, None
+    if not data.startswith(b"{"):
+        raise UpstreamError(FailureClass.PROTOCOL, "malformed stream event from upstream")
+    usage = None
+    if b'"error"' in data or b'"usage"' in data:
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(FailureClass.PROTOCOL, "malformed stream event from upstream") from None
+        if isinstance(payload.get("error"), dict):
+            raise UpstreamError(FailureClass.PROTOCOL, str(payload["error"].get("message", "in-band error")))
+        usage = usage_from_openai(payload)
+    return b"data: " + data + b"\n\n", usage
+
+
+class OpenAIStream:
+    def __init__(self, response: aiohttp.ClientResponse, scrub) -> None:
+        self._response = response
+        self._scrub = scrub
+        self.usage: Usage | None = None
+        self.done = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for _event, data in read_events(self._response.content):
+                event, usage = check_chunk(data)
+                if usage is not None:
+                    self.usage = usage
+                if event is None:
+                    self.done = True
+                    yield DONE_EVENT
+                    return
+                yield self._scrub(event)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(FailureClass.CONNECT, f"upstream stream broke: {exc}") from None
+
+    async def aclose(self) -> None:
+        self._response.close() if not self.done else self._response.release()
+
+
+class OpenAIAdapter(HttpAdapter):
+    capabilities = frozenset({"chat", "stream", "embeddings"})
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def url(self, deployment: Deployment, operation: str) -> str:
+        return self.join(self.provider.base_url, f"/{operation}")
+
+    def params(self) -> dict | None:
+        return None
+
+    async def chat(self, deployment: Deployment, body: dict) -> Reply:
+        return await self._complete(deployment, "chat/completions", body)
+
+    async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
+        return await self._complete(deployment, "embeddings", body)
+
+    async def _complete(self, deployment: Deployment, operation: str, body: dict) -> Reply:
+        response = await self.send(
+            deployment, self.url(deployment, operation), to_upstream(body, deployment.model),
+            params=self.params(),
+        )
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(FailureClass.CONNECT, f"upstream answer broke: {exc}") from None
+        finally:
+            response.release()
+        reply = from_upstream(self.scrub(raw))
+        return reply
+
+    async def stream(self, deployment: Deployment, body: dict) -> OpenAIStream:
+        response = await self.send(
+            deployment, self.url(deployment, "chat/completions"),
+            to_upstream({**body, "stream": True}, deployment.model), params=self.params(),
+        )
+        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            response.close()
+            raise UpstreamError(FailureClass.PROTOCOL, "upstream did not answer with an event stream")
+        return OpenAIStream(response, self.scrub)
+
+
+class AzureOpenAIAdapter(OpenAIAdapter):
+    """Azure OpenAI: deployment URLs, `api-version`, key in the `api-key` header."""
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        return {"api-key": key} if key else {}
+
+    def url(self, deployment: Deployment, operation: str) -> str:
+        return self.join(self.provider.base_url, f"/openai/deployments/{deployment.model}/{operation}")
+
+    def params(self) -> dict | None:
+        return {"api-version": str(self.provider.options.get("api_version", "2024-10-21"))}

@@ -1,0 +1,1 @@
+"""gatewayd: the daemon — config loading, compiler, routing graph, router, HTTP server, reload, CLI."""

@@ -1,0 +1,114 @@
+"""The `gatewayd` command: run, check, explain, reload, schema (SPEC §7)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from datetime import datetime, timezone
+
+from gatewayd.daemon.config import find_config, load
+from gatewayd.daemon.explain import UnknownRoute, explain_plan, format_plan
+from gatewayd.daemon.problems import ConfigError
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="gatewayd", description="A local LLM gateway daemon.")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.add_argument("-c", "--config", metavar="FILE",
+                         help="config file (default: ./gateway.yaml, then /etc/gatewayd/gateway.yaml)")
+        return sub
+
+    with_config("run", "serve the OpenAI-compatible API")
+    with_config("check", "validate and compile the config; exit 0 ok, 1 errors")
+    explain = with_config("explain", "the plan for ALIAS and why each candidate is in or out")
+    explain.add_argument("alias", metavar="ALIAS")
+    explain.add_argument("--at", metavar="ISO8601", help="the instant to evaluate (default: now)")
+    with_config("reload", "ask the running daemon to reload and wait; exit 1 if rejected")
+    commands.add_parser("schema", help="print the JSON Schema of the config")
+    return top
+
+
+def report(error: ConfigError) -> int:
+    for problem in error.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    count = len(error.problems)
+    print(f"{count} error{'s' if count != 1 else ''}; the config was not loaded", file=sys.stderr)
+    return 1
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        loaded = load(find_config(args.config))
+    except ConfigError as error:
+        return report(error)
+    graph = loaded.graph
+    for warning in graph.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{graph.source}: ok (config {graph.version}: {len(graph.providers)} providers, "
+          f"{len(graph.deployments)} models, {len(graph.aliases)} aliases, "
+          f"{len(graph.warnings)} warnings)")
+    return 0
+
+
+def parse_instant(text: str | None) -> datetime:
+    if not text:
+        return datetime.now(timezone.utc)
+    instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return instant if instant.tzinfo else instant.replace(tzinfo=timezone.utc)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    try:
+        at = parse_instant(args.at)
+    except ValueError:
+        print(f"error: --at {args.at!r} is not an ISO 8601 instant (e.g. 2026-11-22T21:30:00+01:00)",
+              file=sys.stderr)
+        return 2
+    try:
+        loaded = load(find_config(args.config))
+    except ConfigError as error:
+        return report(error)
+    try:
+        print(format_plan(explain_plan(loaded.graph, args.alias, at)))
+    except UnknownRoute as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from gatewayd.daemon.schema import schema_text
+
+    sys.stdout.write(schema_text())
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gatewayd.daemon.server import run
+
+    return run(args.config)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from gatewayd.daemon.reload_client import reload_running
+
+    return reload_running(args.config)
+
+
+COMMANDS = {"check": cmd_check, "explain": cmd_explain, "schema": cmd_schema,
+            "run": cmd_run, "reload": cmd_reload}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The compiler: a pure function from a validated document to an immutable `Graph`.
+
+`compile_graph(document, secrets)` does no I/O: secret files have been read by
+the loader (daemon/config.py) and arrive as `secrets`. It enforces every rule
+of the config language that a schema cannot express, reporting each problem at
+the node that causes it, and flattens every alias into its plan of tiers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import orjson
+
+from gatewayd.daemon import schema
+from gatewayd.daemon.graph import (
+    AppKey,
+    Backoff,
+    Candidate,
+    CooldownPolicy,
+    Deployment,
+    Graph,
+    Policy,
+    Pricing,
+    Provider,
+    RetryPolicy,
+    Route,
+    Secret,
+    ServerSettings,
+    Tier,
+    Timeouts,
+    fingerprint,
+)
+from gatewayd.daemon.problems import ConfigError, Problem, suggest
+from gatewayd.daemon.units import seconds, size_bytes
+from gatewayd.daemon.windows import Windows, WindowSyntaxError, load_zone, parse_window
+from gatewayd.daemon.yamldoc import Document
+
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "ollama": "http://127.0.0.1:11434",
+    "mock": "mock://local",
+}
+TYPE_ONLY_KEYS = {
+    "api_version": "azure-openai",
+    "anthropic_version": "anthropic",
+    "reply": "mock",
+    "latency": "mock",
+    "fail_rate": "mock",
+}
+POLICY_KEYS = ("timeouts", "retry", "cooldown")
+
+
+class Compiler:
+    """Holds the document and the problems found while one graph is compiled."""
+
+    def __init__(self, document: Document, secrets: Mapping[str, str]) -> None:
+        self.doc = document
+        self.data: dict = document.data
+        self.secrets = secrets
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def error(self, path: tuple, message: str, *, key: bool = False) -> None:
+        mark = self.doc.key_mark(path) if key else self.doc.mark(path)
+        self.errors.append(Problem(self.doc.path, mark.line, mark.column, message))
+
+    def warn(self, path: tuple, message: str) -> None:
+        mark = self.doc.key_mark(path)
+        self.warnings.append(Problem(self.doc.path, mark.line, mark.column, message))
+
+    # -- policy ---------------------------------------------------------------
+
+    def policy(self, *layers: Mapping[str, Any]) -> Policy:
+        """Merge policy keys, later layers winning key by key (defaults < provider < model)."""
+
+        def pick(section: str, key: str, sub: str | None = None) -> Any:
+            for layer in reversed(layers):
+                value = layer.get(section, {}).get(key)
+                if sub is not None:
+                    value = value.get(sub) if isinstance(value, dict) else None
+                if value is not None:
+                    return value
+            if sub is None:
+                return schema.default(section, key)
+            return schema.definition(section)["properties"][key]["properties"][sub]["default"]
+
+        timeouts = Timeouts(*(seconds(pick("timeouts", k)) for k in ("connect", "first_byte", "idle", "total")))
+        backoff = Backoff(
+            seconds(pick("retry", "backoff", "initial")), seconds(pick("retry", "backoff", "max")),
+            float(pick("retry", "backoff", "multiplier")), pick("retry", "backoff", "jitter"),
+        )
+        statuses: set[int] = set()
+        when = pick("retry", "when")
+        for item in when:
+            text = str(item)
+            if text.endswith("xx"):
+                first = int(text[0]) * 100
+                statuses.update(range(first, first + 100))
+            elif text.isdigit():
+                statuses.add(int(text))
+        retry = RetryPolicy(
+            int(pick("retry", "attempts")), backoff, frozenset(statuses),
+            "timeout" in when, "connect" in when, seconds(pick("retry", "retry_after_max")),
+        )
+        cooldown = CooldownPolicy(
+            int(pick("cooldown", "failures")), seconds(pick("cooldown", "initial")),
+            float(pick("cooldown", "multiplier")), seconds(pick("cooldown", "max")),
+        )
+        return Policy(timeouts, retry, cooldown)
+
+    # -- sections -------------------------------------------------------------
+
+    def server(self) -> ServerSettings:
+        raw = self.data.get("server") or {}
+
+        def get(key: str) -> Any:
+            return raw.get(key, schema.default("server", key))
+
+        listen = get("listen")
+        keys = None
+        auth = raw.get("auth")
+        if auth is not None:
+            keys_list = []
+            seen: dict[str, int] = {}
+            for index, entry in enumerate(auth.get("keys", [])):
+                path = ("server", "auth", "keys", index)
+                if entry["name"] in seen:
+                    self.error(path + ("name",), f"app key name '{entry['name']}' is used twice "
+                               f"(first at keys[{seen[entry['name']]}])")
+                seen[entry["name"]] = index
+                if not entry["key"]:
+                    self.error(path + ("key",), f"app key '{entry['name']}' is empty; "
+                               "set the variable it names or remove the entry")
+                    continue
+                allow = entry.get("allow")
+                keys_list.append(AppKey(entry["name"], Secret(entry["key"]),
+                                        frozenset(allow) if allow is not None else None))
+            keys = tuple(keys_list)
+        if keys is None and not is_loopback(listen):
+            self.error(("server", "listen"), f"listen address '{listen}' is not loopback: "
+                       "add server.auth with keys, or listen on 127.0.0.1, [::1] or a unix socket")
+        return ServerSettings(
+            listen=listen, shutdown_grace=seconds(get("shutdown_grace")),
+            max_body=size_bytes(get("max_body")), log_format=get("log_format"),
+            keys=keys, read_timeout=seconds(get("read_timeout")),
+        )
+
+    def providers(self) -> dict[str, Provider]:
+        providers = {}
+        for name, raw in (self.data.get("providers") or {}).items():
+            path = ("providers", name)
+            type_ = raw["type"]
+            for key, only in TYPE_ONLY_KEYS.items():
+                if key in raw and type_ != only:
+                    self.error(path + (key,), f"key '{key}' applies only to {only} providers, "
+                               f"and '{name}' is {type_}", key=True)
+            if "api_key" in raw and "api_key_file" in raw:
+                self.error(path + ("api_key_file",), "give either api_key or api_key_file, not both", key=True)
+            base_url = raw.get("base_url") or DEFAULT_BASE_URLS.get(type_)
+            if base_url is None:
+                self.error(path, f"provider '{name}' ({type_}) needs base_url, "
+                           "e.g. https://RESOURCE.openai.azure.com", key=True)
+                continue
+            key: Secret | None = None
+            disabled = None
+            if "api_key" in raw or "api_key_file" in raw:
+                value = self.secrets.get(name, raw.get("api_key", ""))
+                if value:
+                    key = Secret(value)
+                else:
+                    source = "api_key_file" if "api_key_file" in raw else "api_key"
+                    disabled = f"its {source} resolved to an empty value"
+                    self.warn(path, f"provider '{name}' is disabled: {disabled}; "
+                              "its models are left out of every plan")
+            options = {k: raw[k] for k in TYPE_ONLY_KEYS if k in raw}
+            if type_ == "mock":
+                options = {"reply": raw.get("reply", schema.default("provider", "reply")),
+                           "latency": seconds(raw.get("latency", 0)),
+                           "fail_rate": float(raw.get("fail_rate", 0))}
+            providers[name] = Provider(
+                name=name, type=type_, base_url=base_url.rstrip("/"), api_key=key,
+                headers=tuple(sorted((raw.get("headers") or {}).items())),
+                max_connections=raw.get("max_connections", schema.default("provider", "max_connections")),
+                options=MappingProxyType(options), disabled=disabled,
+            )
+        return providers
+
+    def windows(self, path: tuple, raw: Mapping[str, Any]) -> Windows | None:
+        zone_name = raw.get("timezone") or (self.data.get("defaults") or {}).get("timezone", "UTC")
+        zone_path = path + ("timezone",) if "timezone" in raw else ("defaults", "timezone")
+        ok = True
+        try:
+            load_zone(zone_name)
+        except WindowSyntaxError as exc:
+            self.error(zone_path, str(exc))
+            ok = False
+        parsed: dict[str, list] = {"only": [], "except": []}
+        for part in ("only", "except"):
+            for index, text in enumerate(raw.get(part, [])):
+                try:
+                    parsed[part].append(parse_window(text))
+                except WindowSyntaxError as exc:
+                    self.error(path + (part, index), str(exc))
+                    ok = False
+        if not ok:
+            return None
+        return Windows.build(tuple(parsed["only"]), tuple(parsed["except"]), zone_name)
+
+    def deployments(self, providers: Mapping[str, Provider]) -> dict[str, Deployment]:
+        defaults = self.data.get("defaults") or {}
+        raw_providers = self.data.get("providers") or {}
+        deployments = {}
+        for name, raw in (self.data.get("models") or {}).items():
+            path = ("models", name)
+            provider = providers.get(raw["provider"])
+            if provider is None:
+                if raw["provider"] not in raw_providers:  # else: the provider's own error is reported
+                    self.error(path + ("provider",), f"model '{name}' names provider '{raw['provider']}', "
+                               f"which is not defined{suggest(raw['provider'], raw_providers)}")
+                continue
+            windows = self.windows(path + ("windows",), raw["windows"]) if "windows" in raw else None
+            pricing = None
+            if "pricing" in raw:
+                pricing = Pricing(float(raw["pricing"].get("input_per_mtok", 0)),
+                                  float(raw["pricing"].get("output_per_mtok", 0)))
+            deployments[name] = Deployment(
+                name=name, provider=provider, model=raw["model"],
+                policy=self.policy(defaults, raw_providers[raw["provider"]], raw),
+                windows=windows, pricing=pricing,
+            )
+        return deployments
+
+    def check_aliases(self) -> None:
+        models = self.data.get("models") or {}
+        aliases = self.data.get("aliases") or {}
+        names = list(models) + list(aliases)
+        for name, raw in aliases.items():
+            path = ("aliases", name)
+            if name in models:
+                self.error(path, f"'{name}' is both a model and an alias; rename one of them", key=True)
+            for index, target in enumerate(raw["targets"]):
+                target_name = target if isinstance(target, str) else target["model"]
+                tpath = path + ("targets", index) + (() if isinstance(target, str) else ("model",))
+                if target_name in aliases and target_name not in models:
+                    self.error(tpath, f"target '{target_name}' is an alias; targets name models "
+                               "(put aliases in fallbacks)")
+                elif target_name not in models:
+                    self.error(tpath, f"target '{target_name}' is not a defined model{suggest(target_name, models)}")
+            for index, fallback in enumerate(raw.get("fallbacks", [])):
+                if fallback not in models and fallback not in aliases:
+                    self.error(path + ("fallbacks", index), f"fallback '{fallback}' is neither a model "
+                               f"nor an alias{suggest(fallback, names)}")
+        self.check_cycles(aliases)
+
+    def check_cycles(self, aliases: Mapping[str, Any]) -> None:
+        reported: set[frozenset[str]] = set()
+
+        def visit(name: str, trail: list[str]) -> None:
+            for index, fallback in enumerate(aliases[name].get("fallbacks", [])):
+                if fallback not in aliases:
+                    continue
+                if fallback in trail:
+                    cycle = trail[trail.index(fallback):] + [fallback]
+                    if frozenset(cycle) not in reported:
+                        reported.add(frozenset(cycle))
+                        self.error(("aliases", name, "fallbacks", index),
+                                   f"fallback cycle: {' -> '.join(cycle)}")
+                    continue
+                visit(fallback, trail + [fallback])
+
+        for alias in aliases:
+            visit(alias, [alias])
+
+    # -- plans ----------------------------------------------------------------
+
+    def routes(self, deployments: Mapping[str, Deployment]) -> dict[str, Route]:
+        aliases = self.data.get("aliases") or {}
+        routes: dict[str, Route] = {}
+        for name, deployment in deployments.items():
+            routes[name] = Route(name, "model", (Tier("ordered", (Candidate(name),), name),))
+        for name in aliases:
+            if name in deployments:
+                continue
+            tiers = dedup(self.tiers(name, aliases, deployments))
+            routes[name] = Route(name, "alias", tiers)
+        for name, route in routes.items():
+            # a model's own disabled provider is already reported; an alias left empty is news
+            if route.kind == "alias" and all(deployments[d].disabled for d in route.deployments()):
+                self.warn(("aliases", name), f"alias '{name}' has no usable deployment "
+                          "(every provider it uses is disabled)")
+        return routes
+
+    def tiers(self, alias: str, aliases: Mapping, deployments: Mapping) -> list[Tier]:
+        raw = aliases[alias]
+        strategy = raw.get("strategy", schema.default("alias", "strategy"))
+        candidates = []
+        for target in raw["targets"]:
+            name, weight = (target, 1.0) if isinstance(target, str) else (target["model"], float(target.get("weight", 1)))
+            if name in deployments:
+                candidates.append(Candidate(name, weight))
+        tiers = [Tier(strategy, tuple(candidates), alias)]
+        for fallback in raw.get("fallbacks", []):
+            if fallback in deployments:
+                tiers.append(Tier("ordered", (Candidate(fallback),), fallback))
+            elif fallback in aliases:
+                tiers.extend(self.tiers(fallback, aliases, deployments))
+        return tiers
+
+
+def dedup(tiers: list[Tier]) -> tuple[Tier, ...]:
+    """Keep each deployment at its first position; drop tiers left empty."""
+    seen: set[str] = set()
+    result = []
+    for tier in tiers:
+        kept = tuple(c for c in tier.candidates if c.deployment not in seen)
+        seen.update(c.deployment for c in kept)
+        if kept:
+            result.append(Tier(tier.strategy, kept, tier.origin))
+    return tuple(result)
+
+
+def is_loopback(listen: str) -> bool:
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def version_id(data: Mapping[str, Any], secrets: Mapping[str, str]) -> str:
+    """A short id of the resolved configuration; secrets enter only as fingerprints."""
+    redacted = orjson.loads(orjson.dumps(data))
+    for provider in (redacted.get("providers") or {}).values():
+        if "api_key" in provider:
+            provider["api_key"] = fingerprint(provider["api_key"])
+    for entry in ((redacted.get("server") or {}).get("auth") or {}).get("keys", []):
+        entry["key"] = fingerprint(entry["key"])
+    canonical = orjson.dumps(
+        {"config": redacted, "secret_files": {k: fingerprint(v) for k, v in sorted(secrets.items())}},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()[:12]
+
+
+def compile_graph(document: Document, secrets: Mapping[str, str] | None = None) -> Graph:
+    """Compile a schema-valid document; raise ConfigError with every problem found."""
+    secrets = secrets or {}
+    compiler = Compiler(document, secrets)
+    server = compiler.server()
+    providers = compiler.providers()
+    deployments = compiler.deployments(providers)
+    compiler.check_aliases()
+    if compiler.errors:
+        raise ConfigError(sorted(compiler.errors, key=lambda p: (p.line, p.column)))
+    routes = compiler.routes(deployments)
+    return Graph(
+        version=version_id(document.data, secrets),
+        source=document.path,
+        server=server,
+        providers=MappingProxyType(providers),
+        deployments=MappingProxyType(deployments),
+        routes=MappingProxyType(routes),
+        aliases=tuple(name for name, r in routes.items() if r.kind == "alias"),
+        warnings=tuple(str(w) for w in sorted(compiler.warnings, key=lambda p: (p.line, p.column))),
+    )

@@ -1,0 +1,79 @@
+"""Loading a config file into a graph: read, parse, validate, resolve secrets, compile.
+
+This is the only stage with I/O (the file, the environment, secret files);
+`compile_graph` after it is pure. Every failure comes out as one
+`ConfigError` listing all problems found, each `FILE:LINE:COL: message`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from gatewayd.daemon.compile import compile_graph
+from gatewayd.daemon.graph import Graph
+from gatewayd.daemon.problems import ConfigError, Problem
+from gatewayd.daemon.validate import validate
+from gatewayd.daemon.yamldoc import Document, load_document
+
+DEFAULT_PATHS = ("gateway.yaml", "/etc/gatewayd/gateway.yaml")
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    graph: Graph
+    document: Document
+
+
+def find_config(explicit: str | None) -> str:
+    """The -c FILE, else ./gateway.yaml, else /etc/gatewayd/gateway.yaml."""
+    if explicit:
+        return explicit
+    for candidate in DEFAULT_PATHS:
+        if Path(candidate).exists():
+            return candidate
+    raise ConfigError([Problem(DEFAULT_PATHS[0], 1, 1,
+                               "no config file: pass -c FILE, or create ./gateway.yaml or "
+                               "/etc/gatewayd/gateway.yaml")])
+
+
+def read_secrets(document: Document, env: Mapping[str, str]) -> dict[str, str]:
+    """Read every provider's api_key_file; relative paths resolve against
+    $CREDENTIALS_DIRECTORY (systemd LoadCredential=) when set, else the config's folder."""
+    base = env.get("CREDENTIALS_DIRECTORY") or str(Path(document.path).resolve().parent)
+    secrets: dict[str, str] = {}
+    problems: list[Problem] = []
+    for name, raw in (document.data.get("providers") or {}).items():
+        if not isinstance(raw, dict) or not isinstance(raw.get("api_key_file"), str):
+            continue
+        path = Path(base, raw["api_key_file"])  # an absolute api_key_file wins over base
+        try:
+            secrets[name] = path.read_text("utf-8").rstrip("\r\n")
+        except FileNotFoundError:
+            problems.append(located(document, ("providers", name, "api_key_file"),
+                                    f"secret file {path} for provider '{name}' does not exist"))
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is not UTF-8 text"
+            problems.append(located(document, ("providers", name, "api_key_file"),
+                                    f"cannot read secret file {path} for provider '{name}': {reason}"))
+    if problems:
+        raise ConfigError(problems)
+    return secrets
+
+
+def located(document: Document, path: tuple, message: str) -> Problem:
+    mark = document.mark(path)
+    return Problem(document.path, mark.line, mark.column, message)
+
+
+def load(path: str, env: Mapping[str, str] | None = None) -> Loaded:
+    """Load and compile `path`; raises ConfigError with every problem found."""
+    env = os.environ if env is None else env
+    document = load_document(path, env)
+    problems = validate(document)
+    if problems:
+        raise ConfigError(problems)
+    secrets = read_secrets(document, env)
+    return Loaded(compile_graph(document, secrets), document)

@@ -1,0 +1,118 @@
+"""Schema validation that speaks to people: each jsonschema error becomes a
+located `Problem` pointing at the offending node itself (an unknown key at the
+key, a wrong value at the value), saying what is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from jsonschema.exceptions import ValidationError
+
+from gatewayd.daemon.problems import Problem, suggest
+from gatewayd.daemon.schema import validator
+from gatewayd.daemon.windows import WindowSyntaxError, parse_window
+from gatewayd.daemon.yamldoc import Document
+
+TYPE_NAMES = {"string": "a string", "number": "a number", "integer": "a whole number",
+              "object": "a mapping", "array": "a list", "boolean": "true or false", "null": "null"}
+
+
+def describe_path(path: Iterable[Any]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "the top level"
+
+
+def type_of(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def expected(types: str | list[str]) -> str:
+    names = [TYPE_NAMES.get(t, t) for t in ([types] if isinstance(types, str) else types)]
+    return " or ".join(names)
+
+
+def validate(document: Document) -> list[Problem]:
+    problems: list[Problem] = []
+    for error in validator().iter_errors(document.data):
+        problems.extend(explain(document, error))
+    unique = {(p.line, p.column, p.message): p for p in problems}
+    return sorted(unique.values(), key=lambda p: (p.line, p.column, p.message))
+
+
+def explain(doc: Document, error: ValidationError) -> list[Problem]:
+    path = tuple(error.absolute_path)
+    where = describe_path(path)
+    keyword = error.validator
+    schema = error.schema if isinstance(error.schema, dict) else {}
+    value = error.instance
+
+    def at_value(message: str) -> Problem:
+        mark = doc.mark(path)
+        return Problem(doc.path, mark.line, mark.column, message)
+
+    if keyword == "additionalProperties" and isinstance(value, dict):
+        allowed = list(schema.get("properties", {}))
+        problems = []
+        for key in value:
+            if key in allowed:
+                continue
+            mark = doc.key_mark(path + (key,))
+            hint = suggest(key, allowed) or f"; allowed keys: {', '.join(allowed)}"
+            problems.append(Problem(doc.path, mark.line, mark.column,
+                                    f"unknown key '{key}' in {where}{hint}"))
+        return problems
+    if keyword == "required" and isinstance(value, dict):
+        mark = doc.key_mark(path)
+        return [Problem(doc.path, mark.line, mark.column, f"{where} is missing the required key '{key}'")
+                for key in error.validator_value if key not in value]
+    if keyword == "propertyNames":
+        mark = doc.key_mark(path + (value,))
+        hint = definition_hint(schema)
+        return [Problem(doc.path, mark.line, mark.column, f"'{value}' is not a valid name in {where}: {hint}")]
+    if keyword == "type":
+        return [at_value(f"{where} must be {expected(error.validator_value)}, found {type_of(value)}")]
+    if keyword == "enum":
+        allowed = [str(v) for v in error.validator_value]
+        hint = suggest(str(value), allowed)
+        return [at_value(f"{where}: '{value}' is not allowed{hint}; use one of: {', '.join(allowed)}")]
+    if keyword == "const":
+        if path == ("version",):
+            return [at_value(f"version {value} is not supported: this gatewayd reads version: 1")]
+        return [at_value(f"{where} must be {error.validator_value!r}")]
+    if keyword == "pattern":
+        if "windows" in path:
+            try:
+                parse_window(str(value))
+            except WindowSyntaxError as exc:
+                return [at_value(f"{where}: {exc}")]
+        hint = schema.get("x-hint", f"it must match {error.validator_value}")
+        return [at_value(f"{where}: '{value}' is not valid: {hint}")]
+    if keyword == "minItems" and error.validator_value == 1:
+        return [at_value(f"{where} must not be empty")]
+    if keyword in ("minimum", "maximum", "exclusiveMinimum", "minLength", "minItems"):
+        return [at_value(f"{where}: {error.message}")]
+    return [at_value(f"{where}: {error.message}")]
+
+
+def definition_hint(schema: dict) -> str:
+    names = schema.get("propertyNames", schema)
+    if "$ref" in names:
+        from gatewayd.daemon.schema import definition
+
+        names = definition(names["$ref"].rsplit("/", 1)[-1])
+    return names.get("x-hint", "not a valid name")
