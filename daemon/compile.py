@@ -370,5 +370,6 @@ def compile_graph(document: Document, secrets: Mapping[str, str] | None = None) 
         deployments=MappingProxyType(deployments),
         routes=MappingProxyType(routes),
         aliases=tuple(name for name, r in routes.items() if r.kind == "alias"),
+        default_policy=compiler.policy(document.data.get("defaults") or {}),
         warnings=tuple(str(w) for w in sorted(compiler.warnings, key=lambda p: (p.line, p.column))),
     )

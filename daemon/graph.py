@@ -198,4 +198,5 @@ class Graph:
     deployments: Mapping[str, Deployment]
     routes: Mapping[str, Route]  # aliases and models, by the name apps send
     aliases: tuple[str, ...]
+    default_policy: Policy  # `defaults:` merged over the schema's defaults; bounds a request's total
     warnings: tuple[str, ...] = field(default=())

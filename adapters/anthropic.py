@@ -1,0 +1,482 @@
+"""Anthropic Messages API: OpenAI chat completions translated both ways.
+
+Wire format: POST {base_url}/v1/messages with `x-api-key: KEY` and
+`anthropic-version` (default 2023-06-01, or the provider option
+`anthropic_version`). Streams are SSE `event: X` / `data: {...}` pairs
+(message_start, content_block_start/_delta/_stop, message_delta, message_stop,
+ping, error); errors are `{"type": "error", "error": {"type", "message"}}`.
+
+Request (`to_upstream`):
+  system / developer messages  -> top-level `system` (text parts joined, several joined by a blank line)
+  user / assistant messages    -> `messages`, consecutive same-role messages merged (Anthropic alternates)
+  text / image_url parts       -> text / image blocks (data: URL -> base64 source, http(s) -> url source)
+  assistant `tool_calls`       -> `tool_use` blocks (arguments JSON parsed into `input`)
+  `role: tool` messages        -> `tool_result` blocks in a user message (consecutive ones merged)
+  tools, tool_choice           -> {name, description, input_schema}; auto / any / none / tool
+  parallel_tool_calls: false   -> tool_choice.disable_parallel_tool_use
+  max_completion_tokens, max_tokens -> max_tokens (4096 when absent: Anthropic requires it)
+  temperature, top_p, stream   -> as they are (temperature is not rescaled: Anthropic's range is 0..1)
+  stop                         -> stop_sequences;  user -> metadata.user_id
+Dropped: n (n > 1 is refused with a 400), presence_penalty, frequency_penalty,
+logit_bias, logprobs, top_logprobs, response_format, seed, stream_options
+(read locally for `include_usage`), store, metadata, service_tier, modalities,
+audio, prediction, reasoning_effort, web_search_options, the legacy functions /
+function_call, message `name`s and tools' `strict`. Content parts other than
+text / image_url, non-function tools, tool calls or results without ids and
+tool-call arguments that are not a JSON object are refused with a 400 (`client`).
+
+Answer (`from_upstream`, `StreamTranslator`): text blocks joined into
+`content` (None when the answer is only tool calls), `tool_use` blocks ->
+`tool_calls`, thinking blocks dropped. stop_reason -> finish_reason: end_turn,
+stop_sequence, pause_turn -> stop; max_tokens, model_context_window_exceeded ->
+length; tool_use -> tool_calls; refusal -> content_filter. prompt_tokens
+counts input_tokens plus cache creation and cache read tokens. Error types map
+to failure classes in ERROR_TYPES (billing_error counts as `auth`: the
+deployment's account is unusable); an in-band stream `error` event is
+`overloaded`, `server` or `rate_limit` by its type, else `protocol`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import aiohttp
+import orjson
+from gatewayd.adapters.base import (
+    FailureClass,
+    HttpAdapter,
+    Reply,
+    UpstreamError,
+    Usage,
+    classify_status,
+    openai_error_body,
+    parse_retry_after,
+)
+from gatewayd.adapters.sse import read_events
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.graph import Deployment
+
+DONE_EVENT = b"data: [DONE]\n\n"
+DEFAULT_MAX_TOKENS = 4096
+DEFAULT_VERSION = "2023-06-01"
+
+FINISH_REASONS = {
+    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
+    "max_tokens": "length", "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls", "refusal": "content_filter",
+}
+
+# Anthropic error type -> (failure class, OpenAI error type, OpenAI error code)
+ERROR_TYPES = {
+    "invalid_request_error": (FailureClass.CLIENT, "invalid_request_error", None),
+    "request_too_large": (FailureClass.CLIENT, "invalid_request_error", "request_too_large"),
+    "authentication_error": (FailureClass.AUTH, "authentication_error", "invalid_api_key"),
+    "permission_error": (FailureClass.AUTH, "permission_error", None),
+    "billing_error": (FailureClass.AUTH, "billing_error", None),
+    "not_found_error": (FailureClass.NOT_FOUND, "invalid_request_error", "model_not_found"),
+    "rate_limit_error": (FailureClass.RATE_LIMIT, "rate_limit_error", "rate_limit_exceeded"),
+    "api_error": (FailureClass.SERVER, "server_error", None),
+    "timeout_error": (FailureClass.SERVER, "server_error", "timeout"),
+    "overloaded_error": (FailureClass.OVERLOADED, "server_error", "overloaded"),
+}
+
+
+def client_error(message: str, param: str | None = None) -> UpstreamError:
+    """A request Anthropic cannot be sent: returned to the client as a 400."""
+    body = openai_error_body(message, "invalid_request_error", "invalid_request", param)
+    return UpstreamError(FailureClass.CLIENT, message, status=400, body=body)
+
+
+# --- request ---------------------------------------------------------------------------------
+
+def _text_of(content, where: str) -> str:
+    """The text of a string or of a list of text parts (system messages)."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    raise client_error(f"{where}: content must be a string or a list of parts")
+
+
+def _image(part: dict, where: str) -> dict:
+    image = part.get("image_url")
+    url = image.get("url") if isinstance(image, dict) else image
+    if not isinstance(url, str):
+        raise client_error(f"{where}: image_url needs a url")
+    if url.startswith("data:"):
+        header, sep, data = url[5:].partition(",")
+        media_type, _, encoding = header.partition(";")
+        if not sep or encoding != "base64" or not media_type:
+            raise client_error(f"{where}: image data URLs must be data:<media type>;base64,<data>")
+        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    if url.startswith(("http://", "https://")):
+        return {"type": "image", "source": {"type": "url", "url": url}}
+    raise client_error(f"{where}: image URLs must be data: or http(s) URLs")
+
+
+def _blocks(content, where: str) -> list[dict]:
+    """User / assistant / tool content as Anthropic blocks; empty text is left out (Anthropic refuses it)."""
+    if content is None:
+        return []
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}] if content else []
+    if not isinstance(content, list):
+        raise client_error(f"{where}: content must be a string or a list of parts")
+    blocks = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "refusal"):
+            text = part.get(kind)
+            if text:
+                blocks.append({"type": "text", "text": text})
+        elif kind == "image_url":
+            blocks.append(_image(part, where))
+        else:
+            raise client_error(f"{where}: content part type {kind!r} is not supported by provider type anthropic")
+    return blocks
+
+
+def _tool_use(call: dict, where: str) -> dict:
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict) or not function.get("name") or not call.get("id"):
+        raise client_error(f"{where}: tool calls need an id and a function.name")
+    arguments = function.get("arguments") or "{}"
+    try:
+        parsed = orjson.loads(arguments) if isinstance(arguments, str) else arguments
+    except orjson.JSONDecodeError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        raise client_error(f"{where}: function.arguments is not a JSON object")
+    return {"type": "tool_use", "id": call["id"], "name": function["name"], "input": parsed}
+
+
+def _messages(messages) -> tuple[list[str], list[dict]]:
+    if not isinstance(messages, list) or not messages:
+        raise client_error("messages must be a non-empty list", "messages")
+    system: list[str] = []
+    out: list[dict] = []
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        role = message.get("role") if isinstance(message, dict) else None
+        content = message.get("content") if role else None
+        if role in ("system", "developer"):
+            text = _text_of(content, where)
+            if text:
+                system.append(text)
+            continue
+        if role == "user":
+            blocks = _blocks(content, where)
+        elif role == "assistant":
+            blocks = _blocks(content, where)
+            blocks += [_tool_use(call, where) for call in message.get("tool_calls") or ()]
+        elif role == "tool":
+            if not message.get("tool_call_id"):
+                raise client_error(f"{where}: tool messages need a tool_call_id")
+            role, block = "user", {"type": "tool_result", "tool_use_id": message["tool_call_id"]}
+            result = content if isinstance(content, str) or content is None else _blocks(content, where)
+            if result:
+                block["content"] = result
+            blocks = [block]
+        else:
+            raise client_error(f"{where}: role {role!r} is not supported by provider type anthropic")
+        if not blocks:
+            continue
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+    for message in out:  # one text block reads best as a plain string
+        if len(message["content"]) == 1 and message["content"][0]["type"] == "text":
+            message["content"] = message["content"][0]["text"]
+    return system, out
+
+
+def _tools(tools) -> list[dict]:
+    out = []
+    for i, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(function, dict) or not function.get("name"):
+            raise client_error(f"tools[{i}]: only function tools with a name are supported", "tools")
+        spec = {"name": function["name"]}
+        if function.get("description"):
+            spec["description"] = function["description"]
+        spec["input_schema"] = function.get("parameters") or {"type": "object", "properties": {}}
+        out.append(spec)
+    return out
+
+
+def _tool_choice(choice, parallel) -> dict:
+    if choice is None or choice == "auto":
+        out = {"type": "auto"}
+    elif choice == "required":
+        out = {"type": "any"}
+    elif choice == "none":
+        return {"type": "none"}
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict) and choice["function"].get("name"):
+        out = {"type": "tool", "name": choice["function"]["name"]}
+    else:
+        raise client_error("tool_choice must be auto, required, none or a named function", "tool_choice")
+    if parallel is False:
+        out["disable_parallel_tool_use"] = True
+    return out
+
+
+def to_upstream(body: dict, model: str) -> bytes:
+    """The OpenAI chat request as an Anthropic Messages request (raises a 400 UpstreamError if it cannot be)."""
+    if (body.get("n") or 1) != 1:
+        raise client_error("provider type anthropic returns one choice: n must be 1", "n")
+    system, messages = _messages(body.get("messages"))
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
+    out: dict = {"model": model, "messages": messages,
+                 "max_tokens": DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens}
+    if system:
+        out["system"] = "\n\n".join(system)
+    for key in ("temperature", "top_p"):
+        if body.get(key) is not None:
+            out[key] = body[key]
+    stop = body.get("stop")
+    if stop:
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+    if body.get("stream"):
+        out["stream"] = True
+    if body.get("user"):
+        out["metadata"] = {"user_id": body["user"]}
+    if body.get("tools"):
+        out["tools"] = _tools(body["tools"])
+        if body.get("tool_choice") is not None or body.get("parallel_tool_calls") is False:
+            out["tool_choice"] = _tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
+    return orjson.dumps(out)
+
+
+# --- answer ----------------------------------------------------------------------------------
+
+def _usage(usage: dict) -> dict:
+    cache_read = usage.get("cache_read_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0) + cache_read
+    completion = usage.get("output_tokens") or 0
+    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    if cache_read:
+        out["prompt_tokens_details"] = {"cached_tokens": cache_read}
+    return out
+
+
+def _protocol(message: str) -> UpstreamError:
+    return UpstreamError(FailureClass.PROTOCOL, message)
+
+
+def from_upstream(payload: dict, created: int | None = None) -> dict:
+    """An Anthropic Message as an OpenAI chat.completion."""
+    if not isinstance(payload, dict) or payload.get("type") == "error":
+        raise _protocol("upstream answer is not a message")
+    content = payload.get("content")
+    if not isinstance(content, list):
+        raise _protocol("upstream message has no content list")
+    texts, calls = [], []
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(block.get("text") or "")
+        elif kind == "tool_use":
+            arguments = orjson.dumps(block.get("input") or {}).decode()
+            calls.append({"id": block.get("id"), "type": "function",
+                          "function": {"name": block.get("name"), "arguments": arguments}})
+    message: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    usage = payload.get("usage")
+    return {
+        "id": payload.get("id"), "object": "chat.completion",
+        "created": int(time.time()) if created is None else created, "model": payload.get("model"),
+        "choices": [{"index": 0, "message": message,
+                     "finish_reason": FINISH_REASONS.get(payload.get("stop_reason"), "stop")}],
+        "usage": _usage(usage if isinstance(usage, dict) else {}),
+    }
+
+
+def error_from_upstream(status: int | None, payload, retry_after: float | None = None) -> UpstreamError:
+    """An Anthropic error body (or anything else that came with an error status) as an UpstreamError."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    message = str(error.get("message") or kind or "") if isinstance(error, dict) else ""
+    if kind in ERROR_TYPES:
+        failure, type_, code = ERROR_TYPES[kind]
+    else:
+        failure = classify_status(status) if status else FailureClass.PROTOCOL
+        type_, code = ("invalid_request_error" if failure == FailureClass.CLIENT else "upstream_error"), kind
+    message = message or (f"upstream answered HTTP {status}" if status else "upstream error")
+    return UpstreamError(failure, message, status=status, retry_after=retry_after,
+                         body=openai_error_body(message, type_, code))
+
+
+class StreamTranslator:
+    """Anthropic stream events in, OpenAI chat.completion.chunk dicts out. Pure: no I/O."""
+
+    def __init__(self, include_usage: bool = False, created: int | None = None) -> None:
+        self.include_usage = include_usage
+        self.created = int(time.time()) if created is None else created
+        self.id = ""
+        self.model = ""
+        self.usage: Usage | None = None
+        self.done = False
+        self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool call index
+        self._blocks: set[int] = set()  # every block index started
+        self._usage: dict = {}
+
+    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+
+    def _count(self, usage) -> None:
+        if isinstance(usage, dict):
+            self._usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
+            counted = _usage(self._usage)
+            self.usage = Usage(counted["prompt_tokens"], counted["completion_tokens"])
+
+    def feed(self, event: bytes, data: bytes) -> list[dict]:
+        """One SSE event (name, data) in; the OpenAI chunks it becomes out."""
+        if self.done:
+            return []
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise _protocol("malformed stream event from upstream") from None
+        if not isinstance(payload, dict):
+            raise _protocol("malformed stream event from upstream")
+        kind = payload.get("type") or event.decode("ascii", "replace")
+        try:
+            return self._dispatch(kind, payload)
+        except (AttributeError, KeyError, TypeError):
+            raise _protocol(f"malformed {kind} event from upstream") from None
+
+    def _dispatch(self, kind: str, event: dict) -> list[dict]:
+        if kind == "message_start":
+            message = event["message"]
+            self.id, self.model = message.get("id") or "", message.get("model") or ""
+            self._count(message.get("usage"))
+            return [self._chunk({"role": "assistant", "content": ""})]
+        if kind == "content_block_start":
+            block = event["content_block"]
+            self._blocks.add(event["index"])
+            if block["type"] == "tool_use":
+                index = self._tools[event["index"]] = len(self._tools)
+                call = {"index": index, "id": block["id"], "type": "function",
+                        "function": {"name": block["name"], "arguments": ""}}
+                return [self._chunk({"tool_calls": [call]})]
+            if block["type"] == "text" and block.get("text"):
+                return [self._chunk({"content": block["text"]})]
+            return []
+        if kind == "content_block_delta":
+            delta = event["delta"]
+            if event["index"] not in self._blocks:
+                raise _protocol("stream delta for a content block that never started")
+            if delta["type"] == "text_delta":
+                return [self._chunk({"content": delta["text"]})] if delta["text"] else []
+            if delta["type"] == "input_json_delta" and event["index"] in self._tools and delta["partial_json"]:
+                call = {"index": self._tools[event["index"]], "function": {"arguments": delta["partial_json"]}}
+                return [self._chunk({"tool_calls": [call]})]
+            return []  # thinking, signature, citation deltas and server tool input: no OpenAI counterpart
+        if kind == "message_delta":
+            self._count(event.get("usage"))
+            reason = event["delta"].get("stop_reason")
+            return [self._chunk({}, FINISH_REASONS.get(reason, "stop"))] if reason else []
+        if kind == "message_stop":
+            self.done = True
+            if not self.include_usage:
+                return []
+            chunk = self._chunk({})
+            chunk["choices"], chunk["usage"] = [], _usage(self._usage)
+            return [chunk]
+        if kind == "error":
+            error = error_from_upstream(None, event)
+            if error.failure not in (FailureClass.OVERLOADED, FailureClass.SERVER, FailureClass.RATE_LIMIT):
+                error.failure = FailureClass.PROTOCOL
+            raise error
+        return []  # ping, content_block_stop, and event types added later
+
+    def events(self, event: bytes, data: bytes) -> list[bytes]:
+        """Like `feed`, as SSE events ready to write, `data: [DONE]` after message_stop."""
+        was_done = self.done
+        out = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in self.feed(event, data)]
+        if self.done and not was_done:
+            out.append(DONE_EVENT)
+        return out
+
+
+class AnthropicStream:
+    def __init__(self, response: aiohttp.ClientResponse, scrub, include_usage: bool) -> None:
+        self._response = response
+        self._scrub = scrub
+        self.translator = StreamTranslator(include_usage)
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.translator.usage
+
+    @property
+    def done(self) -> bool:
+        return self.translator.done
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        try:
+            async for event, data in read_events(self._response.content):
+                for out in self.translator.events(event, self._scrub(data)):
+                    yield out
+                if self.translator.done:
+                    return
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(FailureClass.CONNECT, f"upstream stream broke: {exc}") from None
+
+    async def aclose(self) -> None:
+        self._response.close() if not self.done else self._response.release()
+
+
+class AnthropicAdapter(HttpAdapter):
+    capabilities = frozenset({"chat", "stream"})
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        version = str(self.provider.options.get("anthropic_version") or DEFAULT_VERSION)
+        return {"x-api-key": key, "anthropic-version": version} if key else {"anthropic-version": version}
+
+    def error_from_status(self, status: int, headers, raw: bytes) -> UpstreamError:
+        try:
+            payload = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            payload = None
+        return error_from_upstream(status, payload, parse_retry_after(headers.get("Retry-After")))
+
+    async def chat(self, deployment: Deployment, body: dict) -> Reply:
+        url = self.join(self.provider.base_url, "/v1/messages")
+        response = await self.send(deployment, url, to_upstream({**body, "stream": False}, deployment.model))
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(FailureClass.CONNECT, f"upstream answer broke: {exc}") from None
+        finally:
+            response.release()
+        try:
+            payload = orjson.loads(self.scrub(raw))
+        except orjson.JSONDecodeError:
+            raise _protocol("upstream answer is not JSON") from None
+        answer = from_upstream(payload)
+        usage = answer["usage"]
+        return Reply(orjson.dumps(answer), Usage(usage["prompt_tokens"], usage["completion_tokens"]))
+
+    async def stream(self, deployment: Deployment, body: dict) -> AnthropicStream:
+        url = self.join(self.provider.base_url, "/v1/messages")
+        response = await self.send(deployment, url, to_upstream({**body, "stream": True}, deployment.model))
+        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            response.close()
+            raise _protocol("upstream did not answer with an event stream")
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        return AnthropicStream(response, self.scrub, include_usage)
+
+    async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
+        message = "provider type anthropic has no embeddings API"
+        raise UpstreamError(FailureClass.CLIENT, message, status=400,
+                            body=openai_error_body(message, "invalid_request_error", "unsupported_operation"))

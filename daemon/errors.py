@@ -1,0 +1,46 @@
+"""Errors the HTTP API answers with, in OpenAI's shape:
+`{"error": {"message", "type", "code", "param"}}`.
+
+    status  type                    code (examples)
+    400     invalid_request_error   invalid_json, missing_model, invalid_body
+    401     authentication_error    invalid_api_key
+    403     permission_error        model_not_allowed, cross_origin
+    404     invalid_request_error   model_not_found, not_found
+    413     invalid_request_error   request_too_large
+    408     invalid_request_error   request_timeout (the client was too slow)
+    429/503 no_deployment_available (routing found nothing usable)
+    504     timeout                 timeouts.total passed
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "invalid_request_error", 405: "invalid_request_error", 408: "invalid_request_error",
+               413: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error",
+               503: "service_unavailable", 504: "timeout"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return error_body(self.status, self.code, self.message, self.param)
+
+    def response(self, extra_headers: dict[str, str] | None = None) -> web.Response:
+        return web.Response(status=self.status, body=self.body(), content_type="application/json",
+                            headers={**self.headers, **(extra_headers or {})})
+
+
+def error_body(status: int, code: str | None, message: str, param: str | None = None) -> bytes:
+    type_ = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return orjson.dumps({"error": {"message": message, "type": type_, "code": code, "param": param}})

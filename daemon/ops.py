@@ -1,0 +1,73 @@
+"""Operations endpoints: /metrics and /admin/* (SPEC §4). Admin endpoints need an
+app key when keys are configured; secrets never appear in what they return."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from gatewayd.daemon.api import authenticate, refuse_cross_origin
+from gatewayd.daemon.errors import ApiError
+from gatewayd.daemon.explain import UnknownRoute, explain_plan
+from gatewayd.daemon.status import cooldown_reason, deployments_status
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.app import Runtime
+
+
+def json_response(payload, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
+
+
+class OpsHandlers:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def guard(self, request: web.Request) -> None:
+        refuse_cross_origin(request)
+        authenticate(request, self.runtime.holder.current.graph)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        self.guard(request)
+        return web.Response(body=self.runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status(self, request: web.Request) -> web.Response:
+        self.guard(request)
+        runtime = self.runtime
+        snapshot = runtime.holder.current
+        reloader = runtime.reloader
+        return json_response({
+            "config": {"path": runtime.config_path, "version": snapshot.graph.version,
+                       "loaded_at": snapshot.loaded_at.isoformat(timespec="seconds")},
+            "last_reload": reloader.last_result() if reloader else None,
+            "deployments": deployments_status(snapshot, runtime.health),
+        })
+
+    async def explain(self, request: web.Request) -> web.Response:
+        self.guard(request)
+        name = request.query.get("model")
+        if not name:
+            raise ApiError(400, "missing_model", "pass ?model=ALIAS (and optionally &at=ISO8601)", param="model")
+        at_text = request.query.get("at")
+        try:
+            at = datetime.fromisoformat(at_text.replace("Z", "+00:00")) if at_text else datetime.now(timezone.utc)
+        except ValueError:
+            raise ApiError(400, "invalid_at", f"at={at_text!r} is not an ISO 8601 instant", param="at") from None
+        if at.tzinfo is None:
+            at = at.replace(tzinfo=timezone.utc)
+        try:
+            plan = explain_plan(self.runtime.holder.current.graph, name, at, cooldown_reason(self.runtime.health))
+        except UnknownRoute as exc:
+            raise ApiError(404, "model_not_found", str(exc), param="model") from None
+        return json_response(plan)
+
+
+def add_ops_routes(app: web.Application, runtime: Runtime) -> None:
+    ops = OpsHandlers(runtime)
+    app.router.add_get("/metrics", ops.metrics)
+    app.router.add_get("/admin/status", ops.status)
+    app.router.add_get("/admin/explain", ops.explain)

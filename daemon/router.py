@@ -1,0 +1,220 @@
+"""The router: delivers one request to the best usable deployment (SPEC §3).
+
+`Router.route()` walks the plan of the request's graph snapshot: drops
+candidates that are disabled, outside their windows or cooling down, orders
+each tier by its strategy, and tries candidates in order, retrying and falling
+back as `policy.decide` says. It returns an `Outcome` (a complete reply, or an
+open stream whose first event has arrived) or raises `RoutingFailed`.
+
+Streams: retries and fallbacks happen only until the first event is in hand;
+after that the HTTP layer relays and reports the end through `finish_stream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from gatewayd.adapters.base import FailureClass, Reply, ReplyStream, UpstreamError
+from gatewayd.daemon.graph import Deployment, Route
+from gatewayd.daemon.health import Health, HealthBook, wall
+from gatewayd.daemon.policy import Action, decide
+from gatewayd.daemon.strategies import Strategies
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.runtime import Snapshot
+
+OPERATION_CAPABILITY = {"chat": "chat", "stream": "stream", "embeddings": "embeddings"}
+
+
+class RoutingObserver:
+    """Hooks for metrics and events; the base class ignores everything."""
+
+    def attempt_failed(self, deployment: str, error: UpstreamError) -> None:
+        pass
+
+    def fell_back(self, route: str, deployment: str, error: UpstreamError) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class Outcome:
+    deployment: Deployment
+    health: Health
+    attempts: int
+    reply: Reply | None = None
+    stream: ReplyStream | None = None
+    events: object = None  # the stream's async iterator, already advanced past `first`
+    first: bytes | None = None  # the stream's first event
+    latency: float = 0.0  # seconds from sending to the answer (a stream's first event)
+
+
+@dataclass(slots=True)
+class RoutingFailed(Exception):
+    """Routing ended without an answer; `status` and `body` say what the client gets."""
+
+    status: int
+    code: str
+    message: str
+    attempts: int
+    retry_after: float | None = None
+    upstream_body: bytes | None = None  # a client error passed through as it came
+    deployment: str | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+class Router:
+    def __init__(self, health: HealthBook, strategies: Strategies | None = None,
+                 observer: RoutingObserver | None = None) -> None:
+        self.health = health
+        self.strategies = strategies or Strategies()
+        self.observer = observer or RoutingObserver()
+
+    async def route(self, snapshot: Snapshot, route: Route, operation: str, body: dict) -> Outcome:
+        graph = snapshot.graph
+        now_wall = datetime.now(timezone.utc)
+        start = time.monotonic()
+        deadline = start + graph_total(snapshot)
+        capability = OPERATION_CAPABILITY[operation]
+        reasons: dict[str, str] = {}
+        rate_limited: list[bool] = []
+        cooldown_ends: list[float] = []
+        attempts = 0
+        last_error: UpstreamError | None = None
+        deployments = graph.deployments
+
+        def health_of(candidate) -> Health:
+            return self.health.get(deployments[candidate.deployment])
+
+        for tier in route.tiers:
+            for candidate in self.strategies.order(tier, health_of):
+                deployment = deployments[candidate.deployment]
+                name = deployment.name
+                if deployment.provider.disabled:
+                    reasons[name] = f"disabled ({deployment.provider.disabled})"
+                    continue
+                adapter = snapshot.adapters[deployment.provider.name]
+                if capability not in adapter.capabilities:
+                    reasons[name] = f"provider type {deployment.provider.type} cannot serve {operation}"
+                    continue
+                if deployment.windows is not None and not deployment.windows.is_open(now_wall):
+                    reasons[name] = deployment.windows.explain(now_wall) or "outside its window"
+                    continue
+                health = self.health.get(deployment)
+                admitted, probe = health.admit(time.monotonic())
+                if not admitted:
+                    if health.probing and time.monotonic() >= health.cooldown_until:
+                        reasons[name] = "half-open: a probe request is in flight"
+                    else:
+                        until = datetime.fromtimestamp(wall(health.cooldown_until), timezone.utc)
+                        reasons[name] = f"cooling down until {until.isoformat(timespec='seconds')}" + (
+                            f" after {health.last_error}" if health.last_error else "")
+                        cooldown_ends.append(health.cooldown_until)
+                    rate_limited.append(health.last_failure is FailureClass.RATE_LIMIT)
+                    continue
+                policy = deployment.policy
+                error: UpstreamError | None = None
+                settled = False  # the attempt's verdict is booked (success or failure)
+                try:
+                    for attempt in range(1, policy.retry.attempts + 1):
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            raise self.timed_out(attempts, reasons, name)
+                        attempts += 1
+                        error = None
+                        began = time.monotonic()
+                        health.inflight += 1
+                        try:
+                            outcome = await self.attempt(
+                                adapter, deployment, operation, body,
+                                min(policy.timeouts.first_byte, remaining, policy.timeouts.total))
+                        except UpstreamError as exc:
+                            error = exc
+                        except TimeoutError:
+                            error = UpstreamError(FailureClass.TIMEOUT, "no answer within the first-byte deadline")
+                        finally:
+                            health.inflight -= 1
+                        if error is None:
+                            outcome.deployment, outcome.health, outcome.attempts = deployment, health, attempts
+                            outcome.latency = time.monotonic() - began
+                            if outcome.stream is None:
+                                health.succeed(outcome.latency)
+                            settled = True  # a stream's verdict comes in finish_stream
+                            return outcome
+                        self.observer.attempt_failed(name, error)
+                        decision = decide(error, policy.retry, attempt)
+                        if decision.action is Action.RETURN:
+                            raise RoutingFailed(
+                                error.status or 400, "upstream_client_error", error.message, attempts,
+                                upstream_body=error.body, deployment=name)
+                        if decision.action is Action.RETRY and time.monotonic() + decision.delay < deadline:
+                            await asyncio.sleep(decision.delay)
+                            continue
+                        break
+                    assert error is not None
+                    health.fail(error, policy.cooldown, time.monotonic())
+                    settled = True
+                finally:
+                    if probe and not settled:
+                        health.abandon_probe()
+                reasons[name] = error.describe()
+                rate_limited.append(error.failure is FailureClass.RATE_LIMIT)
+                last_error = error
+                self.observer.fell_back(route.name, name, error)
+        raise self.exhausted(attempts, reasons, rate_limited, cooldown_ends, last_error)
+
+    async def attempt(self, adapter, deployment: Deployment, operation: str, body: dict,
+                      first_byte: float) -> Outcome:
+        async with asyncio.timeout(first_byte):
+            if operation == "chat":
+                return Outcome(deployment, None, 0, reply=await adapter.chat(deployment, body))  # type: ignore[arg-type]
+            if operation == "embeddings":
+                return Outcome(deployment, None, 0, reply=await adapter.embeddings(deployment, body))  # type: ignore[arg-type]
+            stream = await adapter.stream(deployment, body)
+            try:
+                events = stream.__aiter__()
+                first = await events.__anext__()
+            except StopAsyncIteration:
+                await stream.aclose()
+                raise UpstreamError(FailureClass.PROTOCOL, "upstream stream ended before its first event") from None
+            except BaseException:
+                await stream.aclose()
+                raise
+            return Outcome(deployment, None, 0, stream=stream, events=events, first=first)  # type: ignore[arg-type]
+
+    def timed_out(self, attempts: int, reasons: dict[str, str], name: str) -> RoutingFailed:
+        reasons.setdefault(name, "the request's total deadline passed")
+        return RoutingFailed(504, "timeout", "the request's total deadline (timeouts.total) passed: "
+                             + describe(reasons), attempts, reasons=reasons)
+
+    def exhausted(self, attempts: int, reasons: dict[str, str], rate_limited: list[bool],
+                  cooldown_ends: list[float], last_error: UpstreamError | None) -> RoutingFailed:
+        status = 429 if rate_limited and all(rate_limited) else 503
+        retry_after = None
+        if cooldown_ends:
+            retry_after = max(1.0, math.ceil(min(cooldown_ends) - time.monotonic()))
+        elif last_error is not None and last_error.retry_after is not None:
+            retry_after = max(1.0, math.ceil(last_error.retry_after))
+        message = "no deployment available: " + (describe(reasons) if reasons else "the plan is empty")
+        return RoutingFailed(status, "no_deployment_available", message, attempts,
+                             retry_after=retry_after, reasons=reasons)
+
+    def finish_stream(self, outcome: Outcome, error: UpstreamError | None) -> None:
+        """Book the end of a relayed stream against its deployment."""
+        health = outcome.health
+        if error is None:
+            health.succeed(outcome.latency)
+        else:
+            health.fail(error, outcome.deployment.policy.cooldown, time.monotonic())
+
+
+def describe(reasons: dict[str, str]) -> str:
+    return "; ".join(f"{name}: {why}" for name, why in reasons.items())
+
+
+def graph_total(snapshot: Snapshot) -> float:
+    return snapshot.graph.default_policy.timeouts.total
