@@ -1,0 +1,68 @@
+"""Shared fixtures: fake providers on 127.0.0.1 and the real gateway app in front of them."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gatewayd.daemon.app import Runtime, create_app
+from gatewayd.daemon.config import load
+from tests.fakes import FakeOpenAI
+
+
+@dataclass
+class Gateway:
+    url: str  # http://127.0.0.1:PORT
+    runtime: Runtime
+    session: aiohttp.ClientSession
+    config_path: Path
+
+    async def post(self, path: str, payload=None, *, headers=None, data=None) -> aiohttp.ClientResponse:
+        return await self.session.post(self.url + path, json=payload, data=data, headers=headers)
+
+    async def chat(self, model: str = "chat", content: str = "hi", **extra) -> aiohttp.ClientResponse:
+        body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+        headers = extra.pop("headers", None) if "headers" in extra else None
+        return await self.post("/v1/chat/completions", body, headers=headers)
+
+    async def status(self, headers=None) -> dict:
+        async with self.session.get(self.url + "/admin/status", headers=headers) as response:
+            return await response.json()
+
+
+@pytest.fixture
+async def fake_openai(aiohttp_server):
+    """Factory: `fake = await fake_openai("A")`; `fake.base_url` is its /v1 root."""
+
+    async def make(name: str = "fake") -> FakeOpenAI:
+        fake = FakeOpenAI(name)
+        server = await aiohttp_server(fake.app)
+        fake.base_url = str(server.make_url("/v1"))
+        fake.server = server
+        return fake
+
+    return make
+
+
+@pytest.fixture
+async def gateway(aiohttp_server, tmp_path):
+    """Factory: `gw = await gateway(yaml_text, env={})` runs the real app on 127.0.0.1."""
+    sessions = []
+
+    async def make(config: str, env: dict | None = None, name: str = "gateway.yaml") -> Gateway:
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(config))
+        loaded = load(str(path), env or {})
+        runtime = Runtime(loaded, str(path))
+        server = await aiohttp_server(create_app(runtime))
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        return Gateway(str(server.make_url("")).rstrip("/"), runtime, session, path)
+
+    yield make
+    for session in sessions:
+        await session.close()

@@ -1,0 +1,145 @@
+"""Fake providers: real aiohttp servers on 127.0.0.1 speaking OpenAI's wire format,
+scripted per test, recording what they received.
+
+A test queues behaviours (`fake.queue(Status(500), Ok("hi"))`); each request
+takes the next one, and `default` answers once the queue is empty. Shapes follow
+OpenAI's API reference: `chat.completion` objects, `chat.completion.chunk` SSE
+events ending with `data: [DONE]`, and `{"error": {...}}` bodies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+
+@dataclass
+class Ok:
+    content: str = "hello"
+    delay: float = 0.0  # before the answer
+
+
+@dataclass
+class Status:
+    status: int
+    message: str = "upstream trouble"
+    headers: dict = field(default_factory=dict)
+    type: str = "server_error"
+
+
+@dataclass
+class Stream:
+    pieces: tuple[str, ...] = ("Hel", "lo", "!")
+    gap: float = 0.0  # between events
+    first_delay: float = 0.0
+    cut_after: int | None = None  # close the connection after this many content events
+    malformed_after: int | None = None  # send a non-JSON event after this many
+    error_after: int | None = None  # send an in-band error event after this many
+    done: bool = True
+
+
+@dataclass
+class Hang:
+    seconds: float = 30.0
+
+
+def completion(model: str, content: str) -> dict:
+    return {
+        "id": "chatcmpl-fake123", "object": "chat.completion", "created": 1_700_000_000, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12},
+        "system_fingerprint": "fp_fake",
+    }
+
+
+def chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
+    payload = {"id": "chatcmpl-fake123", "object": "chat.completion.chunk", "created": 1_700_000_000,
+               "model": model, "system_fingerprint": "fp_fake",
+               "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+class FakeOpenAI:
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+        self.script: list = []
+        self.default = Ok(f"from {name}")
+        self.requests: list[dict] = []  # {"path", "headers", "json"}
+        self.disconnects: list[float] = []  # monotonic times a client went away mid-answer
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
+
+    def queue(self, *behaviours) -> None:
+        self.script.extend(behaviours)
+
+    def next(self):
+        return self.script.pop(0) if self.script else self.default
+
+    @property
+    def calls(self) -> int:
+        return len(self.requests)
+
+    async def record(self, request: web.Request) -> dict:
+        body = await request.json()
+        self.requests.append({"path": request.path, "headers": dict(request.headers), "json": body,
+                              "query": dict(request.query)})
+        return body
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self.record(request)
+        behaviour = self.next()
+        model = body.get("model", "?")
+        try:
+            if isinstance(behaviour, Hang):
+                await asyncio.sleep(behaviour.seconds)
+                return web.json_response(completion(model, "too late"))
+            if isinstance(behaviour, Status):
+                error = {"error": {"message": behaviour.message, "type": behaviour.type, "param": None,
+                                   "code": None}}
+                return web.json_response(error, status=behaviour.status, headers=behaviour.headers)
+            if body.get("stream") and not isinstance(behaviour, Stream):
+                behaviour = Stream(pieces=(behaviour.content,), first_delay=behaviour.delay)
+            if isinstance(behaviour, Stream):
+                return await self.stream(request, model, behaviour)
+            if behaviour.delay:
+                await asyncio.sleep(behaviour.delay)
+            return web.json_response(completion(model, behaviour.content))
+        except asyncio.CancelledError:
+            self.disconnects.append(time.monotonic())
+            raise
+
+    async def stream(self, request: web.Request, model: str, plan: Stream) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        if plan.first_delay:
+            await asyncio.sleep(plan.first_delay)
+        await response.write(chunk(model, {"role": "assistant", "content": ""}))
+        for index, piece in enumerate(plan.pieces):
+            if plan.cut_after is not None and index == plan.cut_after:
+                request.transport.close()
+                return response
+            if plan.malformed_after is not None and index == plan.malformed_after:
+                await response.write(b"data: {not json\n\n")
+            if plan.error_after is not None and index == plan.error_after:
+                await response.write(b'data: {"error": {"message": "model overloaded", "type": "server_error"}}\n\n')
+            await response.write(chunk(model, {"content": piece}))
+            if plan.gap:
+                await asyncio.sleep(plan.gap)
+        await response.write(chunk(model, {}, "stop"))
+        if plan.done:
+            await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        body = await self.record(request)
+        inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+        data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
+        return web.json_response({"object": "list", "data": data, "model": body["model"],
+                                  "usage": {"prompt_tokens": 2, "total_tokens": 2}})
