@@ -26,8 +26,10 @@ The decision table over these classes lives in gatewayd.daemon.policy.
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from dataclasses import dataclass
+from datetime import timezone
 from enum import Enum
 from typing import TYPE_CHECKING, AsyncIterator, Protocol
 
@@ -146,15 +148,19 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(0.0, seconds) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when is None:
         return None
+    if when.tzinfo is None:  # asctime dates and "-0000" carry no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=timezone.utc)
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 

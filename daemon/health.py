@@ -19,6 +19,14 @@ from gatewayd.daemon.graph import CooldownPolicy, Deployment
 LATENCY_SMOOTHING = 0.3  # weight of the newest sample in the moving average
 
 
+def capped_growth(initial: float, multiplier: float, steps: int, cap: float) -> float:
+    """min(cap, initial * multiplier**steps) without overflowing in a long outage."""
+    try:
+        return min(cap, initial * multiplier**steps)
+    except OverflowError:
+        return cap
+
+
 def wall(monotonic_deadline: float) -> float:
     return time.time() + (monotonic_deadline - time.monotonic())
 
@@ -75,7 +83,7 @@ class Health:
             self.enter_cooldown(policy, now, error.retry_after if error.failure is FailureClass.RATE_LIMIT else None)
 
     def enter_cooldown(self, policy: CooldownPolicy, now: float, retry_after: float | None) -> None:
-        length = min(policy.max, policy.initial * policy.multiplier ** self.cooldowns)
+        length = capped_growth(policy.initial, policy.multiplier, self.cooldowns, policy.max)
         until = now + max(length, retry_after or 0.0)
         self.cooldowns += 1
         self.failures = 0

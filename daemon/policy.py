@@ -19,6 +19,7 @@ from enum import Enum
 
 from gatewayd.adapters.base import FailureClass, UpstreamError
 from gatewayd.daemon.graph import Backoff, RetryPolicy
+from gatewayd.daemon.health import capped_growth
 
 # The status a class stands for when the failure carried none (an in-band stream error).
 NOMINAL_STATUS = {FailureClass.RATE_LIMIT: 429, FailureClass.OVERLOADED: 503, FailureClass.SERVER: 500}
@@ -64,7 +65,7 @@ def decide(error: UpstreamError, retry: RetryPolicy, attempt: int, rng: random.R
 
 def backoff_delay(backoff: Backoff, attempt: int, rng: random.Random | None = None) -> float:
     """Wait before try `attempt + 1`: exponential, capped at `max`, with jitter."""
-    base = min(backoff.max, backoff.initial * backoff.multiplier ** (attempt - 1))
+    base = capped_growth(backoff.initial, backoff.multiplier, attempt - 1, backoff.max)
     uniform = (rng or random).uniform
     if backoff.jitter == "full":
         return uniform(0.0, base)
