@@ -190,15 +190,25 @@ class Compiler:
             )
         return providers
 
-    def windows(self, path: tuple, raw: Mapping[str, Any]) -> Windows | None:
-        zone_name = raw.get("timezone") or (self.data.get("defaults") or {}).get("timezone", "UTC")
-        zone_path = path + ("timezone",) if "timezone" in raw else ("defaults", "timezone")
-        ok = True
+    def default_zone(self) -> str | None:
+        """`defaults.timezone`, checked once whether or not any model has windows."""
+        name = (self.data.get("defaults") or {}).get("timezone", schema.default("defaults", "timezone"))
         try:
-            load_zone(zone_name)
+            load_zone(name)
         except WindowSyntaxError as exc:
-            self.error(zone_path, str(exc))
-            ok = False
+            self.error(("defaults", "timezone"), str(exc))
+            return None
+        return name
+
+    def windows(self, path: tuple, raw: Mapping[str, Any], default_zone: str | None) -> Windows | None:
+        zone_name = raw.get("timezone") or default_zone
+        ok = zone_name is not None  # a bad default zone is reported once, by default_zone()
+        if "timezone" in raw:
+            try:
+                load_zone(zone_name)
+            except WindowSyntaxError as exc:
+                self.error(path + ("timezone",), str(exc))
+                ok = False
         parsed: dict[str, list] = {"only": [], "except": []}
         for part in ("only", "except"):
             for index, text in enumerate(raw.get(part, [])):
@@ -215,6 +225,7 @@ class Compiler:
         defaults = self.data.get("defaults") or {}
         raw_providers = self.data.get("providers") or {}
         deployments = {}
+        default_zone = self.default_zone()
         for name, raw in (self.data.get("models") or {}).items():
             path = ("models", name)
             provider = providers.get(raw["provider"])
@@ -223,7 +234,7 @@ class Compiler:
                     self.error(path + ("provider",), f"model '{name}' names provider '{raw['provider']}', "
                                f"which is not defined{suggest(raw['provider'], raw_providers)}")
                 continue
-            windows = self.windows(path + ("windows",), raw["windows"]) if "windows" in raw else None
+            windows = self.windows(path + ("windows",), raw["windows"], default_zone) if "windows" in raw else None
             pricing = None
             if "pricing" in raw:
                 pricing = Pricing(float(raw["pricing"].get("input_per_mtok", 0)),
@@ -258,36 +269,53 @@ class Compiler:
         self.check_cycles(aliases)
 
     def check_cycles(self, aliases: Mapping[str, Any]) -> None:
-        reported: set[frozenset[str]] = set()
+        """Report each fallback cycle once, at the fallback entry that closes it.
 
-        def visit(name: str, trail: list[str]) -> None:
-            for index, fallback in enumerate(aliases[name].get("fallbacks", [])):
-                if fallback not in aliases:
+        Iterative depth-first search: a chain of thousands of aliases must not
+        exhaust Python's recursion limit.
+        """
+        done: set[str] = set()
+        reported: set[frozenset[str]] = set()
+        for root in aliases:
+            if root in done:
+                continue
+            trail = [root]  # the aliases on the current path
+            on_trail = {root}
+            cursors = [0]  # next fallback index to look at, per trail entry
+            while trail:
+                name = trail[-1]
+                fallbacks = aliases[name].get("fallbacks", [])
+                index = cursors[-1]
+                if index >= len(fallbacks):
+                    done.add(name)
+                    on_trail.discard(trail.pop())
+                    cursors.pop()
                     continue
-                if fallback in trail:
+                cursors[-1] += 1
+                fallback = fallbacks[index]
+                if fallback not in aliases or fallback in done:
+                    continue
+                if fallback in on_trail:
                     cycle = trail[trail.index(fallback):] + [fallback]
                     if frozenset(cycle) not in reported:
                         reported.add(frozenset(cycle))
-                        self.error(("aliases", name, "fallbacks", index),
-                                   f"fallback cycle: {' -> '.join(cycle)}")
+                        self.error(("aliases", name, "fallbacks", index), f"fallback cycle: {' -> '.join(cycle)}")
                     continue
-                visit(fallback, trail + [fallback])
-
-        for alias in aliases:
-            visit(alias, [alias])
+                trail.append(fallback)
+                on_trail.add(fallback)
+                cursors.append(0)
 
     # -- plans ----------------------------------------------------------------
 
     def routes(self, deployments: Mapping[str, Deployment]) -> dict[str, Route]:
         aliases = self.data.get("aliases") or {}
         routes: dict[str, Route] = {}
-        for name, deployment in deployments.items():
+        for name in deployments:
             routes[name] = Route(name, "model", (Tier("ordered", (Candidate(name),), name),))
-        for name in aliases:
-            if name in deployments:
-                continue
-            tiers = dedup(self.tiers(name, aliases, deployments))
-            routes[name] = Route(name, "alias", tiers)
+        plans = self.plans(aliases, deployments)
+        for name in aliases:  # in the order the file lists them
+            if name in plans:
+                routes[name] = Route(name, "alias", plans[name])
         for name, route in routes.items():
             # a model's own disabled provider is already reported; an alias left empty is news
             if route.kind == "alias" and all(deployments[d].disabled for d in route.deployments()):
@@ -295,21 +323,45 @@ class Compiler:
                           "(every provider it uses is disabled)")
         return routes
 
-    def tiers(self, alias: str, aliases: Mapping, deployments: Mapping) -> list[Tier]:
-        raw = aliases[alias]
-        strategy = raw.get("strategy", schema.default("alias", "strategy"))
-        candidates = []
-        for target in raw["targets"]:
-            name, weight = (target, 1.0) if isinstance(target, str) else (target["model"], float(target.get("weight", 1)))
-            if name in deployments:
-                candidates.append(Candidate(name, weight))
-        tiers = [Tier(strategy, tuple(candidates), alias)]
-        for fallback in raw.get("fallbacks", []):
-            if fallback in deployments:
-                tiers.append(Tier("ordered", (Candidate(fallback),), fallback))
-            elif fallback in aliases:
-                tiers.extend(self.tiers(fallback, aliases, deployments))
-        return tiers
+    def plans(self, aliases: Mapping[str, Any], deployments: Mapping) -> dict[str, tuple[Tier, ...]]:
+        """Each alias flattened into tiers: its targets, then each fallback expanded in order.
+
+        Aliases are expanded children first, each once, and each plan is
+        deduplicated as it is built, so shared fallbacks cost linear time and a
+        long chain needs no recursion. The alias graph is acyclic here.
+        """
+        plans: dict[str, tuple[Tier, ...]] = {}
+        for root in aliases:
+            if root in deployments:
+                continue  # reported: a name is both a model and an alias
+            stack = [root]
+            while stack:
+                name = stack[-1]
+                if name in plans:
+                    stack.pop()
+                    continue
+                pending = [f for f in aliases[name].get("fallbacks", [])
+                           if f in aliases and f not in deployments and f not in plans]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                stack.pop()
+                raw = aliases[name]
+                candidates = []
+                for target in raw["targets"]:
+                    target_name, weight = ((target, 1.0) if isinstance(target, str)
+                                           else (target["model"], float(target.get("weight", 1))))
+                    if target_name in deployments:
+                        candidates.append(Candidate(target_name, weight))
+                strategy = raw.get("strategy", schema.default("alias", "strategy"))
+                tiers = [Tier(strategy, tuple(candidates), name)]
+                for fallback in raw.get("fallbacks", []):
+                    if fallback in deployments:
+                        tiers.append(Tier("ordered", (Candidate(fallback),), fallback))
+                    elif fallback in plans:
+                        tiers.extend(plans[fallback])
+                plans[name] = dedup(tiers)
+        return plans
 
 
 def dedup(tiers: list[Tier]) -> tuple[Tier, ...]:
@@ -317,10 +369,13 @@ def dedup(tiers: list[Tier]) -> tuple[Tier, ...]:
     seen: set[str] = set()
     result = []
     for tier in tiers:
-        kept = tuple(c for c in tier.candidates if c.deployment not in seen)
-        seen.update(c.deployment for c in kept)
+        kept = []
+        for candidate in tier.candidates:
+            if candidate.deployment not in seen:
+                seen.add(candidate.deployment)
+                kept.append(candidate)
         if kept:
-            result.append(Tier(tier.strategy, kept, tier.origin))
+            result.append(Tier(tier.strategy, tuple(kept), tier.origin))
     return tuple(result)
 
 
@@ -328,7 +383,7 @@ def is_loopback(listen: str) -> bool:
     if listen.startswith("unix:"):
         return True
     host = listen.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

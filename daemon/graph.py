@@ -101,7 +101,7 @@ class Provider:
     type: str  # openai | azure-openai | anthropic | ollama | mock
     base_url: str
     api_key: Secret | None  # None: send no credential (local servers need none)
-    headers: tuple[tuple[str, str], ...]
+    headers: tuple[tuple[str, str], ...] = field(repr=False)  # values may carry credentials
     max_connections: int
     options: Mapping[str, object]  # type-specific keys (api_version, anthropic_version, reply, latency, fail_rate)
     disabled: str | None = None  # why it is disabled, or None when usable
@@ -110,7 +110,8 @@ class Provider:
     def identity(self) -> tuple:
         """What a connection pool is keyed by: it survives reloads while this is unchanged."""
         key = self.api_key.fingerprint if self.api_key else None
-        return (self.type, self.base_url, key, self.headers, self.max_connections,
+        headers = tuple((name, fingerprint(value)) for name, value in self.headers)
+        return (self.type, self.base_url, key, headers, self.max_connections,
                 tuple(sorted((k, repr(v)) for k, v in self.options.items())))
 
 

@@ -80,7 +80,8 @@ def explain(doc: Document, error: ValidationError) -> list[Problem]:
         mark = doc.key_mark(path)
         return [Problem(doc.path, mark.line, mark.column, f"{where} is missing the required key '{key}'")
                 for key in error.validator_value if key not in value]
-    if keyword == "propertyNames":
+    if keyword == "propertyNames" or "propertyNames" in error.schema_path:
+        # jsonschema reports a bad name as the name's own `pattern` failure, located at the parent
         mark = doc.key_mark(path + (value,))
         hint = definition_hint(schema)
         return [Problem(doc.path, mark.line, mark.column, f"'{value}' is not a valid name in {where}: {hint}")]
@@ -95,7 +96,7 @@ def explain(doc: Document, error: ValidationError) -> list[Problem]:
             return [at_value(f"version {value} is not supported: this gatewayd reads version: 1")]
         return [at_value(f"{where} must be {error.validator_value!r}")]
     if keyword == "pattern":
-        if "windows" in path:
+        if len(path) >= 3 and path[-3] == "windows" and path[-2] in ("only", "except"):
             try:
                 parse_window(str(value))
             except WindowSyntaxError as exc:

@@ -16,6 +16,7 @@ depth, size, tags, aliases and keys are all checked in one iterative pass.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -93,7 +94,7 @@ def load_document(path: str, env: Mapping[str, str]) -> Document:
             raw = f.read(MAX_BYTES + 1)
             size = max(len(raw), os.fstat(f.fileno()).st_size)
     except OSError as e:
-        raise ConfigError([Problem(path, 1, 1, f"cannot read the file: {e.strerror or e}")])
+        raise ConfigError([Problem(path, 1, 1, f"cannot read the file: {e.strerror or e}")]) from None
     if size > MAX_BYTES:
         raise ConfigError([_too_big(path, size)])
     return parse_document(raw, path, env)
@@ -256,10 +257,15 @@ class _Builder:
         if tag in _TYPED:
             node = ScalarNode(tag, ev.value, ev.start_mark, ev.end_mark, ev.style)
             try:
-                return getattr(_CONSTRUCTOR, _TYPED[tag])(node), tag
+                value = getattr(_CONSTRUCTOR, _TYPED[tag])(node)
             except (ValueError, KeyError, TypeError):
                 self.problem(mark, f"'{ev.value}' cannot be read as {_show_tag(tag)}")
                 return ev.value, _STR
+            if isinstance(value, float) and not math.isfinite(value):
+                # .nan/.inf would slip through every numeric check downstream
+                self.problem(mark, f"'{ev.value}' is not a finite number")
+                return ev.value, _STR
+            return value, tag
         return (ev.value if in_key or tag != _STR else self.interpolate(ev.value, mark)), tag
 
     def alias(self, name: str, mark: Mark, path: tuple | None) -> None:
