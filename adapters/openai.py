@@ -49,25 +49,24 @@ def from_upstream(raw: bytes) -> Reply:
 
 
 def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
-    """Validate one stream event's data cheaply; returns (event bytes to relay, usage seen).
+    """Validate one stream event's data; returns (event bytes to relay, usage seen).
 
-    Only events that may carry an error or usage are parsed; the rest are
-    relayed as they came.
+    Every event is parsed (orjson: microseconds), so a malformed or truncated
+    chunk is caught rather than relayed; the bytes go on as they came.
     """
     if data == b"[DONE]":
         return None, None
-    if not data.startswith(b"{"):
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(FailureClass.PROTOCOL, "malformed stream event from upstream") from None
+    if not isinstance(payload, dict):
         raise UpstreamError(FailureClass.PROTOCOL, "malformed stream event from upstream")
-    usage = None
-    if b'"error"' in data or b'"usage"' in data:
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(FailureClass.PROTOCOL, "malformed stream event from upstream") from None
-        if isinstance(payload.get("error"), dict):
-            raise UpstreamError(FailureClass.PROTOCOL, str(payload["error"].get("message", "in-band error")))
-        usage = usage_from_openai(payload)
-    return b"data: " + data + b"\n\n", usage
+    error = payload.get("error")
+    if error:  # OpenAI sends an object; some compatible servers a bare string
+        message = error.get("message", "in-band error") if isinstance(error, dict) else error
+        raise UpstreamError(FailureClass.PROTOCOL, str(message))
+    return b"data: " + data + b"\n\n", usage_from_openai(payload)
 
 
 class OpenAIStream:
@@ -80,14 +79,14 @@ class OpenAIStream:
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
             async for _event, data in read_events(self._response.content):
-                event, usage = check_chunk(data)
+                event, usage = check_chunk(self._scrub(data))  # scrubbed before an error can quote it
                 if usage is not None:
                     self.usage = usage
                 if event is None:
                     self.done = True
                     yield DONE_EVENT
                     return
-                yield self._scrub(event)
+                yield event
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(FailureClass.CONNECT, f"upstream stream broke: {exc}") from None
 

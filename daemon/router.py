@@ -53,6 +53,35 @@ class Outcome:
     latency: float = 0.0  # seconds from sending to the answer (a stream's first event)
 
 
+class InFlightStream:
+    """A relayed stream that counts in `Health.inflight` until it is closed, so that
+    least-busy sees the streams being relayed, not only the requests still starting."""
+
+    __slots__ = ("_stream", "_health")
+
+    def __init__(self, stream: ReplyStream, health: Health) -> None:
+        self._stream: ReplyStream = stream
+        self._health: Health | None = health
+        health.inflight += 1
+
+    @property
+    def usage(self):
+        return self._stream.usage
+
+    @property
+    def done(self) -> bool:
+        return self._stream.done
+
+    def __aiter__(self):
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        if self._health is not None:
+            self._health.inflight -= 1
+            self._health = None
+        await self._stream.aclose()
+
+
 @dataclass(slots=True)
 class RoutingFailed(Exception):
     """Routing ended without an answer; `status` and `body` say what the client gets."""
@@ -118,6 +147,7 @@ class Router:
                     continue
                 policy = deployment.policy
                 error: UpstreamError | None = None
+                deadline_hit = False  # the request's total deadline cut the last attempt short
                 settled = False  # the attempt's verdict is booked (success or failure)
                 try:
                     for attempt in range(1, policy.retry.attempts + 1):
@@ -127,15 +157,19 @@ class Router:
                         attempts += 1
                         error = None
                         began = time.monotonic()
+                        first_byte = min(policy.timeouts.first_byte, policy.timeouts.total)
+                        total_bound = remaining < first_byte  # this attempt ends with the request's deadline
                         health.inflight += 1
                         try:
                             outcome = await self.attempt(
-                                adapter, deployment, operation, body,
-                                min(policy.timeouts.first_byte, remaining, policy.timeouts.total))
+                                adapter, deployment, operation, body, min(first_byte, remaining))
                         except UpstreamError as exc:
                             error = exc
                         except TimeoutError:
-                            error = UpstreamError(FailureClass.TIMEOUT, "no answer within the first-byte deadline")
+                            deadline_hit = total_bound
+                            error = UpstreamError(FailureClass.TIMEOUT, "no answer before the request's total "
+                                                  "deadline (timeouts.total)" if total_bound else
+                                                  "no answer within the first-byte deadline")
                         finally:
                             health.inflight -= 1
                         if error is None:
@@ -143,6 +177,8 @@ class Router:
                             outcome.latency = time.monotonic() - began
                             if outcome.stream is None:
                                 health.succeed(outcome.latency)
+                            else:  # in flight at its deployment until the relay closes it
+                                outcome.stream = InFlightStream(outcome.stream, health)
                             settled = True  # a stream's verdict comes in finish_stream
                             return outcome
                         self.observer.attempt_failed(name, error)
@@ -162,6 +198,10 @@ class Router:
                     if probe and not settled:
                         health.abandon_probe()
                 reasons[name] = error.describe()
+                if deadline_hit:
+                    raise self.timed_out(attempts, reasons, name)
+                if health.cooldown_until > time.monotonic():  # it started cooling: its end is known
+                    cooldown_ends.append(health.cooldown_until)
                 rate_limited.append(error.failure is FailureClass.RATE_LIMIT)
                 last_error = error
                 self.observer.fell_back(route.name, name, error)

@@ -24,9 +24,8 @@ class Gateway:
     async def post(self, path: str, payload=None, *, headers=None, data=None) -> aiohttp.ClientResponse:
         return await self.session.post(self.url + path, json=payload, data=data, headers=headers)
 
-    async def chat(self, model: str = "chat", content: str = "hi", **extra) -> aiohttp.ClientResponse:
+    async def chat(self, model: str = "chat", content: str = "hi", *, headers=None, **extra) -> aiohttp.ClientResponse:
         body = {"model": model, "messages": [{"role": "user", "content": content}], **extra}
-        headers = extra.pop("headers", None) if "headers" in extra else None
         return await self.post("/v1/chat/completions", body, headers=headers)
 
     async def status(self, headers=None) -> dict:

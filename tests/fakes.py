@@ -29,6 +29,9 @@ class Status:
     message: str = "upstream trouble"
     headers: dict = field(default_factory=dict)
     type: str = "server_error"
+    code: str | None = None
+    param: str | None = None
+    delay: float = 0.0  # before the answer
 
 
 @dataclass
@@ -39,6 +42,10 @@ class Stream:
     cut_after: int | None = None  # close the connection after this many content events
     malformed_after: int | None = None  # send a non-JSON event after this many
     error_after: int | None = None  # send an in-band error event after this many
+    error_message: str = "model overloaded"
+    pause_after: int | None = None  # fall silent for `pause` seconds after this many
+    pause: float = 0.0
+    role: bool = True  # open with the assistant-role chunk (no content)
     done: bool = True
 
 
@@ -69,8 +76,9 @@ class FakeOpenAI:
         self.name = name
         self.script: list = []
         self.default = Ok(f"from {name}")
-        self.requests: list[dict] = []  # {"path", "headers", "json"}
+        self.requests: list[dict] = []  # {"path", "headers", "json", "query", "at"}
         self.disconnects: list[float] = []  # monotonic times a client went away mid-answer
+        self.sent: list[bytearray] = []  # the bytes of each event stream, as written
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
@@ -88,7 +96,7 @@ class FakeOpenAI:
     async def record(self, request: web.Request) -> dict:
         body = await request.json()
         self.requests.append({"path": request.path, "headers": dict(request.headers), "json": body,
-                              "query": dict(request.query)})
+                              "query": dict(request.query), "at": time.monotonic()})
         return body
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -100,8 +108,10 @@ class FakeOpenAI:
                 await asyncio.sleep(behaviour.seconds)
                 return web.json_response(completion(model, "too late"))
             if isinstance(behaviour, Status):
-                error = {"error": {"message": behaviour.message, "type": behaviour.type, "param": None,
-                                   "code": None}}
+                if behaviour.delay:
+                    await asyncio.sleep(behaviour.delay)
+                error = {"error": {"message": behaviour.message, "type": behaviour.type,
+                                   "param": behaviour.param, "code": behaviour.code}}
                 return web.json_response(error, status=behaviour.status, headers=behaviour.headers)
             if body.get("stream") and not isinstance(behaviour, Stream):
                 behaviour = Stream(pieces=(behaviour.content,), first_delay=behaviour.delay)
@@ -110,36 +120,93 @@ class FakeOpenAI:
             if behaviour.delay:
                 await asyncio.sleep(behaviour.delay)
             return web.json_response(completion(model, behaviour.content))
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, ConnectionResetError):
             self.disconnects.append(time.monotonic())
             raise
 
     async def stream(self, request: web.Request, model: str, plan: Stream) -> web.StreamResponse:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        sent = bytearray()
+        self.sent.append(sent)
+
+        async def write(data: bytes) -> None:
+            sent.extend(data)
+            await response.write(data)
+
         if plan.first_delay:
             await asyncio.sleep(plan.first_delay)
-        await response.write(chunk(model, {"role": "assistant", "content": ""}))
+        if plan.role:
+            await write(chunk(model, {"role": "assistant", "content": ""}))
         for index, piece in enumerate(plan.pieces):
             if plan.cut_after is not None and index == plan.cut_after:
                 request.transport.close()
                 return response
+            if plan.pause_after is not None and index == plan.pause_after:
+                await asyncio.sleep(plan.pause)
             if plan.malformed_after is not None and index == plan.malformed_after:
-                await response.write(b"data: {not json\n\n")
+                await write(b"data: {not json\n\n")
             if plan.error_after is not None and index == plan.error_after:
-                await response.write(b'data: {"error": {"message": "model overloaded", "type": "server_error"}}\n\n')
-            await response.write(chunk(model, {"content": piece}))
+                error = {"error": {"message": plan.error_message, "type": "server_error", "param": None,
+                                   "code": None}}
+                await write(b"data: " + json.dumps(error).encode() + b"\n\n")
+            await write(chunk(model, {"content": piece}))
             if plan.gap:
                 await asyncio.sleep(plan.gap)
-        await response.write(chunk(model, {}, "stop"))
+        await write(chunk(model, {}, "stop"))
         if plan.done:
-            await response.write(b"data: [DONE]\n\n")
+            await write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await self.record(request)
+        behaviour = self.next()
+        if isinstance(behaviour, Hang):
+            await asyncio.sleep(behaviour.seconds)
+        if isinstance(behaviour, Status):
+            error = {"error": {"message": behaviour.message, "type": behaviour.type,
+                               "param": behaviour.param, "code": behaviour.code}}
+            return web.json_response(error, status=behaviour.status, headers=behaviour.headers)
         inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
         data = [{"object": "embedding", "index": i, "embedding": [0.1, 0.2, 0.3]} for i in range(len(inputs))]
         return web.json_response({"object": "list", "data": data, "model": body["model"],
                                   "usage": {"prompt_tokens": 2, "total_tokens": 2}})
+
+
+# -- wiring fakes into a gateway config ------------------------------------------------
+
+FAST = {"retry": {"attempts": 1, "backoff": {"initial": "10ms", "max": "40ms", "jitter": "none"}}}
+
+
+def merge(base: dict, extra: dict | None) -> dict:
+    """`extra` over `base`, nested dicts merged key by key."""
+    result = dict(base)
+    for key, value in (extra or {}).items():
+        result[key] = merge(result[key], value) if isinstance(value, dict) and isinstance(
+            result.get(key), dict) else value
+    return result
+
+
+def gateway_config(fakes: dict[str, FakeOpenAI], *, aliases: dict | None = None,
+                   defaults: dict | None = None, models: dict | None = None,
+                   providers: dict | None = None, server: dict | None = None) -> str:
+    """A gateway.yaml (JSON is YAML) with one openai provider and one model per fake.
+
+    Fake `a` becomes provider `a` (key `sk-a-secret`) and model `a` (upstream
+    model `up-a`); `models`/`providers` add or extend entries; `defaults` are
+    merged over FAST (one attempt, 10 ms backoff).
+    """
+    document = {
+        "version": 1,
+        "defaults": merge(FAST, defaults),
+        "providers": {name: {"type": "openai", "base_url": fake.base_url, "api_key": f"sk-{name}-secret"}
+                      for name, fake in fakes.items()},
+        "models": {name: {"provider": name, "model": f"up-{name}"} for name in fakes},
+        "aliases": aliases or {},
+    }
+    document["providers"] = merge(document["providers"], providers)
+    document["models"] = merge(document["models"], models)
+    if server:
+        document["server"] = server
+    return json.dumps(document, indent=2)
