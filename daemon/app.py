@@ -2,12 +2,22 @@
 
 `create_app(runtime)` wires handlers to an existing `Runtime`; everything is
 owned by the app (no module globals), and `Runtime.close()` runs on cleanup.
+
+Shutdown support (the order lives in server.py): every request runs inside
+`track_requests`, which keeps the set of handler tasks in flight so the server
+can wait for them, and, once `runtime.stopping` is set, turns the cancellation
+of a request still running at the end of the grace into a last message: a 503
+`shutting_down` answer when nothing was sent yet, or an SSE error event
+(`data: {"error": {... "code": "shutting_down"}}`, no `[DONE]`) ending a stream.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from datetime import datetime, timezone
 
 import orjson
 from aiohttp import web
@@ -15,8 +25,9 @@ from aiohttp import web
 from gatewayd.adapters.base import UpstreamError
 from gatewayd.daemon.api import OpenAIHandlers
 from gatewayd.daemon.config import Loaded
-from gatewayd.daemon.errors import ApiError
-from gatewayd.daemon.health import HealthBook
+from gatewayd.daemon.errors import ApiError, error_body
+from gatewayd.daemon.events import EventBus, add_event_routes
+from gatewayd.daemon.health import Health, HealthBook, wall
 from gatewayd.daemon.metrics import Metrics
 from gatewayd.daemon.ops import add_ops_routes
 from gatewayd.daemon.router import Router, RoutingObserver
@@ -24,6 +35,43 @@ from gatewayd.daemon.runtime import AdapterPool, Holder
 from gatewayd.daemon.status import deployment_state, usable_count
 
 log = logging.getLogger("gatewayd")
+
+SHUTTING_DOWN = "gatewayd is shutting down: the request did not finish within server.shutdown_grace"
+
+
+class InFlight:
+    """The handler tasks of requests being served, so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.tasks: set[asyncio.Task] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self, task: asyncio.Task) -> None:
+        self.tasks.add(task)
+        self._idle.clear()
+
+    def leave(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not self.tasks:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """True when no request is in flight any more, False when `timeout` passed first."""
+        try:
+            async with asyncio.timeout(max(timeout, 0.0)):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def cancel_all(self) -> int:
+        for task in self.tasks:
+            task.cancel()
+        return len(self.tasks)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
 
 
 class Runtime(RoutingObserver):
@@ -33,6 +81,9 @@ class Runtime(RoutingObserver):
     def __init__(self, loaded: Loaded, config_path: str) -> None:
         self.config_path = config_path
         self.metrics = Metrics()
+        self.events = EventBus(redact=self.redact)
+        self.requests = InFlight()
+        self.stopping = asyncio.Event()  # set when shutdown begins (SIGTERM/SIGINT)
         self.health = HealthBook(on_change=self.health_changed)
         self.router = Router(self.health, observer=self)
         self.pool = AdapterPool()
@@ -41,6 +92,7 @@ class Runtime(RoutingObserver):
         self.holder = Holder(snapshot)
         self.metrics.set_config(loaded.graph.version)
         self.metrics.watch_states(self.deployment_states)
+        self.metrics.watch_inflight(lambda: len(self.requests))
         self.reloader = None  # set by the reload pipeline when it runs
 
     # RoutingObserver
@@ -48,10 +100,41 @@ class Runtime(RoutingObserver):
         self.metrics.failure(deployment, error.failure.value)
 
     def fell_back(self, route: str, deployment: str, error: UpstreamError) -> None:
-        log.info("fallback: %s left %s after %s", route, deployment, error.describe())
+        log.info("fallback: %s left %s after %s", route, deployment, self.redact(error.describe()))
+        self.metrics.fallback(route, deployment)
+        self.events.publish("fallback", alias=route, **{"from": deployment}, error=error.failure.value,
+                            status=error.status, detail=error.describe())
 
-    def health_changed(self, event: str, health) -> None:
-        pass
+    # HealthBook
+    def health_changed(self, event: str, health: Health) -> None:
+        names = self.names_of(health)
+        if not names:  # the deployment left the config meanwhile
+            return
+        fields = {"deployment": names[0], "deployments": names, "last_error": health.last_error}
+        if event == "cooldown_start":
+            until = datetime.fromtimestamp(wall(health.cooldown_until), timezone.utc)
+            fields["until"] = until.isoformat(timespec="milliseconds")
+            fields["failure"] = health.last_failure.value if health.last_failure else None
+            log.warning("cooldown: %s until %s after %s", ", ".join(names), fields["until"],
+                        self.redact(health.last_error or "failures"))
+        else:
+            log.info("cooldown ended: %s answered again", ", ".join(names))
+        self.events.publish(event, **fields)
+
+    def names_of(self, health: Health) -> list[str]:
+        """The names of the serving graph's deployments whose identity owns `health`."""
+        return [name for name, deployment in self.holder.current.graph.deployments.items()
+                if self.health.peek(deployment) is health]
+
+    def redact(self, text: str) -> str:
+        """`text` with every credential of the serving config replaced (defence in depth)."""
+        graph = self.holder.current.graph
+        secrets = [p.api_key.reveal() for p in graph.providers.values() if p.api_key]
+        secrets += [k.key.reveal() for k in graph.server.keys or ()]
+        for secret in sorted(secrets, key=len, reverse=True):
+            if len(secret) >= 4 and secret in text:
+                text = text.replace(secret, "[redacted]")
+        return text
 
     def deployment_states(self):
         now = time.monotonic()
@@ -61,11 +144,53 @@ class Runtime(RoutingObserver):
     def ready(self) -> bool:
         return usable_count(self.holder.current, self.health) > 0
 
+    def begin_stopping(self) -> None:
+        """Shutdown begins: streams learn it on cancellation, event streams end now."""
+        self.stopping.set()
+        self.events.close()
+
     async def close(self) -> None:
         await self.pool.close_all()
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
+PREPARED = web.RequestKey("gatewayd_prepared", web.StreamResponse)  # the response whose headers went out
+
+
+async def remember_prepared(request: web.Request, response: web.StreamResponse) -> None:
+    request[PREPARED] = response
+
+
+@web.middleware
+async def track_requests(request: web.Request, handler):
+    runtime = request.app[RUNTIME]
+    task = asyncio.current_task()
+    assert task is not None
+    runtime.requests.enter(task)
+    try:
+        return await handler(request)
+    except asyncio.CancelledError:
+        transport = request.transport
+        if not runtime.stopping.is_set() or transport is None or transport.is_closing():
+            raise  # the client went away, or this is not our shutdown
+        task.uncancel()  # shutdown cancelled it to say goodbye: answer instead of dropping the line
+        return await last_word(request)
+    finally:
+        runtime.requests.leave(task)
+
+
+async def last_word(request: web.Request) -> web.StreamResponse:
+    """What a request still running at the end of the shutdown grace gets."""
+    response = request.get(PREPARED)
+    if response is None:
+        return ApiError(503, "shutting_down", SHUTTING_DOWN, headers={"Connection": "close"}).response()
+    if response.content_type != "text/event-stream":
+        raise asyncio.CancelledError  # a body is half sent: closing the connection is all that is left
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await response.write(b"data: " + error_body(503, "shutting_down", SHUTTING_DOWN) + b"\n\n")
+        await response.write_eof()
+        return response
+    raise asyncio.CancelledError
 
 
 def json_response(payload, status: int = 200) -> web.Response:
@@ -98,7 +223,8 @@ async def api_errors(request: web.Request, handler):
 
 def create_app(runtime: Runtime) -> web.Application:
     # client_max_size is enforced by the handlers against server.max_body, which a reload may change
-    app = web.Application(middlewares=[api_errors], client_max_size=2**40, handler_args={"tcp_keepalive": True})
+    app = web.Application(middlewares=[track_requests, api_errors], client_max_size=2**40,
+                          handler_args={"tcp_keepalive": True})
     app[RUNTIME] = runtime
     openai = OpenAIHandlers(runtime)
     app.router.add_post("/v1/chat/completions", openai.chat_completions)
@@ -107,6 +233,8 @@ def create_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     add_ops_routes(app, runtime)
+    add_event_routes(app, runtime)
+    app.on_response_prepare.append(remember_prepared)
 
     async def close_runtime(app: web.Application):
         yield

@@ -15,19 +15,27 @@ from prometheus_client.core import GaugeMetricFamily
 from gatewayd.daemon.accesslog import AccessRecord
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+STATES = ("ok", "cooldown", "half_open", "disabled", "outside_window")
 
 
 class DeploymentStateCollector:
-    """Deployment states read at scrape time, so the request path never updates a gauge."""
+    """Deployment states read at scrape time, so the request path never updates a gauge.
+
+    Every deployment gets one sample per state, 1 for the state it is in and 0
+    for the others, so `gatewayd_deployment_state{state="cooldown"} == 1`
+    works as an alert and a graph shows the transitions.
+    """
 
     def __init__(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self._states = states
 
     def collect(self):
         family = GaugeMetricFamily("gatewayd_deployment_state",
-                                   "1 for the state each deployment is in", labels=["deployment", "state"])
-        for deployment, state in self._states():
-            family.add_metric([deployment, state], 1.0)
+                                   "1 for the state each deployment is in, 0 for the others",
+                                   labels=["deployment", "state"])
+        for deployment, current in self._states():
+            for state in STATES:
+                family.add_metric([deployment, state], 1.0 if state == current else 0.0)
         yield family
 
 
@@ -45,6 +53,9 @@ class Metrics:
                               ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.tokens = Counter("gatewayd_tokens", "Tokens by kind", ["deployment", "kind"], registry=r)
         self.cost = Counter("gatewayd_cost", "Cost from the models' pricing", ["deployment"], registry=r)
+        self.fallbacks = Counter("gatewayd_fallbacks", "Times a route left a deployment for the next candidate",
+                                 ["model", "deployment"], registry=r)
+        self.inflight = Gauge("gatewayd_inflight_requests", "Requests being served", registry=r)
         self.reloads = Counter("gatewayd_reloads", "Reloads by result", ["result", "trigger"], registry=r)
         self.config = Gauge("gatewayd_config_info", "The serving config version", ["version"], registry=r)
         self.last_reload_error = Gauge("gatewayd_last_reload_failed", "1 when the last reload was rejected",
@@ -53,6 +64,9 @@ class Metrics:
 
     def watch_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.registry.register(DeploymentStateCollector(states))
+
+    def watch_inflight(self, count: Callable[[], int]) -> None:
+        self.inflight.set_function(count)
 
     def observe(self, record: AccessRecord) -> None:
         model = record.model if record.deployment is not None or record.status in (200, 429, 503, 504) else None
@@ -81,6 +95,9 @@ class Metrics:
 
     def failure(self, deployment: str, failure_class: str) -> None:
         self.failures.labels(deployment, failure_class).inc()
+
+    def fallback(self, model: str, deployment: str) -> None:
+        self.fallbacks.labels(model, deployment).inc()
 
     def set_config(self, version: str) -> None:
         self.config.clear()

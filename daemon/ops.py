@@ -47,6 +47,15 @@ class OpsHandlers:
             "deployments": deployments_status(snapshot, runtime.health),
         })
 
+    async def reload(self, request: web.Request) -> web.Response:
+        """Reload now and answer with the result (200 even when rejected: `ok` tells)."""
+        self.guard(request)
+        reloader = self.runtime.reloader
+        if reloader is None:
+            raise ApiError(503, "reload_unavailable", "this gatewayd cannot reload; restart it instead")
+        trigger = "cli" if request.headers.get("X-Gatewayd-Trigger", "").lower() == "cli" else "api"
+        return json_response(await reloader.request(trigger))
+
     async def explain(self, request: web.Request) -> web.Response:
         self.guard(request)
         name = request.query.get("model")
@@ -71,3 +80,4 @@ def add_ops_routes(app: web.Application, runtime: Runtime) -> None:
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/admin/status", ops.status)
     app.router.add_get("/admin/explain", ops.explain)
+    app.router.add_post("/admin/reload", ops.reload)

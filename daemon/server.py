@@ -1,9 +1,25 @@
-"""`gatewayd run`: load the config, listen, serve, and shut down in order.
+"""`gatewayd run`: load the config, listen, serve, and shut down in order (SPEC §6).
 
-Start-up with an invalid config exits 1 with FILE:LINE:COL messages before
-anything listens. SIGTERM/SIGINT stop accepting, let in-flight requests finish
-for up to `server.shutdown_grace`, end streams still open with an SSE error
-event, and exit 0; a second signal exits at once.
+Start-up: the config is loaded and compiled before anything listens; an invalid
+one exits 1 with FILE:LINE:COL messages on stderr and no READY=1. READY=1 goes
+out once the graph is compiled and the socket listens; WATCHDOG=1 pings run as
+a task on the event loop (half of WATCHDOG_USEC), so a stuck loop stops them.
+
+Shutdown is ordered and bounded. On SIGTERM or SIGINT:
+
+1. STOPPING=1; `runtime.stopping` is set and /admin/events streams end;
+2. the listening sockets close at once (new connections are refused) and idle
+   keep-alive connections close; busy ones close after their answer;
+3. the reload task stops; in-flight requests (streams included) run to their
+   end for up to `server.shutdown_grace` from the signal;
+4. requests still running then are cancelled: one that has sent nothing gets a
+   503 `shutting_down` answer, a stream ends with an SSE error event
+   `data: {"error": {... "code": "shutting_down"}}` and no `[DONE]`
+   (see `track_requests` in app.py); they get CANCEL_WAIT to write it;
+5. the app's cleanup contexts close the upstream connection pools; exit 0.
+
+A second SIGTERM/SIGINT exits at once with status 130 (EXIT_FORCED), without
+draining: whatever is still open is cut.
 """
 
 from __future__ import annotations
@@ -17,11 +33,15 @@ import sys
 from aiohttp import web
 
 from gatewayd.daemon.app import Runtime, create_app
-from gatewayd.daemon.config import find_config, load
+from gatewayd.daemon.config import Loaded, find_config, load
 from gatewayd.daemon.problems import ConfigError
 from gatewayd.daemon.sdnotify import Notifier
 
 log = logging.getLogger("gatewayd")
+
+EXIT_FORCED = 130  # a second stop signal: exit at once
+CANCEL_WAIT = 2.0  # after the grace, for cancelled requests to write their last message
+RUNNER_TIMEOUT = 1.0  # aiohttp's own wait per connection at cleanup; nothing is in flight by then
 
 
 def configure_logging() -> None:
@@ -40,53 +60,88 @@ def site_for(runner: web.AppRunner, listen: str) -> web.BaseSite:
     return web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True, backlog=1024)
 
 
-async def serve(config_path: str, loaded) -> int:
-    runtime = Runtime(loaded, config_path)
-    graph = loaded.graph
-    app = create_app(runtime)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
-                           shutdown_timeout=graph.server.shutdown_grace)
-    await runner.setup()
-    site = site_for(runner, graph.server.listen)
-    await site.start()
-    notifier = Notifier.from_environ()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
+def on_stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """The first SIGTERM/SIGINT sets `stop`; the second exits the process at once."""
 
-    def on_stop_signal() -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            log.warning("second signal: exiting at once")
-            os._exit(0)
-        stop.set()
+    def received(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("%s: shutting down (send it again to exit at once)", sig.name)
+            stop.set()
+            return
+        log.warning("%s again: exiting at once with status %d", sig.name, EXIT_FORCED)
+        for handler in logging.getLogger("gatewayd").handlers:
+            handler.flush()
+        os._exit(EXIT_FORCED)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_stop_signal)
-    reloader = None
+        loop.add_signal_handler(sig, received, sig)
+
+
+async def start_reloader(runtime: Runtime, notifier: Notifier, loop: asyncio.AbstractEventLoop):
     try:
         from gatewayd.daemon.reload import Reloader
-    except ImportError:
-        Reloader = None  # type: ignore[assignment,misc]
-    if Reloader is not None:
-        reloader = Reloader(runtime, notifier)
-        runtime.reloader = reloader
-        await reloader.start(loop)
-    watchdog = asyncio.create_task(notifier.run_watchdog()) if notifier.watchdog_interval() else None
-    log.info("gatewayd serving on %s (config %s, version %s)", graph.server.listen, config_path, graph.version)
-    notifier.ready(f"serving config {graph.version}")
-    await stop.wait()
-    notifier.stopping()
-    log.info("stopping: draining in-flight requests for up to %ss", runtime.holder.current.graph.server.shutdown_grace)
-    if reloader is not None:
-        await reloader.stop()
-    if watchdog is not None:
-        watchdog.cancel()
-    await runner.cleanup()
-    notifier.close()
+    except ImportError:  # a build without hot reload still serves
+        return None
+    reloader = Reloader(runtime, notifier)
+    runtime.reloader = reloader
+    await reloader.start(loop)
+    return reloader
+
+
+async def serve(config_path: str, loaded: Loaded) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    on_stop_signals(loop, stop)  # before anything else: a stop during start-up is not lost
+    runtime = Runtime(loaded, config_path)
+    graph = loaded.graph
+    notifier = Notifier.from_environ()
+    runner = web.AppRunner(create_app(runtime), handler_cancellation=True, access_log=None,
+                           shutdown_timeout=RUNNER_TIMEOUT)
+    await runner.setup()
+    watchdog: asyncio.Task | None = None
+    try:
+        await site_for(runner, graph.server.listen).start()
+        reloader = await start_reloader(runtime, notifier, loop)
+        watchdog = loop.create_task(notifier.run_watchdog(), name="gatewayd-watchdog")
+        log.info("gatewayd serving on %s (config %s, version %s)", graph.server.listen, config_path,
+                 graph.version)
+        if not stop.is_set():
+            notifier.ready(f"serving config {graph.version}")
+        await stop.wait()
+        await shutdown(runner, runtime, notifier, reloader)
+    finally:
+        await runner.cleanup()  # cleanup contexts: close the upstream pools
+        if watchdog is not None:
+            watchdog.cancel()
+        notifier.close()
     log.info("stopped")
     return 0
+
+
+async def shutdown(runner: web.AppRunner, runtime: Runtime, notifier: Notifier, reloader) -> None:
+    """Steps 1-4 of the module docstring; the caller runs the cleanup (step 5)."""
+    loop = asyncio.get_running_loop()
+    grace = runtime.holder.current.graph.server.shutdown_grace
+    deadline = loop.time() + grace
+    notifier.stopping()
+    runtime.begin_stopping()
+    for site in list(runner.sites):
+        await site.stop()  # the listening socket closes: new connections are refused from here
+    if runner.server is not None:
+        runner.server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their answer
+    log.info("stopping: no longer accepting; %d request(s) in flight, %gs to finish",
+             len(runtime.requests), grace)
+    if reloader is not None:
+        await reloader.stop()
+        # its SIGHUP handler is gone; SIGHUP's default action would kill the process mid-drain
+        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: shutting down")
+    if await runtime.requests.wait_idle(deadline - loop.time()):
+        return
+    count = runtime.requests.cancel_all()
+    log.warning("shutdown_grace (%gs) passed: ending %d request(s) with a shutting_down error", grace, count)
+    if not await runtime.requests.wait_idle(CANCEL_WAIT):
+        log.warning("%d request(s) did not end after cancellation; closing their connections",
+                    len(runtime.requests))
 
 
 def run(config: str | None) -> int:
@@ -103,7 +158,7 @@ def run(config: str | None) -> int:
         log.warning("warning: %s", warning)
     try:
         import uvloop
-    except ImportError:
+    except ImportError:  # optional (the `fast` extra): the standard loop serves too
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop
@@ -111,5 +166,6 @@ def run(config: str | None) -> int:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(serve(path, loaded))
     except OSError as exc:
-        print(f"gatewayd: cannot listen on {loaded.graph.server.listen}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"gatewayd: cannot listen on {loaded.graph.server.listen}: {exc.strerror or exc}",
+              file=sys.stderr)
         return 1

@@ -27,6 +27,8 @@ def deployment_state(deployment: Deployment, health: Health | None, now: float,
 
 
 def deployments_status(snapshot: Snapshot, book: HealthBook) -> dict[str, dict]:
+    """`deployments` of /admin/status, exactly the SPEC §3 fields; `last_error` comes
+    from the adapters, which scrub the provider's key out of what upstreams send."""
     now = time.monotonic()
     at = datetime.now(timezone.utc)
     result = {}
@@ -39,8 +41,6 @@ def deployments_status(snapshot: Snapshot, book: HealthBook) -> dict[str, dict]:
             "cooldown_until": iso(wall(health.cooldown_until)) if cooling else None,
             "failures": health.failures if health else 0,
             "last_error": health.last_error if health else None,
-            "inflight": health.inflight if health else 0,
-            "provider": deployment.provider.name,
         }
     return result
 

@@ -1,0 +1,318 @@
+"""Hot reload (SPEC §5): four triggers feed one reload task; publishing is one assignment.
+
+Triggers. The folder watcher (a file event), SIGHUP, `POST /admin/reload` and
+`gatewayd reload` (which calls that endpoint) all call `Reloader.ask`; nothing
+else ever reloads. One task runs the reloads, one at a time. Whatever is asked
+while a reload runs becomes ONE more reload afterwards, of the file as it is
+then: requests coalesce, they never queue up. `request()` waits for the result
+of a reload that starts after it was asked, so a caller sees its own edit.
+
+Why the folder is watched, not the file. Editors save by writing a temporary
+file and renaming it over the config, and Kubernetes updates a ConfigMap
+volume by re-pointing the `..data` symlink at a fresh directory; either way
+the inode a watch on "the file" was attached to is gone, and no further event
+would come. A watch on the folder sees the new name appear. Events are kept
+only for the names that matter: the config's name, `..data`, the resolved
+target of the config path (whose folder is watched too when it lies outside),
+and api_key_file secrets in those folders. After a reload the set is
+recomputed, and the watch restarts when its folders changed.
+
+Debounce, bounded. watchfiles groups raw events (a 50 ms step, at most
+400 ms); the reload task then waits until no relevant event came for 150 ms,
+so a file being written is not read half-way, but never longer than 1 s after
+the first event of a burst (`DELAYS`): a file rewritten every 300 ms, or
+continuously, still serves its latest content within 2 s. SIGHUP bursts get a
+short quiet window (100 ms, at most 500 ms); API and CLI requests start at once.
+
+One publish. A reload reads, validates, resolves secrets and compiles (in a
+thread: `config.load` touches only files), builds the new Snapshot around the
+graph (adapters reused by provider identity), and only then publishes it with
+the single assignment `holder.current = new`. A request reads the holder once,
+so it finishes on the snapshot it started with; the old snapshot is marked
+retired and the pools of providers that left close when its last request ends.
+Any failure before that assignment leaves the old snapshot serving: there is
+nothing to roll back. A resolved config identical to the running one (same
+`graph.version`) publishes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from watchfiles import awatch
+
+from gatewayd.daemon.config import load
+from gatewayd.daemon.graph import Graph
+from gatewayd.daemon.problems import ConfigError, Problem
+from gatewayd.daemon.runtime import Snapshot, close_when_drained
+from gatewayd.daemon.yamldoc import load_document
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.app import Runtime
+    from gatewayd.daemon.sdnotify import Notifier
+
+log = logging.getLogger("gatewayd")
+
+# trigger -> (quiet time wanted after its last request, longest wait after its first), seconds
+DELAYS = {"file": (0.15, 1.0), "signal": (0.1, 0.5), "api": (0.0, 0.0), "cli": (0.0, 0.0)}
+WATCH_STEP_MS, WATCH_DEBOUNCE_MS = 50, 400
+PRIORITY = ("cli", "api", "signal", "file")  # the trigger a coalesced reload is reported under
+
+
+class Reloader:
+    def __init__(self, runtime: Runtime, notifier: Notifier) -> None:
+        self.runtime = runtime
+        self.notifier = notifier
+        self.path = runtime.config_path
+        self.listening = runtime.holder.current.graph.server.listen  # what the socket is bound to
+        self._last: dict | None = None
+        self._first: dict[str, float] = {}  # trigger -> loop time of its first pending request
+        self._due: dict[str, float] = {}  # trigger -> loop time its reload should start
+        self._waiters: list[asyncio.Future] = []  # request() callers the next reload answers
+        self._running: list[asyncio.Future] = []  # those the reload under way answers
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._rewatch = asyncio.Event()  # stops the current watch so it restarts on new folders
+        self._secrets: tuple[Path, ...] = ()
+        self._interest: set[tuple[str, str]] = set()
+        self._folders: tuple[str, ...] = ()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closers: set[asyncio.Task] = set()
+
+    # -- triggers -------------------------------------------------------------
+
+    async def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        loop.add_signal_handler(signal.SIGHUP, self.ask, "signal")  # before any await: no gap
+        try:
+            self._secrets = secret_files(load_document(self.path, os.environ).data, self.path)
+        except ConfigError:
+            pass  # the running graph loaded it a moment ago; a watch on the config itself still works
+        self._aim()
+        self._tasks = [loop.create_task(self._run(), name="gatewayd-reload"),
+                       loop.create_task(self._watch(), name="gatewayd-watch")]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self._rewatch.set()  # the watch thread sees it within one step
+        if self._loop is not None:
+            self._loop.remove_signal_handler(signal.SIGHUP)
+        reload_task, watch_task = self._tasks or (None, None)
+        if reload_task is not None:
+            reload_task.cancel()
+            await asyncio.wait([reload_task, watch_task], timeout=2)
+            watch_task.cancel()
+            await asyncio.wait([watch_task], timeout=1)
+        for waiter in self._waiters + self._running:
+            if not waiter.done():
+                waiter.set_result(self._failure("api", "gatewayd is shutting down; nothing was reloaded"))
+        # pools still draining keep closing while the server drains (see _close_later)
+
+    def ask(self, trigger: str) -> None:
+        """Ask for a reload; a burst of asks becomes one reload."""
+        now = asyncio.get_running_loop().time()
+        quiet, longest = DELAYS[trigger]
+        first = self._first.setdefault(trigger, now)
+        self._due[trigger] = min(now + quiet, first + longest)
+        self._wake.set()
+
+    async def request(self, trigger: str) -> dict:
+        """Reload and return the result of a reload that started after this call."""
+        if self._stopping.is_set():
+            return self._failure(trigger, "gatewayd is shutting down; nothing was reloaded")
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.ask(trigger)
+        return await waiter
+
+    def last_result(self) -> dict | None:
+        return dict(self._last) if self._last is not None else None
+
+    # -- the reload task ------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            while True:  # bounded: every due time is capped by its trigger's first request
+                self._wake.clear()
+                delay = min(self._due.values()) - loop.time()
+                if delay <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+                except TimeoutError:
+                    pass
+            if not self._due:
+                continue
+            trigger = next(t for t in PRIORITY if t in self._due)
+            self._running, self._waiters = self._waiters, []
+            self._first.clear()
+            self._due.clear()
+            try:
+                result = await self.reload(trigger)
+            except Exception as exc:  # reporting failed; the task must live on for the next reload
+                log.exception("reload task error")
+                result = self._failure(trigger, f"reload failed: {exc!r}")
+            for waiter in self._running:
+                if not waiter.done():
+                    waiter.set_result(dict(result))
+            self._running = []
+
+    async def reload(self, trigger: str) -> dict:
+        """One reload: load, build, publish (or keep serving the old snapshot); never raises."""
+        started, at = time.perf_counter(), datetime.now(timezone.utc)
+        self.notifier.reloading()
+        old = self.runtime.holder.current
+        problems: list[Problem] = []
+        warnings: list[str] = []
+        changed = False
+        try:
+            loaded = await asyncio.to_thread(load, self.path)
+            graph = loaded.graph
+            self._secrets = secret_files(loaded.document.data, self.path)
+            if graph.server.listen != self.listening:
+                warnings.append(f"server.listen changed from {self.listening} to {graph.server.listen}: "
+                                "restart gatewayd to apply it")
+            if graph.version != old.graph.version:
+                self._publish(old, graph, self.runtime.pool.build(graph))
+                changed = True
+        except ConfigError as error:
+            problems = list(error.problems)
+        except Exception as exc:  # a bug must neither take the daemon down nor publish half a world
+            log.exception("reload failed unexpectedly")
+            problems = [Problem(self.path, 1, 1, f"reload failed: {type(exc).__name__}: {exc}")]
+        self._aim()
+        result = self._result(trigger, problems, changed, warnings, started, at)
+        self._report(result, problems)
+        self._last = result
+        return result
+
+    def _publish(self, old: Snapshot, graph: Graph, new: Snapshot) -> None:
+        runtime = self.runtime
+        runtime.holder.current = new  # THE publish: every request from here on reads `new`
+        old.retired = True
+        runtime.health.retain(d.identity for d in graph.deployments.values())
+        gone = runtime.pool.adopt(new)
+        task = asyncio.get_running_loop().create_task(self._close_later(old, gone, graph.server.shutdown_grace))
+        self._closers.add(task)
+        task.add_done_callback(self._closers.discard)
+        runtime.metrics.set_config(graph.version)
+
+    @staticmethod
+    async def _close_later(old: Snapshot, gone: list, timeout: float) -> None:
+        try:
+            await close_when_drained(old, gone, timeout)
+        except asyncio.CancelledError:  # the loop is closing: close the pools now, not never
+            for adapter in gone:
+                await adapter.close()
+            raise
+
+    def _result(self, trigger: str, problems: list[Problem], changed: bool, warnings: list[str],
+                started: float, at: datetime) -> dict:
+        return {"ok": not problems, "changed": changed, "version": self.runtime.holder.current.graph.version,
+                "error": str(problems[0]) if problems else None, "errors": [p.as_dict() for p in problems],
+                "warnings": warnings, "trigger": trigger, "at": at.isoformat(timespec="milliseconds"),
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2)}
+
+    def _failure(self, trigger: str, message: str) -> dict:
+        problems = [Problem(self.path, 1, 1, message)]
+        return self._result(trigger, problems, False, [], time.perf_counter(), datetime.now(timezone.utc))
+
+    def _report(self, result: dict, problems: list[Problem]) -> None:
+        """The log, /metrics and systemd's STATUS= hear of every reload."""
+        metrics, version, trigger = self.runtime.metrics, result["version"], result["trigger"]
+        for warning in result["warnings"]:
+            log.warning("warning: %s", warning)
+        metrics.last_reload_error.clear()
+        if problems:
+            outcome = "rejected"
+            log.error("reload (%s) rejected; still serving config %s:", trigger, version)
+            for problem in problems:
+                log.error("error: %s", problem)
+            first = problems[0]
+            metrics.last_reload_error.labels(f"{first.file}:{first.line}:{first.column}").set(1)
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            status = f"reload rejected: {first}{more}; serving config {version}"
+        elif result["changed"]:
+            outcome = "accepted"
+            log.info("reload (%s) accepted: serving config %s (%.1f ms)", trigger, version, result["duration_ms"])
+            status = f"reload accepted: serving config {version}"
+        else:
+            outcome = "unchanged"
+            log.info("reload (%s): config unchanged, still %s (%.1f ms)", trigger, version, result["duration_ms"])
+            status = f"reload accepted: config {version} unchanged"
+        if result["warnings"]:
+            status += "; " + "; ".join(result["warnings"])
+        metrics.reloads.labels(outcome, trigger).inc()
+        events = getattr(self.runtime, "events", None)  # /admin/events
+        if events is not None:
+            events.publish("reload", result=outcome, version=version, trigger=trigger, error=result["error"],
+                           warnings=result["warnings"])
+        self.notifier.ready(status)
+
+    # -- the folder watcher ---------------------------------------------------
+
+    def _aim(self) -> None:
+        """Recompute which folders to watch and which names in them matter."""
+        config = Path(os.path.abspath(self.path))
+        home = Path(os.path.realpath(config.parent))
+        target = Path(os.path.realpath(config))
+        folders = [str(config.parent)]
+        if not target.parent.is_relative_to(home):  # a symlink to a file elsewhere: watch there too
+            folders.append(str(target.parent))
+        interest = {(str(home), config.name), (str(home), "..data"), (str(target.parent), target.name)}
+        for secret in self._secrets:
+            interest.add((os.path.realpath(secret.parent), secret.name))
+        self._interest = interest
+        if tuple(folders) != self._folders:
+            self._folders = tuple(folders)
+            self._rewatch.set()
+
+    def _relevant(self, change, path: str) -> bool:
+        folder, name = os.path.split(path)
+        return (os.path.realpath(folder), name) in self._interest
+
+    async def _watch(self) -> None:
+        failures = 0
+        while not self._stopping.is_set():
+            self._rewatch.clear()
+            folders = [f for f in self._folders if os.path.isdir(f)]
+            try:
+                if not folders:
+                    raise FileNotFoundError(f"no folder to watch: {self._folders}")
+                async for _changes in awatch(*folders, watch_filter=self._relevant, recursive=False,
+                                             step=WATCH_STEP_MS, debounce=WATCH_DEBOUNCE_MS,
+                                             stop_event=self._rewatch):
+                    failures = 0
+                    self.ask("file")
+                    self._aim()  # a ..data swap moves the target: rewatch before the settle ends
+            except Exception as exc:  # the folder vanished, inotify limits: retry, SIGHUP still works
+                failures += 1
+                if failures == 1:
+                    log.warning("watching %s failed (%s); retrying, and SIGHUP still reloads",
+                                ", ".join(self._folders), exc)
+                try:
+                    async with asyncio.timeout(min(0.2 * failures, 2.0)):
+                        await self._stopping.wait()
+                except TimeoutError:
+                    pass
+
+
+def secret_files(data, config_path: str) -> tuple[Path, ...]:
+    """The api_key_file paths a document names, resolved as config.read_secrets resolves them."""
+    base = os.environ.get("CREDENTIALS_DIRECTORY") or str(Path(config_path).resolve().parent)
+    providers = data.get("providers") if isinstance(data, dict) else None
+    if not isinstance(providers, dict):
+        return ()
+    return tuple(Path(base, raw["api_key_file"]) for raw in providers.values()
+                 if isinstance(raw, dict) and isinstance(raw.get("api_key_file"), str))

@@ -1,0 +1,127 @@
+"""GET /metrics (SPEC §4): Prometheus text, parsed back with prometheus_client's parser."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from gatewayd.daemon.metrics import STATES
+from gatewayd.daemon.reload import Reloader
+from gatewayd.daemon.sdnotify import Notifier
+from tests.fakes import Status, Stream
+
+SECRET = "sk-metrics-secret-777"
+
+
+@pytest.fixture
+async def scraped(gateway, fake_openai):
+    """Some traffic through the real app, then one scrape: (samples, raw text, gateway)."""
+    bad, good = await fake_openai("bad"), await fake_openai("good")
+    bad.default = Status(500, message=f"broken, key {SECRET}")
+    gw = await gateway(f"""
+        version: 1
+        providers:
+          bad: {{type: openai, base_url: "{bad.base_url}", api_key: {SECRET}}}
+          good: {{type: openai, base_url: "{good.base_url}"}}
+        defaults:
+          retry: {{attempts: 1}}
+          cooldown: {{failures: 2, initial: 60s}}
+        models:
+          flaky: {{provider: bad, model: flaky-upstream}}
+          priced:
+            provider: good
+            model: priced-upstream
+            pricing: {{input_per_mtok: 2.5, output_per_mtok: 10}}
+        aliases:
+          chat: {{targets: [flaky], fallbacks: [priced]}}
+    """)
+    for _ in range(3):  # flaky fails twice (then cools down), priced answers all three
+        answer = await gw.chat("chat")
+        assert answer.status == 200
+        await answer.read()
+    good.queue(Stream(pieces=("a", "b")))
+    async with await gw.chat("priced", stream=True) as answer:
+        assert answer.status == 200
+        assert (await answer.read()).endswith(b"data: [DONE]\n\n")
+    async with await gw.chat("nope") as answer:
+        assert answer.status == 404
+    async with gw.session.get(gw.url + "/metrics") as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain; version=")
+        text = await response.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples, text, gw
+
+
+def value(samples: dict, name: str, **labels) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+async def test_requests_attempts_and_failures(scraped):
+    samples, text, _ = scraped
+    assert value(samples, "gatewayd_requests_total", model="chat", deployment="priced", status="200") == 3
+    assert value(samples, "gatewayd_requests_total", model="priced", deployment="priced", status="200") == 1
+    assert value(samples, "gatewayd_requests_total", model="-", deployment="-", status="404") == 1
+    assert value(samples, "gatewayd_upstream_attempts_total", model="chat") == 5  # 2 x (flaky, priced) + priced
+    assert value(samples, "gatewayd_upstream_failures_total", deployment="flaky", **{"class": "server"}) == 2
+    assert value(samples, "gatewayd_fallbacks_total", model="chat", deployment="flaky") == 2
+    assert SECRET not in text
+
+
+async def test_latency_and_time_to_first_byte_histograms(scraped):
+    samples, _, _ = scraped
+    for name in ("gatewayd_request_duration_seconds", "gatewayd_time_to_first_byte_seconds"):
+        assert value(samples, f"{name}_count", model="chat") == 3
+        assert value(samples, f"{name}_bucket", model="chat", le="+Inf") == 3
+        assert 0 < value(samples, f"{name}_sum", model="chat") < 30
+        assert value(samples, f"{name}_count", model="priced") == 1  # the stream
+
+
+async def test_tokens_and_cost_from_pricing(scraped):
+    samples, _, _ = scraped
+    # the fake upstream reports 9 prompt and 3 completion tokens per non-streamed answer
+    assert value(samples, "gatewayd_tokens_total", deployment="priced", kind="prompt") == 27
+    assert value(samples, "gatewayd_tokens_total", deployment="priced", kind="completion") == 9
+    assert value(samples, "gatewayd_cost_total", deployment="priced") == pytest.approx((27 * 2.5 + 9 * 10) / 1e6)
+
+
+async def test_deployment_state_and_config_version(scraped):
+    samples, _, gw = scraped
+    for deployment, current in (("flaky", "cooldown"), ("priced", "ok")):
+        for state in STATES:
+            expected = 1.0 if state == current else 0.0
+            assert value(samples, "gatewayd_deployment_state", deployment=deployment, state=state) == expected
+    version = gw.runtime.holder.current.graph.version
+    assert value(samples, "gatewayd_config_info", version=version) == 1
+    assert value(samples, "gatewayd_inflight_requests") == 1  # the scrape itself
+
+
+async def scrape(gw) -> dict:
+    async with gw.session.get(gw.url + "/metrics") as response:
+        text = await response.text()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+async def test_reloads_by_result_and_the_new_config_version(gateway):
+    gw = await gateway("""
+        version: 1
+        providers:
+          demo: {type: mock}
+        models:
+          echo: {provider: demo, model: echo}
+    """)
+    reloader = Reloader(gw.runtime, Notifier(None))
+    gw.config_path.write_text(gw.config_path.read_text().replace("echo: {", "echo2: {"))
+    await reloader.reload("api")
+    gw.config_path.write_text("version: 1\nproviders: [\n")
+    await reloader.reload("api")
+    samples = await scrape(gw)
+    assert value(samples, "gatewayd_reloads_total", result="accepted", trigger="api") == 1
+    assert value(samples, "gatewayd_reloads_total", result="rejected", trigger="api") == 1
+    versions = [labels for (name, labels) in samples if name == "gatewayd_config_info"]
+    assert versions == [(("version", gw.runtime.holder.current.graph.version),)]
+    assert value(samples, "gatewayd_deployment_state", deployment="echo2", state="ok") == 1
