@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
+
 from gatewayd.adapters.base import (
     FailureClass,
     HttpAdapter,
@@ -53,6 +54,7 @@ from gatewayd.adapters.base import (
     classify_status,
     openai_error_body,
     parse_retry_after,
+    translates_client_input,
 )
 from gatewayd.adapters.sse import read_events
 
@@ -224,6 +226,7 @@ def _tool_choice(choice, parallel) -> dict:
     return out
 
 
+@translates_client_input("anthropic")
 def to_upstream(body: dict, model: str) -> bytes:
     """The OpenAI chat request as an Anthropic Messages request (raises a 400 UpstreamError if it cannot be)."""
     if (body.get("n") or 1) != 1:
@@ -241,7 +244,9 @@ def to_upstream(body: dict, model: str) -> bytes:
             out[key] = body[key]
     stop = body.get("stop")
     if stop:
-        out["stop_sequences"] = [stop] if isinstance(stop, str) else list(stop)
+        if not (isinstance(stop, str) or isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+            raise client_error("stop must be a string or an array of strings", "stop")
+        out["stop_sequences"] = [stop] if isinstance(stop, str) else stop
     if body.get("stream"):
         out["stream"] = True
     if body.get("user"):

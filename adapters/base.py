@@ -26,6 +26,7 @@ The decision table over these classes lives in gatewayd.daemon.policy.
 from __future__ import annotations
 
 import email.utils
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -166,6 +167,25 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 def openai_error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+
+
+def translates_client_input(provider_type: str):
+    """Decorate a request translation `(body, model) -> bytes`: a field of a shape the
+    translation did not expect is the client's error (a 400), never a 500 of the gateway."""
+
+    def decorate(translate):
+        @functools.wraps(translate)
+        def guarded(body: dict, model: str) -> bytes:
+            try:
+                return translate(body, model)
+            except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
+                message = (f"the request cannot be translated for provider type {provider_type}: "
+                           f"a field has an unexpected shape ({exc})")
+                raise UpstreamError(FailureClass.CLIENT, message, status=400,
+                                    body=openai_error_body(message, "invalid_request_error", "invalid_value")) from None
+        return guarded
+
+    return decorate
 
 
 def usage_from_openai(payload: dict) -> Usage | None:

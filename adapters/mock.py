@@ -33,9 +33,14 @@ def text_of(content) -> str:
     return ""
 
 
+def messages_of(body: dict) -> list:
+    messages = body.get("messages")
+    return messages if isinstance(messages, list) else []
+
+
 def answer_text(deployment: Deployment, body: dict) -> str:
     if deployment.model == "echo":
-        for message in reversed(body.get("messages") or []):
+        for message in reversed(messages_of(body)):
             if isinstance(message, dict) and message.get("role") == "user":
                 return text_of(message.get("content"))
         return ""
@@ -47,7 +52,7 @@ def count_tokens(text: str) -> int:
 
 
 def prompt_tokens(body: dict) -> int:
-    return sum(count_tokens(text_of(m.get("content"))) for m in body.get("messages") or [] if isinstance(m, dict))
+    return sum(count_tokens(text_of(m.get("content"))) for m in messages_of(body) if isinstance(m, dict))
 
 
 def completion(deployment: Deployment, body: dict, text: str) -> dict:
@@ -88,7 +93,8 @@ class MockStream:
         for index, word in enumerate(words):
             yield chunk(base, {"content": word if index == 0 else " " + word})
         yield chunk(base, {}, "stop")
-        if (self._body.get("stream_options") or {}).get("include_usage"):
+        options = self._body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
             usage = {"prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
                      "total_tokens": self.usage.prompt_tokens + self.usage.completion_tokens}
             yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
@@ -129,7 +135,7 @@ class MockAdapter:
     async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
         await self._start()
         inputs = body.get("input")
-        inputs = [inputs] if isinstance(inputs, str) else list(inputs or [])
+        inputs = [] if inputs is None else inputs if isinstance(inputs, list) else [inputs]
         data = [{"object": "embedding", "index": i, "embedding": embedding(str(text))}
                 for i, text in enumerate(inputs)]
         tokens = sum(count_tokens(str(t)) for t in inputs)

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 import aiohttp
 import orjson
 from aiohttp.http_exceptions import HttpProcessingError
+
 from gatewayd.adapters.base import (
     FailureClass,
     HttpAdapter,
@@ -42,6 +43,7 @@ from gatewayd.adapters.base import (
     classify_status,
     openai_error_body,
     parse_retry_after,
+    translates_client_input,
 )
 
 if TYPE_CHECKING:
@@ -79,9 +81,11 @@ def image_from_url(url: str) -> str:
 def content_to_ollama(content) -> tuple[str, list[str]]:
     if content is None or isinstance(content, str):
         return content or "", []
+    if not isinstance(content, list):
+        raise client_error("message content must be a string or an array of content parts", "messages")
     texts, images = [], []
     for part in content:
-        kind = part.get("type")
+        kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
             texts.append(part.get("text") or "")
         elif kind == "image_url":
@@ -94,7 +98,9 @@ def content_to_ollama(content) -> tuple[str, list[str]]:
 
 
 def call_to_ollama(call: dict) -> dict:
-    function = call.get("function") or {}
+    function = call.get("function") if isinstance(call, dict) else None
+    if not isinstance(function, dict):
+        raise client_error("tool calls need a function object", "messages")
     arguments = function.get("arguments") or "{}"
     if isinstance(arguments, str):
         try:
@@ -116,6 +122,8 @@ def messages_to_ollama(messages: list[dict]) -> list[dict]:
         if images:
             item["images"] = images
         if role == "assistant" and message.get("tool_calls"):
+            if not isinstance(message["tool_calls"], list):
+                raise client_error("tool_calls must be an array", "messages")
             item["tool_calls"] = [call_to_ollama(call) for call in message["tool_calls"]]
             for call in message["tool_calls"]:
                 names[call.get("id", "")] = (call.get("function") or {}).get("name", "")
@@ -136,7 +144,9 @@ def options_from(body: dict) -> dict:
         options["num_predict"] = limit
     stop = body.get("stop")
     if stop:
-        options["stop"] = [stop] if isinstance(stop, str) else list(stop)
+        if not (isinstance(stop, str) or isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+            raise client_error("stop must be a string or an array of strings", "stop")
+        options["stop"] = [stop] if isinstance(stop, str) else stop
     return options
 
 
@@ -146,10 +156,12 @@ def format_from(response_format) -> str | dict | None:
     if response_format.get("type") == "json_object":
         return "json"
     if response_format.get("type") == "json_schema":
-        return (response_format.get("json_schema") or {}).get("schema") or "json"
+        schema = response_format.get("json_schema")
+        return (schema.get("schema") if isinstance(schema, dict) else None) or "json"
     return None
 
 
+@translates_client_input("ollama")
 def to_upstream(body: dict, model: str) -> bytes:
     """An OpenAI chat request as the body of POST /api/chat."""
     out: dict = {"model": model, "messages": messages_to_ollama(body.get("messages") or []),
@@ -386,7 +398,8 @@ class OllamaAdapter(HttpAdapter):
         if not response.headers.get("Content-Type", "").startswith("application/x-ndjson"):
             response.close()
             raise UpstreamError(FailureClass.PROTOCOL, "upstream did not answer with NDJSON")
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return OllamaStream(response, self.scrub,
                             StreamTranslator(body.get("model") or deployment.model, include_usage))
 

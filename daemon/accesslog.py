@@ -2,10 +2,16 @@
 
 Only an app key's name is ever logged, never the key; tokens and cost come
 from the upstream's usage and the model's `pricing`.
+
+Values a client chose (the model it asked for, error messages quoting it) are
+clipped, and in text lines quoted as JSON strings when they hold anything but
+plain printable ASCII, so one request is always exactly one line that no
+client can forge or flood.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -13,6 +19,8 @@ from dataclasses import asdict, dataclass
 import orjson
 
 log = logging.getLogger("gatewayd.access")
+
+CLIPPED = {"model": 256, "error": 2000}  # longest kept, in characters, of fields a client can fill
 
 
 @dataclass(slots=True)
@@ -33,11 +41,25 @@ class AccessRecord:
     config: str | None = None
 
 
+def clip(value: str, limit: int) -> str:
+    return value if len(value) <= limit else f"{value[:limit]}...[truncated {len(value) - limit} characters]"
+
+
+def text_value(value: str) -> str:
+    """A bare word when safe, else a JSON string (quotes, backslashes, control and non-ASCII escaped)."""
+    if value and value.isascii() and value.isprintable() and not any(c in value for c in ' "\\'):
+        return value
+    return json.dumps(value)
+
+
 def emit(record: AccessRecord, log_format: str) -> None:
     if not log.isEnabledFor(logging.INFO):
         return
     if log_format == "json":
         fields = {k: v for k, v in asdict(record).items() if v is not None}
+        for name, limit in CLIPPED.items():
+            if isinstance(fields.get(name), str):
+                fields[name] = clip(fields[name], limit)
         fields["ts"] = time.time()
         log.info(orjson.dumps(fields).decode())
         return
@@ -49,7 +71,8 @@ def emit(record: AccessRecord, log_format: str) -> None:
             continue
         if isinstance(value, float):
             value = f"{value:.6f}" if name == "cost" else f"{value:.1f}"
-        elif name == "error":
-            value = '"' + str(value).replace('"', "'") + '"'
+        elif isinstance(value, str):
+            value = clip(value, CLIPPED.get(name, 256))
+            value = json.dumps(value) if name == "error" else text_value(value)
         parts.append(f"{name}={value}")
     log.info(" ".join(parts))

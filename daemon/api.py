@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -39,22 +40,57 @@ def authenticate(request: web.Request, graph: Graph) -> AppKey | None:
     token = header[7:].strip() if header[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
     if not token:
         raise ApiError(401, "missing_api_key", "an app key is required: send 'Authorization: Bearer KEY'")
-    presented = token.encode()
+    presented = token.encode("utf-8", "surrogateescape")  # header bytes that are not UTF-8 stay bytes
     found = None
     for key in keys:  # no early exit: every key is compared, so timing says nothing
-        if hmac.compare_digest(presented, key.key.reveal().encode()):
+        if hmac.compare_digest(presented, key.key.reveal().encode("utf-8", "surrogateescape")):
             found = key
     if found is None:
         raise ApiError(401, "invalid_api_key", "the app key is not valid")
     return found
 
 
+def hostname_of(authority: str) -> str | None:
+    try:
+        return urlsplit("//" + authority).hostname
+    except ValueError:
+        return None
+
+
+def browser_may_use(host: str) -> bool:
+    """A browser may reach the gateway only by an IP literal or `localhost`: under any other
+    name the page may be an attacker's whose name now resolves here (DNS rebinding), and
+    then its Origin matches the Host although it is another origin."""
+    name = hostname_of(host)
+    if not name:
+        return False
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
 def refuse_cross_origin(request: web.Request) -> None:
-    """A browser page on another origin may not use the gateway (no CORS, ever)."""
-    if request.headers.get("Sec-Fetch-Site") == "cross-site":
-        raise ApiError(403, "cross_origin", "requests from a browser on another origin are refused")
-    origin = request.headers.get("Origin")
-    if origin and urlsplit(origin).netloc != request.headers.get("Host", ""):
+    """A browser page on another origin may not use the gateway (no CORS, ever).
+
+    Only browsers send `Origin` and `Sec-Fetch-Site`; SDKs and curl send neither and pass.
+    """
+    headers = request.headers
+    site = headers.get("Sec-Fetch-Site")
+    origin = headers.get("Origin")
+    if site is None and origin is None:
+        return
+    host = headers.get("Host", "").lower()
+    refused = site in ("cross-site", "same-site") or not browser_may_use(host)
+    if origin is not None and not refused:
+        try:
+            refused = urlsplit(origin).netloc.lower() != host
+        except ValueError:  # not a URL at all
+            refused = True
+    if refused:
         raise ApiError(403, "cross_origin", "requests from a browser on another origin are refused")
 
 
@@ -80,6 +116,32 @@ async def read_json(request: web.Request, server: ServerSettings) -> dict:
     return payload
 
 
+def check_fields(body: dict, operation: str) -> None:
+    """The fields every adapter relies on, checked as OpenAI checks them: a 400 now, never a 500 later."""
+    if operation == "embeddings":
+        text = body.get("input")
+        if not (isinstance(text, str) and text or isinstance(text, list) and text and all(
+                isinstance(item, (str, int, list)) and not isinstance(item, bool) for item in text)):
+            raise ApiError(400, "invalid_value", "'input' must be a non-empty string, or an array of strings "
+                           "or token arrays", param="input")
+        return
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "invalid_value", "'messages' must be a non-empty array of message objects",
+                       param="messages")
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ApiError(400, "invalid_value", f"messages[{index}] must be an object with a string 'role'",
+                           param=f"messages[{index}]")
+    for name, kind, what in (("stream", bool, "a boolean"), ("stream_options", dict, "an object"),
+                             ("tools", list, "an array of tool objects")):
+        value = body.get(name)
+        if value is not None and not isinstance(value, kind):
+            raise ApiError(400, "invalid_type", f"'{name}' must be {what}", param=name)
+    if any(not isinstance(tool, dict) for tool in body.get("tools") or ()):
+        raise ApiError(400, "invalid_type", "'tools' must be an array of tool objects", param="tools")
+
+
 def gateway_headers(snapshot: Snapshot, deployment: str | None, attempts: int) -> dict[str, str]:
     return {"x-gatewayd-deployment": deployment or "", "x-gatewayd-attempts": str(attempts),
             "x-gatewayd-config": snapshot.graph.version}
@@ -97,21 +159,22 @@ class OpenAIHandlers:
 
     async def models(self, request: web.Request) -> web.Response:
         snapshot = self.runtime.holder.current
-        record = AccessRecord(request.method, request.path)
+        record = AccessRecord(request.method, request.path, config=snapshot.graph.version)
+        headers = gateway_headers(snapshot, None, 0)
         try:
             refuse_cross_origin(request)
             key = authenticate(request, snapshot.graph)
         except ApiError as error:
-            record.status = error.status
+            record.status, record.error = error.status, error.message
             emit(record, snapshot.graph.server.log_format)
-            return error.response()
+            return error.response(headers)
         allowed = [name for name in snapshot.graph.routes if key is None or key.allow is None or name in key.allow]
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "gatewayd"} for name in allowed]
         record.status = 200
         record.key = key.name if key else None
         emit(record, snapshot.graph.server.log_format)
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json",
-                            headers={"x-gatewayd-config": snapshot.graph.version})
+                            headers=headers)
 
     async def handle(self, request: web.Request, operation: str) -> web.StreamResponse:
         runtime = self.runtime
@@ -124,7 +187,7 @@ class OpenAIHandlers:
             return await self.serve(request, snapshot, operation, record, started)
         except ApiError as error:
             record.status, record.error = error.status, error.message
-            return error.response({"x-gatewayd-config": graph.version})
+            return error.response(gateway_headers(snapshot, None, record.attempts))
         except RoutingFailed as failure:
             return self.routing_failed(snapshot, failure, record)
         finally:
@@ -149,6 +212,7 @@ class OpenAIHandlers:
             raise ApiError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
         if key is not None and key.allow is not None and model not in key.allow:
             raise ApiError(403, "model_not_allowed", f"the app key '{key.name}' may not use '{model}'", param="model")
+        check_fields(body, operation)
         streaming = operation == "chat" and body.get("stream") is True
         outcome = await self.runtime.router.route(snapshot, route, "stream" if streaming else operation, body)
         record.deployment, record.attempts = outcome.deployment.name, outcome.attempts

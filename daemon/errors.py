@@ -2,8 +2,9 @@
 `{"error": {"message", "type", "code", "param"}}`.
 
     status  type                    code (examples)
-    400     invalid_request_error   invalid_json, missing_model, invalid_body
-    401     authentication_error    invalid_api_key
+    400     invalid_request_error   invalid_json, missing_model, invalid_body,
+                                    invalid_value / invalid_type (messages, input, stream, tools)
+    401     authentication_error    missing_api_key, invalid_api_key
     403     permission_error        model_not_allowed, cross_origin
     404     invalid_request_error   model_not_found, not_found
     413     invalid_request_error   request_too_large
