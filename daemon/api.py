@@ -9,6 +9,7 @@ once; OpenAI-shaped answers are forwarded as the upstream's bytes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import hmac
 import ipaddress
 import time
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from gatewayd.daemon.app import Runtime
     from gatewayd.daemon.runtime import Snapshot
 
+log = logging.getLogger("gatewayd")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -252,6 +254,10 @@ class OpenAIHandlers:
                     break
                 except UpstreamError as exc:
                     error = exc
+                    break
+                except Exception as exc:  # an adapter bug must still end the stream visibly
+                    log.exception("relaying a stream from %s failed", outcome.deployment.name)
+                    error = UpstreamError(FailureClass.PROTOCOL, f"internal error while relaying ({type(exc).__name__})")
                     break
                 await response.write(event)
             if error is None and not stream.done:

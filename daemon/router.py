@@ -13,6 +13,7 @@ after that the HTTP layer relays and reports the end through `finish_stream`.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from gatewayd.daemon.strategies import Strategies
 if TYPE_CHECKING:
     from gatewayd.daemon.runtime import Snapshot
 
+log = logging.getLogger("gatewayd")
 OPERATION_CAPABILITY = {"chat": "chat", "stream": "stream", "embeddings": "embeddings"}
 
 
@@ -113,6 +115,7 @@ class Router:
         rate_limited: list[bool] = []
         cooldown_ends: list[float] = []
         attempts = 0
+        capable = 0  # candidates whose provider type can serve this operation at all
         last_error: UpstreamError | None = None
         deployments = graph.deployments
 
@@ -123,12 +126,13 @@ class Router:
             for candidate in self.strategies.order(tier, health_of):
                 deployment = deployments[candidate.deployment]
                 name = deployment.name
-                if deployment.provider.disabled:
-                    reasons[name] = f"disabled ({deployment.provider.disabled})"
-                    continue
                 adapter = snapshot.adapters[deployment.provider.name]
                 if capability not in adapter.capabilities:
                     reasons[name] = f"provider type {deployment.provider.type} cannot serve {operation}"
+                    continue
+                capable += 1
+                if deployment.provider.disabled:
+                    reasons[name] = f"disabled ({deployment.provider.disabled})"
                     continue
                 if deployment.windows is not None and not deployment.windows.is_open(now_wall):
                     reasons[name] = deployment.windows.explain(now_wall) or "outside its window"
@@ -170,6 +174,10 @@ class Router:
                             error = UpstreamError(FailureClass.TIMEOUT, "no answer before the request's total "
                                                   "deadline (timeouts.total)" if total_bound else
                                                   "no answer within the first-byte deadline")
+                        except Exception as exc:  # an adapter bug: a failure of this deployment, not a 500
+                            log.exception("the %s adapter failed unexpectedly", deployment.provider.type)
+                            error = UpstreamError(FailureClass.PROTOCOL,
+                                                  f"internal adapter error ({type(exc).__name__})")
                         finally:
                             health.inflight -= 1
                         if error is None:
@@ -205,6 +213,10 @@ class Router:
                 rate_limited.append(error.failure is FailureClass.RATE_LIMIT)
                 last_error = error
                 self.observer.fell_back(route.name, name, error)
+        if capable == 0 and reasons:  # no deployment of this route can do it at all: the request's fault
+            raise RoutingFailed(400, "unsupported_operation",
+                                f"'{route.name}' has no deployment that serves {operation}: " + describe(reasons),
+                                attempts, reasons=reasons)
         raise self.exhausted(attempts, reasons, rate_limited, cooldown_ends, last_error)
 
     async def attempt(self, adapter, deployment: Deployment, operation: str, body: dict,

@@ -95,8 +95,11 @@ async def serve(config_path: str, loaded: Loaded) -> int:
     runtime = Runtime(loaded, config_path)
     graph = loaded.graph
     notifier = Notifier.from_environ()
+    # keepalive_timeout also bounds a connection that never completes its request headers
+    # (aiohttp closes a handler still waiting for a message when it fires): slow clients are cut
+    # off after read_timeout; the body has its own bound in api.read_json.
     runner = web.AppRunner(create_app(runtime), handler_cancellation=True, access_log=None,
-                           shutdown_timeout=RUNNER_TIMEOUT)
+                           shutdown_timeout=RUNNER_TIMEOUT, keepalive_timeout=graph.server.read_timeout)
     await runner.setup()
     watchdog: asyncio.Task | None = None
     try:

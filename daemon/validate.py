@@ -46,6 +46,16 @@ def expected(types: str | list[str]) -> str:
     return " or ".join(names)
 
 
+def shown(doc: Document, value: Any) -> str:
+    """A value quoted for a message, unless it came from the environment: a secret put
+    under the wrong key (`base_url: ${OPENAI_API_KEY}`) must not be printed."""
+    text = str(value)
+    for name, resolved in doc.env_refs.items():
+        if resolved and len(resolved) >= 3 and resolved in text:
+            return f"the value of ${{{name}}}"
+    return f"'{text}'"
+
+
 def validate(document: Document) -> list[Problem]:
     problems: list[Problem] = []
     for error in validator().iter_errors(document.data):
@@ -90,7 +100,7 @@ def explain(doc: Document, error: ValidationError) -> list[Problem]:
     if keyword == "enum":
         allowed = [str(v) for v in error.validator_value]
         hint = suggest(str(value), allowed)
-        return [at_value(f"{where}: '{value}' is not allowed{hint}; use one of: {', '.join(allowed)}")]
+        return [at_value(f"{where}: {shown(doc, value)} is not allowed{hint}; use one of: {', '.join(allowed)}")]
     if keyword == "const":
         if path == ("version",):
             return [at_value(f"version {value} is not supported: this gatewayd reads version: 1")]
@@ -102,7 +112,7 @@ def explain(doc: Document, error: ValidationError) -> list[Problem]:
             except WindowSyntaxError as exc:
                 return [at_value(f"{where}: {exc}")]
         hint = schema.get("x-hint", f"it must match {error.validator_value}")
-        return [at_value(f"{where}: '{value}' is not valid: {hint}")]
+        return [at_value(f"{where}: {shown(doc, value)} is not valid: {hint}")]
     if keyword == "minItems" and error.validator_value == 1:
         return [at_value(f"{where} must not be empty")]
     if keyword in ("minimum", "maximum", "exclusiveMinimum", "minLength", "minItems"):

@@ -418,3 +418,15 @@ def test_a_model_or_provider_named_windows_gets_the_ordinary_pattern_messages():
         f"{F}:8:25: models.windows.timeouts.connect: '5 sec' is not valid: "
         "a duration is written like 250ms, 30s, 10m, 1h or 1m30s, or as a number of seconds",
     ]
+
+
+def test_a_value_from_the_environment_is_never_printed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "gateway.yaml"
+    path.write_text("version: 1\nproviders:\n  p:\n    type: openai\n    base_url: ${OPENAI_API_KEY}\n")
+    with pytest.raises(ConfigError) as caught:
+        load("gateway.yaml", {"OPENAI_API_KEY": "sk-secret-canary-123"})
+    message = str(caught.value)
+    assert "sk-secret-canary-123" not in message
+    assert message == ("gateway.yaml:5:15: providers.p.base_url: the value of ${OPENAI_API_KEY} is not valid: "
+                       "base_url is an http:// or https:// URL without query or fragment")
