@@ -210,7 +210,9 @@ class HttpAdapter:
         self._session: aiohttp.ClientSession | None = None
         secret = provider.api_key.reveal() if provider.api_key else ""
         self._secret = secret.encode() if len(secret) >= 4 else b""
-        self._headers = {**dict(provider.headers), **self.auth_headers(secret)}
+        # built once: the same headers go with every request to this provider
+        self._headers = {**dict(provider.headers), **self.auth_headers(secret), "Content-Type": "application/json"}
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # by connect timeout
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {}
@@ -247,12 +249,13 @@ class HttpAdapter:
         The caller reads (and releases) the returned response. Deadlines other
         than connect are the router's: it cancels this coroutine when they pass.
         """
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=deployment.policy.timeouts.connect)
-        headers = self._headers
+        connect = deployment.policy.timeouts.connect
+        timeout = self._timeouts.get(connect)
+        if timeout is None:
+            timeout = self._timeouts[connect] = aiohttp.ClientTimeout(total=None, sock_connect=connect)
         try:
             response = await self.session().post(
-                url, data=payload, headers={**headers, "Content-Type": "application/json"},
-                params=params, allow_redirects=False, timeout=timeout,
+                url, data=payload, headers=self._headers, params=params, allow_redirects=False, timeout=timeout,
             )
         except aiohttp.ServerTimeoutError as exc:
             raise UpstreamError(FailureClass.TIMEOUT, f"connect timed out: {exc}") from None

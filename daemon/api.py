@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from gatewayd.daemon.runtime import Snapshot
 
 log = logging.getLogger("gatewayd")
+# the streaming response whose headers went out, set by the handlers that stream: what a
+# shutdown past its grace must end with an SSE error event rather than a JSON answer
+PREPARED = web.RequestKey("gatewayd_prepared", web.StreamResponse)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -100,6 +103,12 @@ async def read_json(request: web.Request, server: ServerSettings) -> dict:
     length = request.content_length
     if length is not None and length > server.max_body:
         raise ApiError(413, "request_too_large", f"the body is {length} bytes; the limit is {server.max_body}")
+    content = request.content
+    if content.is_eof():  # the whole body came with the headers (the usual case): no waiting, no timer
+        body = content.read_nowait()
+        if len(body) > server.max_body:
+            raise ApiError(413, "request_too_large", f"the body exceeds the limit of {server.max_body} bytes")
+        return parse_body(body)
     body = bytearray()
     try:
         async with asyncio.timeout(server.read_timeout):
@@ -109,6 +118,10 @@ async def read_json(request: web.Request, server: ServerSettings) -> dict:
                     raise ApiError(413, "request_too_large", f"the body exceeds the limit of {server.max_body} bytes")
     except TimeoutError:
         raise ApiError(408, "request_timeout", "the request body did not arrive in time") from None
+    return parse_body(body)
+
+
+def parse_body(body: bytes | bytearray) -> dict:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -239,6 +252,7 @@ class OpenAIHandlers:
         error: UpstreamError | None = None
         try:
             await response.prepare(request)
+            request[PREPARED] = response  # a shutdown past the grace ends it with an SSE error event
             await response.write(outcome.first)
             record.ttfb_ms = (time.monotonic() - started) * 1000
             while True:

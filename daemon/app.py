@@ -23,7 +23,7 @@ import orjson
 from aiohttp import web
 
 from gatewayd.adapters.base import UpstreamError
-from gatewayd.daemon.api import OpenAIHandlers
+from gatewayd.daemon.api import PREPARED, OpenAIHandlers
 from gatewayd.daemon.config import Loaded
 from gatewayd.daemon.errors import ApiError, error_body
 from gatewayd.daemon.events import EventBus, add_event_routes
@@ -154,21 +154,25 @@ class Runtime(RoutingObserver):
 
 
 RUNTIME = web.AppKey("runtime", Runtime)
-PREPARED = web.RequestKey("gatewayd_prepared", web.StreamResponse)  # the response whose headers went out
-
-
-async def remember_prepared(request: web.Request, response: web.StreamResponse) -> None:
-    request[PREPARED] = response
 
 
 @web.middleware
-async def track_requests(request: web.Request, handler):
+async def gateway_middleware(request: web.Request, handler):
+    """One middleware, because each layer costs on every request: it keeps the set of
+    requests in flight (for the shutdown drain) and answers unknown paths and wrong
+    methods in OpenAI's error shape."""
     runtime = request.app[RUNTIME]
     task = asyncio.current_task()
     assert task is not None
     runtime.requests.enter(task)
     try:
         return await handler(request)
+    except ApiError as error:
+        return error.response()
+    except web.HTTPNotFound:
+        return ApiError(404, "not_found", f"no such endpoint: {request.method} {request.path}").response()
+    except web.HTTPMethodNotAllowed:
+        return ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}").response()
     except asyncio.CancelledError:
         transport = request.transport
         if not runtime.stopping.is_set() or transport is None or transport.is_closing():
@@ -208,22 +212,9 @@ async def readyz(request: web.Request) -> web.Response:
     return json_response({"status": "not_ready", "reason": "no deployment is usable"}, status=503)
 
 
-@web.middleware
-async def api_errors(request: web.Request, handler):
-    """Unknown paths and wrong methods answer in OpenAI's error shape too."""
-    try:
-        return await handler(request)
-    except ApiError as error:
-        return error.response()
-    except web.HTTPNotFound:
-        return ApiError(404, "not_found", f"no such endpoint: {request.method} {request.path}").response()
-    except web.HTTPMethodNotAllowed:
-        return ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}").response()
-
-
 def create_app(runtime: Runtime) -> web.Application:
     # client_max_size is enforced by the handlers against server.max_body, which a reload may change
-    app = web.Application(middlewares=[track_requests, api_errors], client_max_size=2**40,
+    app = web.Application(middlewares=[gateway_middleware], client_max_size=2**40,
                           handler_args={"tcp_keepalive": True})
     app[RUNTIME] = runtime
     openai = OpenAIHandlers(runtime)
@@ -234,7 +225,6 @@ def create_app(runtime: Runtime) -> web.Application:
     app.router.add_get("/readyz", readyz)
     add_ops_routes(app, runtime)
     add_event_routes(app, runtime)
-    app.on_response_prepare.append(remember_prepared)
 
     async def close_runtime(app: web.Application):
         yield

@@ -32,7 +32,7 @@ import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from gatewayd.daemon.api import authenticate, refuse_cross_origin
+from gatewayd.daemon.api import PREPARED, authenticate, refuse_cross_origin
 
 if TYPE_CHECKING:
     from gatewayd.daemon.app import Runtime
@@ -169,6 +169,7 @@ def add_event_routes(app: web.Application, runtime: Runtime) -> None:
         authenticate(request, runtime.holder.current.graph)
         with runtime.events.subscribe() as subscription:  # before the headers: nothing is missed
             async with sse_response(request, sep="\n", ping_interval=PING_INTERVAL) as stream:
+                request[PREPARED] = stream
                 while True:
                     event = await subscription.next()
                     if event is None:

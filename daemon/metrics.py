@@ -61,6 +61,7 @@ class Metrics:
         self.last_reload_error = Gauge("gatewayd_last_reload_failed", "1 when the last reload was rejected",
                                        ["error"], registry=r)
         self._children: dict[tuple, tuple] = {}
+        self._usage_children: dict[str, tuple] = {}  # by deployment name, a name from the config
 
     def watch_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.registry.register(DeploymentStateCollector(states))
@@ -88,10 +89,18 @@ class Metrics:
         if record.ttfb_ms is not None:
             ttfb.observe(record.ttfb_ms / 1000)
         if record.deployment and record.prompt_tokens is not None:
-            self.tokens.labels(record.deployment, "prompt").inc(record.prompt_tokens)
-            self.tokens.labels(record.deployment, "completion").inc(record.completion_tokens or 0)
+            usage = self._usage_children.get(record.deployment)
+            if usage is None:
+                usage = self._usage_children[record.deployment] = (
+                    self.tokens.labels(record.deployment, "prompt"),
+                    self.tokens.labels(record.deployment, "completion"),
+                    self.cost.labels(record.deployment),
+                )
+            prompt, completion, cost = usage
+            prompt.inc(record.prompt_tokens)
+            completion.inc(record.completion_tokens or 0)
             if record.cost:
-                self.cost.labels(record.deployment).inc(record.cost)
+                cost.inc(record.cost)
 
     def failure(self, deployment: str, failure_class: str) -> None:
         self.failures.labels(deployment, failure_class).inc()

@@ -107,7 +107,7 @@ class Router:
 
     async def route(self, snapshot: Snapshot, route: Route, operation: str, body: dict) -> Outcome:
         graph = snapshot.graph
-        now_wall = datetime.now(timezone.utc)
+        now_wall: datetime | None = None  # read once, and only when a candidate has windows
         start = time.monotonic()
         deadline = start + graph_total(snapshot)
         capability = OPERATION_CAPABILITY[operation]
@@ -134,7 +134,8 @@ class Router:
                 if deployment.provider.disabled:
                     reasons[name] = f"disabled ({deployment.provider.disabled})"
                     continue
-                if deployment.windows is not None and not deployment.windows.is_open(now_wall):
+                if deployment.windows is not None and not deployment.windows.is_open(
+                        now_wall := now_wall or datetime.now(timezone.utc)):
                     reasons[name] = deployment.windows.explain(now_wall) or "outside its window"
                     continue
                 health = self.health.get(deployment)

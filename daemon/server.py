@@ -32,6 +32,7 @@ import sys
 
 from aiohttp import web
 
+from gatewayd.daemon.accesslog import BatchingHandler
 from gatewayd.daemon.app import Runtime, create_app
 from gatewayd.daemon.config import Loaded, find_config, load
 from gatewayd.daemon.problems import ConfigError
@@ -51,6 +52,9 @@ def configure_logging() -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+    access = logging.getLogger("gatewayd.access")  # a line per request: written in batches
+    access.handlers[:] = [BatchingHandler(sys.stderr)]
+    access.propagate = False
 
 
 def site_for(runner: web.AppRunner, listen: str) -> web.BaseSite:
