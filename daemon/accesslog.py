@@ -83,62 +83,60 @@ def text_line(r: AccessRecord) -> str:
     return line
 
 
-def emit(record: AccessRecord, log_format: str) -> None:
-    if not log.isEnabledFor(logging.INFO):
-        return
-    if log_format == "json":
-        fields = {k: v for k, v in asdict(record).items() if v is not None}
-        for name, limit in CLIPPED.items():
-            if isinstance(fields.get(name), str):
-                fields[name] = clip(fields[name], limit)
-        fields["ts"] = time.time()
-        log.info(orjson.dumps(fields).decode())
-        return
-    log.info(text_line(record))
+def json_line(record: AccessRecord) -> str:
+    fields = {k: v for k, v in asdict(record).items() if v is not None}
+    for name, limit in CLIPPED.items():
+        if isinstance(fields.get(name), str):
+            fields[name] = clip(fields[name], limit)
+    fields["ts"] = time.time()
+    return orjson.dumps(fields).decode()
 
 
-class BatchingHandler(logging.StreamHandler):
-    """Writes log lines in batches: when `BATCH_LINES` wait, or `interval` after the first.
+class AccessLog:
+    """Where access lines go, owned by the Runtime.
 
-    The access log is a line per request; one write (one syscall) per line would
-    cost more than the routing itself. Lines reach the stream within `interval`
-    (0.1 s) and are flushed at shutdown. Outside an event loop it writes at once.
+    By default each line is a record of the `gatewayd.access` logger, so an
+    embedding program (or a test) sees them through `logging`. The daemon calls
+    `write_to(stderr)`: lines then skip logging's per-record machinery and are
+    written in batches — when `BATCH_LINES` wait, or `interval` after the first
+    — since one write per line would cost more than routing the request. They
+    reach the stream within `interval` (0.1 s); `flush()` runs at shutdown.
     """
 
     BATCH_LINES = 256
 
-    def __init__(self, stream, interval: float = 0.1) -> None:
-        super().__init__(stream)
+    def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
-        self.pending: list[str] = []
-        self.timer: asyncio.TimerHandle | None = None
+        self._stream = None
+        self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
 
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.pending.append(self.format(record))
-        except Exception:  # noqa: BLE001 (logging's contract: never raise from emit)
-            self.handleError(record)
+    def write_to(self, stream) -> None:
+        self._stream = stream
+
+    def emit(self, record: AccessRecord, log_format: str) -> None:
+        if self._stream is None:
+            if log.isEnabledFor(logging.INFO):
+                log.info(json_line(record) if log_format == "json" else text_line(record))
             return
-        if len(self.pending) >= self.BATCH_LINES:
+        self._pending.append(json_line(record) if log_format == "json" else text_line(record))
+        if len(self._pending) >= self.BATCH_LINES:
             self.flush()
-        elif self.timer is None:
+        elif self._timer is None:
             try:
-                self.timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
+                self._timer = asyncio.get_running_loop().call_later(self.interval, self.flush)
             except RuntimeError:
                 self.flush()
 
     def flush(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        if not self.pending:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending or self._stream is None:
             return
-        lines, self.pending = self.pending, []
-        self.acquire()
+        lines, self._pending = self._pending, []
         try:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
-        except Exception:  # noqa: BLE001
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+        except (OSError, ValueError):  # a closed or broken stderr must not break serving
             pass
-        finally:
-            self.release()

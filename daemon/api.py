@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 
 from gatewayd.adapters.base import FailureClass, UpstreamError
-from gatewayd.daemon.accesslog import AccessRecord, emit
+from gatewayd.daemon.accesslog import AccessRecord
 from gatewayd.daemon.errors import ApiError, error_body
 from gatewayd.daemon.graph import AppKey, Graph, ServerSettings
 from gatewayd.daemon.router import Outcome, RoutingFailed
@@ -181,13 +181,13 @@ class OpenAIHandlers:
             key = authenticate(request, snapshot.graph)
         except ApiError as error:
             record.status, record.error = error.status, error.message
-            emit(record, snapshot.graph.server.log_format)
+            self.runtime.access.emit(record, snapshot.graph.server.log_format)
             return error.response(headers)
         allowed = [name for name in snapshot.graph.routes if key is None or key.allow is None or name in key.allow]
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "gatewayd"} for name in allowed]
         record.status = 200
         record.key = key.name if key else None
-        emit(record, snapshot.graph.server.log_format)
+        self.runtime.access.emit(record, snapshot.graph.server.log_format)
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json",
                             headers=headers)
 
@@ -209,7 +209,7 @@ class OpenAIHandlers:
             snapshot.leave()
             record.latency_ms = (time.monotonic() - started) * 1000
             runtime.metrics.observe(record)
-            emit(record, graph.server.log_format)
+            runtime.access.emit(record, graph.server.log_format)
 
     async def serve(self, request: web.Request, snapshot: Snapshot, operation: str,
                     record: AccessRecord, started: float) -> web.StreamResponse:

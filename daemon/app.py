@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 
 from gatewayd.adapters.base import UpstreamError
+from gatewayd.daemon.accesslog import AccessLog
 from gatewayd.daemon.api import PREPARED, OpenAIHandlers
 from gatewayd.daemon.config import Loaded
 from gatewayd.daemon.errors import ApiError, error_body
@@ -81,6 +82,7 @@ class Runtime(RoutingObserver):
     def __init__(self, loaded: Loaded, config_path: str) -> None:
         self.config_path = config_path
         self.metrics = Metrics()
+        self.access = AccessLog()
         self.events = EventBus(redact=self.redact)
         self.requests = InFlight()
         self.stopping = asyncio.Event()  # set when shutdown begins (SIGTERM/SIGINT)

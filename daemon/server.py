@@ -32,7 +32,6 @@ import sys
 
 from aiohttp import web
 
-from gatewayd.daemon.accesslog import BatchingHandler
 from gatewayd.daemon.app import Runtime, create_app
 from gatewayd.daemon.config import Loaded, find_config, load
 from gatewayd.daemon.problems import ConfigError
@@ -52,9 +51,6 @@ def configure_logging() -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
-    access = logging.getLogger("gatewayd.access")  # a line per request: written in batches
-    access.handlers[:] = [BatchingHandler(sys.stderr)]
-    access.propagate = False
 
 
 def site_for(runner: web.AppRunner, listen: str) -> web.BaseSite:
@@ -97,6 +93,7 @@ async def serve(config_path: str, loaded: Loaded) -> int:
     stop = asyncio.Event()
     on_stop_signals(loop, stop)  # before anything else: a stop during start-up is not lost
     runtime = Runtime(loaded, config_path)
+    runtime.access.write_to(sys.stderr)  # the journal under systemd; batched, not through logging
     graph = loaded.graph
     notifier = Notifier.from_environ()
     # keepalive_timeout also bounds a connection that never completes its request headers
@@ -118,6 +115,7 @@ async def serve(config_path: str, loaded: Loaded) -> int:
         await shutdown(runner, runtime, notifier, reloader)
     finally:
         await runner.cleanup()  # cleanup contexts: close the upstream pools
+        runtime.access.flush()
         if watchdog is not None:
             watchdog.cancel()
         notifier.close()
