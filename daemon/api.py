@@ -9,9 +9,9 @@ once; OpenAI-shaped answers are forwarded as the upstream's bytes.
 from __future__ import annotations
 
 import asyncio
-import logging
 import hmac
 import ipaddress
+import logging
 import time
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -271,7 +271,8 @@ class OpenAIHandlers:
                     break
                 except Exception as exc:  # an adapter bug must still end the stream visibly
                     log.exception("relaying a stream from %s failed", outcome.deployment.name)
-                    error = UpstreamError(FailureClass.PROTOCOL, f"internal error while relaying ({type(exc).__name__})")
+                    error = UpstreamError(FailureClass.PROTOCOL,
+                                          f"internal error while relaying ({type(exc).__name__})")
                     break
                 await response.write(event)
             if error is None and not stream.done:

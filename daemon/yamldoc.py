@@ -25,10 +25,11 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
-from gatewayd.daemon.problems import ConfigError, Problem
 from yaml.constructor import SafeConstructor
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
+
+from gatewayd.daemon.problems import ConfigError, Problem
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64

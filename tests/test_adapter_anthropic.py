@@ -5,6 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from aiohttp import web
+
 from gatewayd.adapters.anthropic import (
     DONE_EVENT,
     AnthropicAdapter,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 from aiohttp import web
+
 from gatewayd.adapters.base import FailureClass, UpstreamError
 from gatewayd.adapters.ollama import (
     OllamaAdapter,

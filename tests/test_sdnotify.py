@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+
 from gatewayd.daemon.sdnotify import Notifier
 
 

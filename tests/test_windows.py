@@ -6,6 +6,9 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from gatewayd.daemon.windows import (
     WindowRange,
     Windows,
@@ -13,8 +16,6 @@ from gatewayd.daemon.windows import (
     load_zone,
     parse_window,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 ALL = frozenset(range(7))
 MON, TUE, WED, THU, FRI, SAT, SUN = range(7)

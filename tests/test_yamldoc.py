@@ -10,6 +10,7 @@ import textwrap
 
 import pytest
 import yaml
+
 from gatewayd.daemon import yamldoc
 from gatewayd.daemon.problems import ConfigError, Problem, suggest
 from gatewayd.daemon.yamldoc import Document, Mark, load_document, parse_document
