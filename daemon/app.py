@@ -4,7 +4,7 @@
 owned by the app (no module globals), and `Runtime.close()` runs on cleanup.
 
 Shutdown support (the order lives in server.py): every request runs inside
-`track_requests`, which keeps the set of handler tasks in flight so the server
+`gateway_middleware`, which keeps the set of handler tasks in flight so the server
 can wait for them, and, once `runtime.stopping` is set, turns the cancellation
 of a request still running at the end of the grace into a last message: a 503
 `shutting_down` answer when nothing was sent yet, or an SSE error event

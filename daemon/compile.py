@@ -374,7 +374,9 @@ def dedup(tiers: list[Tier]) -> tuple[Tier, ...]:
             if candidate.deployment not in seen:
                 seen.add(candidate.deployment)
                 kept.append(candidate)
-        if kept:
+        if len(kept) == len(tier.candidates):
+            result.append(tier)  # unchanged: share it with the plan it came from (memory stays linear)
+        elif kept:
             result.append(Tier(tier.strategy, tuple(kept), tier.origin))
     return tuple(result)
 

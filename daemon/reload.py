@@ -38,6 +38,8 @@ nothing to roll back. A resolved config identical to the running one (same
 from __future__ import annotations
 
 import asyncio
+import gc
+import hashlib
 import logging
 import os
 import signal
@@ -81,6 +83,8 @@ class Reloader:
         self._stopping = asyncio.Event()
         self._rewatch = asyncio.Event()  # stops the current watch so it restarts on new folders
         self._secrets: tuple[Path, ...] = ()
+        self._env_names: tuple[str, ...] = ()  # the environment variables the config references
+        self._inputs: tuple | None = None  # digests of what the serving config was loaded from
         self._interest: set[tuple[str, str]] = set()
         self._folders: tuple[str, ...] = ()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,9 +181,25 @@ class Reloader:
         warnings: list[str] = []
         changed = False
         try:
+            inputs = await asyncio.to_thread(inputs_of, self.path, self._env_names, self._secrets)
+            if inputs is not None and inputs == self._inputs:  # nothing it is made of changed: no work
+                self._aim()
+                result = self._result(trigger, [], False, [], started, at)
+                self._report(result, [])
+                self._last = result
+                return result
             loaded = await asyncio.to_thread(load, self.path)
             graph = loaded.graph
-            self._secrets = secret_files(loaded.document.data, self.path)
+            secrets = secret_files(loaded.document.data, self.path)
+            env_names = tuple(sorted(loaded.document.env_refs))
+            # The digests were taken before the load: if the file changed in between, the next
+            # reload sees a difference and loads again, never the reverse. A file that now names
+            # other secret files gets no digests until the next full load.
+            if inputs is not None and secrets == self._secrets:
+                inputs = (inputs[0], tuple((name, os.environ.get(name)) for name in env_names), inputs[2])
+            else:
+                inputs = None
+            self._inputs, self._secrets, self._env_names = inputs, secrets, env_names
             if graph.server.listen != self.listening:
                 warnings.append(f"server.listen changed from {self.listening} to {graph.server.listen}: "
                                 "restart gatewayd to apply it")
@@ -207,6 +227,9 @@ class Reloader:
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
         runtime.metrics.set_config(graph.version)
+        # The new graph is long-lived: keep the cyclic collector from rescanning it (and all that
+        # came before) in every full collection, which paused serving for ~120 ms at 1,000 aliases.
+        gc.freeze()
 
     @staticmethod
     async def _close_later(old: Snapshot, gone: list, timeout: float) -> None:
@@ -306,6 +329,17 @@ class Reloader:
                         await self._stopping.wait()
                 except TimeoutError:
                     pass
+
+
+def inputs_of(path: str, env_names: tuple[str, ...], secrets: tuple[Path, ...]) -> tuple | None:
+    """What a resolved config is made of, as digests: the file's bytes, the values of the
+    environment variables it references, its secret files' bytes. None if one can't be read."""
+    try:
+        file_digest = hashlib.sha256(Path(path).read_bytes()).digest()
+        secret_digests = tuple(hashlib.sha256(p.read_bytes()).digest() for p in secrets)
+    except OSError:
+        return None
+    return file_digest, tuple((name, os.environ.get(name)) for name in env_names), secret_digests
 
 
 def secret_files(data, config_path: str) -> tuple[Path, ...]:

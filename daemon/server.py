@@ -25,6 +25,7 @@ draining: whatever is still open is cut.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -93,6 +94,7 @@ async def serve(config_path: str, loaded: Loaded) -> int:
     stop = asyncio.Event()
     on_stop_signals(loop, stop)  # before anything else: a stop during start-up is not lost
     runtime = Runtime(loaded, config_path)
+    gc.freeze()  # the graph and the imported code live as long as the process: out of the GC's way
     runtime.access.write_to(sys.stderr)  # the journal under systemd; batched, not through logging
     graph = loaded.graph
     notifier = Notifier.from_environ()
