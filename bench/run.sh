@@ -25,7 +25,7 @@ Usage: bench/run.sh [options]
   -h, --help
 
 Environment: GATEWAYD=/path/to/gatewayd (default: `gatewayd` on PATH, else a
-venv in bench/.venv with `pip install -e .[fast]`).
+venv in bench/.venv with `pip install -e .`).
 EOF
 }
 
@@ -75,9 +75,9 @@ if ((WANT_GW)); then
         GATEWAYD=$(command -v gatewayd)
     else
         if [[ ! -x $BENCH/.venv/bin/gatewayd ]]; then
-            log "gatewayd not on PATH: creating bench/.venv (pip install -e .[fast])"
+            log "gatewayd not on PATH: creating bench/.venv (pip install -e .)"
             timeout 120 python3 -m venv "$BENCH/.venv" || die "python3 -m venv failed"
-            (cd "$REPO" && timeout 900 "$BENCH/.venv/bin/pip" install -q -e ".[fast]") || die "pip install failed"
+            (cd "$REPO" && timeout 900 "$BENCH/.venv/bin/pip" install -q -e ".") || die "pip install failed"
         fi
         GATEWAYD=$BENCH/.venv/bin/gatewayd
     fi
