@@ -456,15 +456,9 @@ class AnthropicAdapter(HttpAdapter):
 
     async def chat(self, deployment: Deployment, body: dict) -> Reply:
         url = self.join(self.provider.base_url, "/v1/messages")
-        response = await self.send(deployment, url, to_upstream({**body, "stream": False}, deployment.model))
+        raw = await self.fetch(deployment, url, to_upstream({**body, "stream": False}, deployment.model))
         try:
-            raw = await response.read()
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(FailureClass.CONNECT, f"upstream answer broke: {exc}") from None
-        finally:
-            response.release()
-        try:
-            payload = orjson.loads(self.scrub(raw))
+            payload = orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise _protocol("upstream answer is not JSON") from None
         answer = from_upstream(payload)

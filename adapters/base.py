@@ -271,6 +271,17 @@ class HttpAdapter:
             response.release()
         raise self.error_from_status(response.status, response.headers, self.scrub(raw))
 
+    async def fetch(self, deployment: Deployment, url: str, payload: bytes, *, params: dict | None = None) -> bytes:
+        """POST and read the whole (2xx) answer, scrubbed of the provider's key."""
+        response = await self.send(deployment, url, payload, params=params)
+        try:
+            raw = await response.read()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(FailureClass.CONNECT, f"upstream answer broke: {exc}") from None
+        finally:
+            response.release()
+        return self.scrub(raw)
+
     def error_from_status(self, status: int, headers, raw: bytes) -> UpstreamError:
         """Turn an upstream error answer into an UpstreamError with an OpenAI-shaped body."""
         failure = classify_status(status)

@@ -372,15 +372,9 @@ class OllamaAdapter(HttpAdapter):
                              retry_after=parse_retry_after(headers.get("Retry-After")), body=body)
 
     async def _post(self, deployment: Deployment, path: str, payload: bytes) -> dict:
-        response = await self.send(deployment, self.join(self.provider.base_url, path), payload)
+        raw = await self.fetch(deployment, self.join(self.provider.base_url, path), payload)
         try:
-            raw = await response.read()
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(FailureClass.CONNECT, f"upstream answer broke: {exc}") from None
-        finally:
-            response.release()
-        try:
-            return orjson.loads(self.scrub(raw))
+            return orjson.loads(raw)
         except orjson.JSONDecodeError:
             raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not JSON") from None
 

@@ -113,18 +113,9 @@ class OpenAIAdapter(HttpAdapter):
         return await self._complete(deployment, "embeddings", body)
 
     async def _complete(self, deployment: Deployment, operation: str, body: dict) -> Reply:
-        response = await self.send(
-            deployment, self.url(deployment, operation), to_upstream(body, deployment.model),
-            params=self.params(),
-        )
-        try:
-            raw = await response.read()
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(FailureClass.CONNECT, f"upstream answer broke: {exc}") from None
-        finally:
-            response.release()
-        reply = from_upstream(self.scrub(raw))
-        return reply
+        raw = await self.fetch(deployment, self.url(deployment, operation), to_upstream(body, deployment.model),
+                               params=self.params())
+        return from_upstream(raw)
 
     async def stream(self, deployment: Deployment, body: dict) -> OpenAIStream:
         response = await self.send(
