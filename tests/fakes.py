@@ -210,3 +210,22 @@ def gateway_config(fakes: dict[str, FakeOpenAI], *, aliases: dict | None = None,
     if server:
         document["server"] = server
     return json.dumps(document, indent=2)
+
+
+async def fakes(fake_openai, *names: str) -> dict:
+    """Start one fake upstream per name (with the `fake_openai` fixture)."""
+    return {name: await fake_openai(name) for name in names}
+
+
+async def eventually(predicate, timeout: float = 3.0, step: float = 0.02) -> bool:
+    """Poll `predicate` until it holds or `timeout` passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(step)
+    return True
+
+
+async def deployment_status(gw, name: str) -> dict:
+    return (await gw.status())["deployments"][name]

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from gatewayd.daemon.config import load
-from tests.fakes import Hang, Ok, Status, gateway_config
+from tests.fakes import Hang, Ok, Status, deployment_status, eventually, fakes, gateway_config
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -36,24 +36,6 @@ async def call(gw, model: str = "chat", *, headers: dict | None = None, **extra)
 
 def sdk(gw) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0)
-
-
-async def fakes(fake_openai, *names: str) -> dict:
-    return {name: await fake_openai(name) for name in names}
-
-
-async def eventually(predicate, timeout: float = 3.0, step: float = 0.02) -> bool:
-    """Poll `predicate` until it holds or `timeout` passes; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(step)
-    return True
-
-
-async def deployment_status(gw, name: str) -> dict:
-    return (await gw.status())["deployments"][name]
 
 
 def parse_iso(text: str) -> datetime:

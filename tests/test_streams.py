@@ -13,7 +13,7 @@ import time
 import aiohttp
 import openai
 
-from tests.fakes import Hang, Ok, Status, Stream, gateway_config
+from tests.fakes import Hang, Ok, Status, Stream, deployment_status, eventually, fakes, gateway_config
 
 CHAT_PATH = "/v1/chat/completions"
 DONE = b"data: [DONE]\n\n"
@@ -53,23 +53,6 @@ def assert_ends_with_error_event(raw: bytes) -> dict:
     assert set(last) == {"error"}
     assert {"message", "type", "code"} <= set(last["error"])
     return last["error"]
-
-
-async def fakes(fake_openai, *names: str) -> dict:
-    return {name: await fake_openai(name) for name in names}
-
-
-async def eventually(predicate, timeout: float = 2.0, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(step)
-    return True
-
-
-async def deployment_status(gw, name: str) -> dict:
-    return (await gw.status())["deployments"][name]
 
 
 def inflight(gw, name: str) -> int:
