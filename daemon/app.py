@@ -172,9 +172,11 @@ async def gateway_middleware(request: web.Request, handler):
     except ApiError as error:
         return error.response()
     except web.HTTPNotFound:
-        return ApiError(404, "not_found", f"no such endpoint: {request.method} {request.path}").response()
+        return ApiError(404, "not_found", f"no such endpoint: {request.method} {request.path}").response(
+            unrouted_headers(runtime))
     except web.HTTPMethodNotAllowed:
-        return ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}").response()
+        return ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}").response(
+            unrouted_headers(runtime))
     except asyncio.CancelledError:
         transport = request.transport
         if not runtime.stopping.is_set() or transport is None or transport.is_closing():
@@ -183,6 +185,12 @@ async def gateway_middleware(request: web.Request, handler):
         return await last_word(request)
     finally:
         runtime.requests.leave(task)
+
+
+def unrouted_headers(runtime: Runtime) -> dict[str, str]:
+    """What every answer carries (SPEC §3), for requests that reached no handler."""
+    return {"x-gatewayd-deployment": "", "x-gatewayd-attempts": "0",
+            "x-gatewayd-config": runtime.holder.current.graph.version}
 
 
 async def last_word(request: web.Request) -> web.StreamResponse:

@@ -352,12 +352,15 @@ async def test_unknown_path_is_404_json_and_wrong_method_is_405_json(gateway):
         async with gw.session.get(gw.url + path) as response:
             assert response.status == 404, path
             assert_error(await response.json(), "not_found")
+            assert response.headers["x-gatewayd-config"] == gw.runtime.holder.current.graph.version
+            assert response.headers["x-gatewayd-attempts"] == "0"
     for method, path in (("GET", "/v1/chat/completions"), ("GET", "/v1/embeddings"), ("POST", "/v1/models"),
                          ("DELETE", "/v1/chat/completions"), ("POST", "/healthz")):
         async with gw.session.request(method, gw.url + path) as response:
             assert response.status == 405, (method, path)
             assert response.headers["Content-Type"].startswith("application/json")
             assert_error(await response.json(), "method_not_allowed")
+            assert response.headers["x-gatewayd-deployment"] == ""
 
 
 # --- browsers: no cross-origin use, no CORS ---------------------------------------------------
