@@ -98,6 +98,23 @@ class RoutingFailed(Exception):
     reasons: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(slots=True)
+class Trip:
+    """One request's way through its plan: what it has tried and why candidates were out."""
+
+    route: str
+    operation: str
+    body: dict
+    deadline: float  # monotonic: the request's total deadline
+    attempts: int = 0
+    capable: int = 0  # candidates whose provider type can serve this operation at all
+    now_wall: datetime | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
+    rate_limited: list[bool] = field(default_factory=list)
+    cooldown_ends: list[float] = field(default_factory=list)
+    last_error: UpstreamError | None = None
+
+
 class Router:
     def __init__(self, health: HealthBook, strategies: Strategies | None = None,
                  observer: RoutingObserver | None = None) -> None:
@@ -106,18 +123,8 @@ class Router:
         self.observer = observer or RoutingObserver()
 
     async def route(self, snapshot: Snapshot, route: Route, operation: str, body: dict) -> Outcome:
-        graph = snapshot.graph
-        now_wall: datetime | None = None  # read once, and only when a candidate has windows
-        start = time.monotonic()
-        deadline = start + graph_total(snapshot)
-        capability = OPERATION_CAPABILITY[operation]
-        reasons: dict[str, str] = {}
-        rate_limited: list[bool] = []
-        cooldown_ends: list[float] = []
-        attempts = 0
-        capable = 0  # candidates whose provider type can serve this operation at all
-        last_error: UpstreamError | None = None
-        deployments = graph.deployments
+        deployments = snapshot.graph.deployments
+        trip = Trip(route.name, operation, body, time.monotonic() + graph_total(snapshot))
 
         def health_of(candidate) -> Health:
             return self.health.get(deployments[candidate.deployment])
@@ -125,100 +132,116 @@ class Router:
         for tier in route.tiers:
             for candidate in self.strategies.order(tier, health_of):
                 deployment = deployments[candidate.deployment]
-                name = deployment.name
                 adapter = snapshot.adapters[deployment.provider.name]
-                if capability not in adapter.capabilities:
-                    reasons[name] = f"provider type {deployment.provider.type} cannot serve {operation}"
-                    continue
-                capable += 1
-                if deployment.provider.disabled:
-                    reasons[name] = f"disabled ({deployment.provider.disabled})"
-                    continue
-                if deployment.windows is not None and not deployment.windows.is_open(
-                        now_wall := now_wall or datetime.now(timezone.utc)):
-                    reasons[name] = deployment.windows.explain(now_wall) or "outside its window"
-                    continue
-                health = self.health.get(deployment)
-                admitted, probe = health.admit(time.monotonic())
-                if not admitted:
-                    if health.probing and time.monotonic() >= health.cooldown_until:
-                        reasons[name] = "half-open: a probe request is in flight"
-                    else:
-                        until = datetime.fromtimestamp(wall(health.cooldown_until), timezone.utc)
-                        reasons[name] = f"cooling down until {until.isoformat(timespec='seconds')}" + (
-                            f" after {health.last_error}" if health.last_error else "")
-                        cooldown_ends.append(health.cooldown_until)
-                    rate_limited.append(health.last_failure is FailureClass.RATE_LIMIT)
-                    continue
-                policy = deployment.policy
-                error: UpstreamError | None = None
-                deadline_hit = False  # the request's total deadline cut the last attempt short
-                settled = False  # the attempt's verdict is booked (success or failure)
-                try:
-                    for attempt in range(1, policy.retry.attempts + 1):
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            raise self.timed_out(attempts, reasons, name)
-                        attempts += 1
-                        error = None
-                        began = time.monotonic()
-                        first_byte = min(policy.timeouts.first_byte, policy.timeouts.total)
-                        total_bound = remaining < first_byte  # this attempt ends with the request's deadline
-                        health.inflight += 1
-                        try:
-                            outcome = await self.attempt(
-                                adapter, deployment, operation, body, min(first_byte, remaining))
-                        except UpstreamError as exc:
-                            error = exc
-                        except TimeoutError:
-                            deadline_hit = total_bound
-                            error = UpstreamError(FailureClass.TIMEOUT, "no answer before the request's total "
-                                                  "deadline (timeouts.total)" if total_bound else
-                                                  "no answer within the first-byte deadline")
-                        except Exception as exc:  # an adapter bug: a failure of this deployment, not a 500
-                            log.exception("the %s adapter failed unexpectedly", deployment.provider.type)
-                            error = UpstreamError(FailureClass.PROTOCOL,
-                                                  f"internal adapter error ({type(exc).__name__})")
-                        finally:
-                            health.inflight -= 1
-                        if error is None:
-                            outcome.deployment, outcome.health, outcome.attempts = deployment, health, attempts
-                            outcome.latency = time.monotonic() - began
-                            if outcome.stream is None:
-                                health.succeed(outcome.latency)
-                            else:  # in flight at its deployment until the relay closes it
-                                outcome.stream = InFlightStream(outcome.stream, health)
-                            settled = True  # a stream's verdict comes in finish_stream
-                            return outcome
-                        self.observer.attempt_failed(name, error)
-                        decision = decide(error, policy.retry, attempt)
-                        if decision.action is Action.RETURN:
-                            raise RoutingFailed(
-                                error.status or 400, "upstream_client_error", error.message, attempts,
-                                upstream_body=error.body, deployment=name)
-                        if decision.action is Action.RETRY and time.monotonic() + decision.delay < deadline:
-                            await asyncio.sleep(decision.delay)
-                            continue
-                        break
-                    assert error is not None
-                    health.fail(error, policy.cooldown, time.monotonic())
-                    settled = True
-                finally:
-                    if probe and not settled:
-                        health.abandon_probe()
-                reasons[name] = error.describe()
-                if deadline_hit:
-                    raise self.timed_out(attempts, reasons, name)
-                if health.cooldown_until > time.monotonic():  # it started cooling: its end is known
-                    cooldown_ends.append(health.cooldown_until)
-                rate_limited.append(error.failure is FailureClass.RATE_LIMIT)
-                last_error = error
-                self.observer.fell_back(route.name, name, error)
-        if capable == 0 and reasons:  # no deployment of this route can do it at all: the request's fault
+                admitted = self.admit(trip, deployment, adapter)
+                if admitted is not None:
+                    outcome = await self.try_deployment(trip, deployment, adapter, *admitted)
+                    if outcome is not None:
+                        return outcome
+        if trip.capable == 0 and trip.reasons:  # no deployment of this route can do it at all: the request's fault
             raise RoutingFailed(400, "unsupported_operation",
-                                f"'{route.name}' has no deployment that serves {operation}: " + describe(reasons),
-                                attempts, reasons=reasons)
-        raise self.exhausted(attempts, reasons, rate_limited, cooldown_ends, last_error)
+                                f"'{route.name}' has no deployment that serves {operation}: " + describe(trip.reasons),
+                                trip.attempts, reasons=trip.reasons)
+        raise self.exhausted(trip)
+
+    def admit(self, trip: Trip, deployment: Deployment, adapter) -> tuple[Health, bool] | None:
+        """The deployment's health and whether this request is its half-open probe, or None
+        (the reason noted in `trip`) when it cannot be used now (SPEC §3, step 4)."""
+        name = deployment.name
+        if OPERATION_CAPABILITY[trip.operation] not in adapter.capabilities:
+            trip.reasons[name] = f"provider type {deployment.provider.type} cannot serve {trip.operation}"
+            return None
+        trip.capable += 1
+        if deployment.provider.disabled:
+            trip.reasons[name] = f"disabled ({deployment.provider.disabled})"
+            return None
+        if deployment.windows is not None:
+            trip.now_wall = trip.now_wall or datetime.now(timezone.utc)  # read once, and only when needed
+            if not deployment.windows.is_open(trip.now_wall):
+                trip.reasons[name] = deployment.windows.explain(trip.now_wall) or "outside its window"
+                return None
+        health = self.health.get(deployment)
+        admitted, probe = health.admit(time.monotonic())
+        if admitted:
+            return health, probe
+        if health.probing and time.monotonic() >= health.cooldown_until:
+            trip.reasons[name] = "half-open: a probe request is in flight"
+        else:
+            until = datetime.fromtimestamp(wall(health.cooldown_until), timezone.utc)
+            trip.reasons[name] = f"cooling down until {until.isoformat(timespec='seconds')}" + (
+                f" after {health.last_error}" if health.last_error else "")
+            trip.cooldown_ends.append(health.cooldown_until)
+        trip.rate_limited.append(health.last_failure is FailureClass.RATE_LIMIT)
+        return None
+
+    async def try_deployment(self, trip: Trip, deployment: Deployment, adapter, health: Health,
+                             probe: bool) -> Outcome | None:
+        """Up to `retry.attempts` tries at one deployment (SPEC §3, steps 5-7, 9). Returns the
+        outcome, or None when the deployment failed and the next candidate is due; raises
+        RoutingFailed when the request ends here (a client error, the total deadline)."""
+        name, policy = deployment.name, deployment.policy
+        error: UpstreamError | None = None
+        deadline_hit = False  # the request's total deadline cut the last attempt short
+        settled = False  # the attempt's verdict is booked (success or failure)
+        try:
+            for attempt in range(1, policy.retry.attempts + 1):
+                remaining = trip.deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self.timed_out(trip, name)
+                trip.attempts += 1
+                error = None
+                began = time.monotonic()
+                first_byte = min(policy.timeouts.first_byte, policy.timeouts.total)
+                total_bound = remaining < first_byte  # this attempt ends with the request's deadline
+                health.inflight += 1
+                try:
+                    outcome = await self.attempt(adapter, deployment, trip.operation, trip.body,
+                                                 min(first_byte, remaining))
+                except UpstreamError as exc:
+                    error = exc
+                except TimeoutError:
+                    deadline_hit = total_bound
+                    error = UpstreamError(FailureClass.TIMEOUT, "no answer before the request's total "
+                                          "deadline (timeouts.total)" if total_bound else
+                                          "no answer within the first-byte deadline")
+                except Exception as exc:  # an adapter bug: a failure of this deployment, not a 500
+                    log.exception("the %s adapter failed unexpectedly", deployment.provider.type)
+                    error = UpstreamError(FailureClass.PROTOCOL, f"internal adapter error ({type(exc).__name__})")
+                finally:
+                    health.inflight -= 1
+                if error is None:
+                    outcome.deployment, outcome.health, outcome.attempts = deployment, health, trip.attempts
+                    outcome.latency = time.monotonic() - began
+                    if outcome.stream is None:
+                        health.succeed(outcome.latency)
+                    else:  # in flight at its deployment until the relay closes it
+                        outcome.stream = InFlightStream(outcome.stream, health)
+                    settled = True  # a stream's verdict comes in finish_stream
+                    return outcome
+                self.observer.attempt_failed(name, error)
+                decision = decide(error, policy.retry, attempt)
+                if decision.action is Action.RETURN:
+                    raise RoutingFailed(error.status or 400, "upstream_client_error", error.message, trip.attempts,
+                                        upstream_body=error.body, deployment=name)
+                if decision.action is Action.RETRY and time.monotonic() + decision.delay < trip.deadline:
+                    await asyncio.sleep(decision.delay)
+                    continue
+                break
+            assert error is not None
+            health.fail(error, policy.cooldown, time.monotonic())
+            settled = True
+        finally:
+            if probe and not settled:
+                health.abandon_probe()
+        trip.reasons[name] = error.describe()
+        if deadline_hit:
+            raise self.timed_out(trip, name)
+        if health.cooldown_until > time.monotonic():  # it started cooling: its end is known
+            trip.cooldown_ends.append(health.cooldown_until)
+        trip.rate_limited.append(error.failure is FailureClass.RATE_LIMIT)
+        trip.last_error = error
+        self.observer.fell_back(trip.route, name, error)
+        return None
 
     async def attempt(self, adapter, deployment: Deployment, operation: str, body: dict,
                       first_byte: float) -> Outcome:
@@ -239,22 +262,21 @@ class Router:
                 raise
             return Outcome(deployment, None, 0, stream=stream, events=events, first=first)  # type: ignore[arg-type]
 
-    def timed_out(self, attempts: int, reasons: dict[str, str], name: str) -> RoutingFailed:
-        reasons.setdefault(name, "the request's total deadline passed")
+    def timed_out(self, trip: Trip, name: str) -> RoutingFailed:
+        trip.reasons.setdefault(name, "the request's total deadline passed")
         return RoutingFailed(504, "timeout", "the request's total deadline (timeouts.total) passed: "
-                             + describe(reasons), attempts, reasons=reasons)
+                             + describe(trip.reasons), trip.attempts, reasons=trip.reasons)
 
-    def exhausted(self, attempts: int, reasons: dict[str, str], rate_limited: list[bool],
-                  cooldown_ends: list[float], last_error: UpstreamError | None) -> RoutingFailed:
-        status = 429 if rate_limited and all(rate_limited) else 503
+    def exhausted(self, trip: Trip) -> RoutingFailed:
+        status = 429 if trip.rate_limited and all(trip.rate_limited) else 503
         retry_after = None
-        if cooldown_ends:
-            retry_after = max(1.0, math.ceil(min(cooldown_ends) - time.monotonic()))
-        elif last_error is not None and last_error.retry_after is not None:
-            retry_after = max(1.0, math.ceil(last_error.retry_after))
-        message = "no deployment available: " + (describe(reasons) if reasons else "the plan is empty")
-        return RoutingFailed(status, "no_deployment_available", message, attempts,
-                             retry_after=retry_after, reasons=reasons)
+        if trip.cooldown_ends:
+            retry_after = max(1.0, math.ceil(min(trip.cooldown_ends) - time.monotonic()))
+        elif trip.last_error is not None and trip.last_error.retry_after is not None:
+            retry_after = max(1.0, math.ceil(trip.last_error.retry_after))
+        message = "no deployment available: " + (describe(trip.reasons) if trip.reasons else "the plan is empty")
+        return RoutingFailed(status, "no_deployment_available", message, trip.attempts,
+                             retry_after=retry_after, reasons=trip.reasons)
 
     def finish_stream(self, outcome: Outcome, error: UpstreamError | None) -> None:
         """Book the end of a relayed stream against its deployment."""
