@@ -19,7 +19,6 @@ import logging
 import time
 from datetime import datetime, timezone
 
-import orjson
 from aiohttp import web
 
 from gatewayd.adapters.base import UpstreamError
@@ -30,7 +29,7 @@ from gatewayd.daemon.errors import ApiError, error_body
 from gatewayd.daemon.events import EventBus, add_event_routes
 from gatewayd.daemon.health import Health, HealthBook, wall
 from gatewayd.daemon.metrics import Metrics
-from gatewayd.daemon.ops import add_ops_routes
+from gatewayd.daemon.ops import add_ops_routes, json_response
 from gatewayd.daemon.router import Router, RoutingObserver
 from gatewayd.daemon.runtime import AdapterPool, Holder
 from gatewayd.daemon.status import deployment_state, usable_count
@@ -205,10 +204,6 @@ async def last_word(request: web.Request) -> web.StreamResponse:
         await response.write_eof()
         return response
     raise asyncio.CancelledError
-
-
-def json_response(payload, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(payload), content_type="application/json")
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -30,7 +30,6 @@ if TYPE_CHECKING:
     from gatewayd.daemon.runtime import Snapshot
 
 log = logging.getLogger("gatewayd")
-OPERATION_CAPABILITY = {"chat": "chat", "stream": "stream", "embeddings": "embeddings"}
 
 
 class RoutingObserver:
@@ -124,7 +123,8 @@ class Router:
 
     async def route(self, snapshot: Snapshot, route: Route, operation: str, body: dict) -> Outcome:
         deployments = snapshot.graph.deployments
-        trip = Trip(route.name, operation, body, time.monotonic() + graph_total(snapshot))
+        deadline = time.monotonic() + snapshot.graph.default_policy.timeouts.total
+        trip = Trip(route.name, operation, body, deadline)
 
         def health_of(candidate) -> Health:
             return self.health.get(deployments[candidate.deployment])
@@ -148,7 +148,7 @@ class Router:
         """The deployment's health and whether this request is its half-open probe, or None
         (the reason noted in `trip`) when it cannot be used now (SPEC §3, step 4)."""
         name = deployment.name
-        if OPERATION_CAPABILITY[trip.operation] not in adapter.capabilities:
+        if trip.operation not in adapter.capabilities:  # "chat", "stream", "embeddings"
             trip.reasons[name] = f"provider type {deployment.provider.type} cannot serve {trip.operation}"
             return None
         trip.capable += 1
@@ -290,6 +290,3 @@ class Router:
 def describe(reasons: dict[str, str]) -> str:
     return "; ".join(f"{name}: {why}" for name, why in reasons.items())
 
-
-def graph_total(snapshot: Snapshot) -> float:
-    return snapshot.graph.default_policy.timeouts.total
