@@ -36,7 +36,7 @@ PREPARED = web.RequestKey("gatewayd_prepared", web.StreamResponse)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def authenticate(request: web.Request, graph: Graph) -> AppKey | None:
+def authenticate(request: web.BaseRequest, graph: Graph) -> AppKey | None:
     """The app key the request presents, compared in constant time; None when auth is off."""
     keys = graph.server.keys
     if keys is None:
@@ -78,7 +78,7 @@ def browser_may_use(host: str) -> bool:
     return True
 
 
-def refuse_cross_origin(request: web.Request) -> None:
+def refuse_cross_origin(request: web.BaseRequest) -> None:
     """A browser page on another origin may not use the gateway (no CORS, ever).
 
     Only browsers send `Origin` and `Sec-Fetch-Site`; SDKs and curl send neither and pass.
@@ -99,7 +99,7 @@ def refuse_cross_origin(request: web.Request) -> None:
         raise ApiError(403, "cross_origin", "requests from a browser on another origin are refused")
 
 
-async def read_json(request: web.Request, server: ServerSettings) -> dict:
+async def read_json(request: web.BaseRequest, server: ServerSettings) -> dict:
     length = request.content_length
     if length is not None and length > server.max_body:
         raise ApiError(413, "request_too_large", f"the body is {length} bytes; the limit is {server.max_body}")
@@ -166,13 +166,13 @@ class OpenAIHandlers:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+    async def chat_completions(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self.handle(request, "chat")
 
-    async def embeddings(self, request: web.Request) -> web.StreamResponse:
+    async def embeddings(self, request: web.BaseRequest) -> web.StreamResponse:
         return await self.handle(request, "embeddings")
 
-    async def models(self, request: web.Request) -> web.Response:
+    async def models(self, request: web.BaseRequest) -> web.Response:
         snapshot = self.runtime.holder.current
         record = AccessRecord(request.method, request.path, config=snapshot.graph.version)
         headers = gateway_headers(snapshot, None, 0)
@@ -191,7 +191,7 @@ class OpenAIHandlers:
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json",
                             headers=headers)
 
-    async def handle(self, request: web.Request, operation: str) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest, operation: str) -> web.StreamResponse:
         runtime = self.runtime
         snapshot = runtime.holder.current
         graph = snapshot.graph
@@ -211,7 +211,7 @@ class OpenAIHandlers:
             runtime.metrics.observe(record)
             runtime.access.emit(record, graph.server.log_format)
 
-    async def serve(self, request: web.Request, snapshot: Snapshot, operation: str,
+    async def serve(self, request: web.BaseRequest, snapshot: Snapshot, operation: str,
                     record: AccessRecord, started: float) -> web.StreamResponse:
         graph = snapshot.graph
         refuse_cross_origin(request)
@@ -240,7 +240,7 @@ class OpenAIHandlers:
             return web.Response(body=reply.body, content_type="application/json", headers=headers)
         return await self.relay(request, outcome, headers, record, started, graph)
 
-    async def relay(self, request: web.Request, outcome: Outcome, headers: dict[str, str],
+    async def relay(self, request: web.BaseRequest, outcome: Outcome, headers: dict[str, str],
                     record: AccessRecord, started: float, graph: Graph) -> web.StreamResponse:
         """Relay an open stream; a failure after the first byte ends it with an error event, no [DONE]."""
         response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})

@@ -1,10 +1,11 @@
-"""The aiohttp application: the runtime that outlives reloads, and its routes.
+"""The HTTP application: the runtime that outlives reloads, and its routes.
 
-`create_app(runtime)` wires handlers to an existing `Runtime`; everything is
-owned by the app (no module globals), and `Runtime.close()` runs on cleanup.
+`create_app(runtime)` wires handlers to an existing `Runtime` and returns the
+request handler for aiohttp's low-level server; everything is owned by the
+runtime (no module globals), and its owner calls `Runtime.close()` at the end.
 
 Shutdown support (the order lives in server.py): every request runs inside
-`gateway_middleware`, which keeps the set of handler tasks in flight so the server
+`GatewayHandler`, which keeps the set of handler tasks in flight so the server
 can wait for them, and, once `runtime.stopping` is set, turns the cancellation
 of a request still running at the end of the grace into a last message: a 503
 `shutting_down` answer when nothing was sent yet, or an SSE error event
@@ -31,6 +32,7 @@ from gatewayd.daemon.health import Health, HealthBook, wall
 from gatewayd.daemon.metrics import Metrics
 from gatewayd.daemon.ops import add_ops_routes, json_response
 from gatewayd.daemon.router import Router, RoutingObserver
+from gatewayd.daemon.routes import Routes
 from gatewayd.daemon.runtime import AdapterPool, Holder
 from gatewayd.daemon.status import deployment_state, usable_count
 
@@ -154,36 +156,37 @@ class Runtime(RoutingObserver):
         await self.pool.close_all()
 
 
-RUNTIME = web.AppKey("runtime", Runtime)
+class GatewayHandler:
+    """What aiohttp's low-level server calls for every request (see routes.py for why
+    not an `Application`): it finds the handler, keeps the set of requests in flight
+    (for the shutdown drain) and answers unknown paths and wrong methods in OpenAI's
+    error shape."""
 
+    def __init__(self, runtime: Runtime, routes: Routes) -> None:
+        self.runtime = runtime
+        self.routes = routes
 
-@web.middleware
-async def gateway_middleware(request: web.Request, handler):
-    """One middleware, because each layer costs on every request: it keeps the set of
-    requests in flight (for the shutdown drain) and answers unknown paths and wrong
-    methods in OpenAI's error shape."""
-    runtime = request.app[RUNTIME]
-    task = asyncio.current_task()
-    assert task is not None
-    runtime.requests.enter(task)
-    try:
-        return await handler(request)
-    except ApiError as error:
-        return error.response()
-    except web.HTTPNotFound:
-        return ApiError(404, "not_found", f"no such endpoint: {request.method} {request.path}").response(
-            unrouted_headers(runtime))
-    except web.HTTPMethodNotAllowed:
-        return ApiError(405, "method_not_allowed", f"{request.method} is not allowed on {request.path}").response(
-            unrouted_headers(runtime))
-    except asyncio.CancelledError:
-        transport = request.transport
-        if not runtime.stopping.is_set() or transport is None or transport.is_closing():
-            raise  # the client went away, or this is not our shutdown
-        task.uncancel()  # shutdown cancelled it to say goodbye: answer instead of dropping the line
-        return await last_word(request)
-    finally:
-        runtime.requests.leave(task)
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        runtime = self.runtime
+        task = asyncio.current_task()
+        assert task is not None
+        runtime.requests.enter(task)
+        try:
+            try:
+                handler = self.routes.resolve(request.method, request.path)
+            except ApiError as error:
+                return error.response(unrouted_headers(runtime))
+            return await handler(request)
+        except ApiError as error:
+            return error.response()
+        except asyncio.CancelledError:
+            transport = request.transport
+            if not runtime.stopping.is_set() or transport is None or transport.is_closing():
+                raise  # the client went away, or this is not our shutdown
+            task.uncancel()  # shutdown cancelled it to say goodbye: answer instead of dropping the line
+            return await last_word(request)
+        finally:
+            runtime.requests.leave(task)
 
 
 def unrouted_headers(runtime: Runtime) -> dict[str, str]:
@@ -192,7 +195,7 @@ def unrouted_headers(runtime: Runtime) -> dict[str, str]:
             "x-gatewayd-config": runtime.holder.current.graph.version}
 
 
-async def last_word(request: web.Request) -> web.StreamResponse:
+async def last_word(request: web.BaseRequest) -> web.StreamResponse:
     """What a request still running at the end of the shutdown grace gets."""
     response = request.get(PREPARED)
     if response is None:
@@ -206,34 +209,26 @@ async def last_word(request: web.Request) -> web.StreamResponse:
     raise asyncio.CancelledError
 
 
-async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    runtime = request.app[RUNTIME]
-    if runtime.ready():
-        return json_response({"status": "ready", "config": runtime.holder.current.graph.version})
-    return json_response({"status": "not_ready", "reason": "no deployment is usable"}, status=503)
-
-
-def create_app(runtime: Runtime) -> web.Application:
-    # client_max_size is enforced by the handlers against server.max_body, which a reload may change
-    app = web.Application(middlewares=[gateway_middleware], client_max_size=2**40,
-                          handler_args={"tcp_keepalive": True})
-    app[RUNTIME] = runtime
+def create_app(runtime: Runtime) -> GatewayHandler:
+    """The request handler for aiohttp's low-level `web.Server` (server.py, tests/conftest.py).
+    The caller closes the runtime (its connection pools) once the server has stopped."""
+    routes = Routes()
     openai = OpenAIHandlers(runtime)
-    app.router.add_post("/v1/chat/completions", openai.chat_completions)
-    app.router.add_post("/v1/embeddings", openai.embeddings)
-    app.router.add_get("/v1/models", openai.models)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    add_ops_routes(app, runtime)
-    add_event_routes(app, runtime)
+    routes.post("/v1/chat/completions", openai.chat_completions)
+    routes.post("/v1/embeddings", openai.embeddings)
+    routes.get("/v1/models", openai.models)
+    routes.get("/healthz", healthz)
 
-    async def close_runtime(app: web.Application):
-        yield
-        await runtime.close()
+    async def readyz(request: web.BaseRequest) -> web.Response:
+        if runtime.ready():
+            return json_response({"status": "ready", "config": runtime.holder.current.graph.version})
+        return json_response({"status": "not_ready", "reason": "no deployment is usable"}, status=503)
 
-    app.cleanup_ctx.append(close_runtime)
-    return app
+    routes.get("/readyz", readyz)
+    add_ops_routes(routes, runtime)
+    add_event_routes(routes, runtime)
+    return GatewayHandler(runtime, routes)
+
+
+async def healthz(request: web.BaseRequest) -> web.Response:
+    return json_response({"status": "ok"})

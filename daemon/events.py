@@ -33,6 +33,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from gatewayd.daemon.api import PREPARED, authenticate, refuse_cross_origin
+from gatewayd.daemon.routes import Routes
 
 if TYPE_CHECKING:
     from gatewayd.daemon.app import Runtime
@@ -163,8 +164,8 @@ def encode(event: dict) -> str:
     return orjson.dumps(event).decode()
 
 
-def add_event_routes(app: web.Application, runtime: Runtime) -> None:
-    async def events(request: web.Request) -> web.StreamResponse:
+def add_event_routes(routes: Routes, runtime: Runtime) -> None:
+    async def events(request: web.BaseRequest) -> web.StreamResponse:
         refuse_cross_origin(request)
         authenticate(request, runtime.holder.current.graph)
         with runtime.events.subscribe() as subscription:  # before the headers: nothing is missed
@@ -177,4 +178,4 @@ def add_event_routes(app: web.Application, runtime: Runtime) -> None:
                     await stream.send(encode(event), event=event["kind"])
         return stream
 
-    app.router.add_get("/admin/events", events)
+    routes.get("/admin/events", events)

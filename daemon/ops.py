@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gatewayd.daemon.api import authenticate, refuse_cross_origin
 from gatewayd.daemon.errors import ApiError
 from gatewayd.daemon.explain import UnknownRoute, explain_plan
+from gatewayd.daemon.routes import Routes
 from gatewayd.daemon.status import cooldown_reason, deployments_status
 
 if TYPE_CHECKING:
@@ -27,15 +28,15 @@ class OpsHandlers:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    def guard(self, request: web.Request) -> None:
+    def guard(self, request: web.BaseRequest) -> None:
         refuse_cross_origin(request)
         authenticate(request, self.runtime.holder.current.graph)
 
-    async def metrics(self, request: web.Request) -> web.Response:
+    async def metrics(self, request: web.BaseRequest) -> web.Response:
         self.guard(request)
         return web.Response(body=self.runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def status(self, request: web.BaseRequest) -> web.Response:
         self.guard(request)
         runtime = self.runtime
         snapshot = runtime.holder.current
@@ -47,7 +48,7 @@ class OpsHandlers:
             "deployments": deployments_status(snapshot, runtime.health),
         })
 
-    async def reload(self, request: web.Request) -> web.Response:
+    async def reload(self, request: web.BaseRequest) -> web.Response:
         """Reload now and answer with the result (200 even when rejected: `ok` tells)."""
         self.guard(request)
         reloader = self.runtime.reloader
@@ -56,7 +57,7 @@ class OpsHandlers:
         trigger = "cli" if request.headers.get("X-Gatewayd-Trigger", "").lower() == "cli" else "api"
         return json_response(await reloader.request(trigger))
 
-    async def explain(self, request: web.Request) -> web.Response:
+    async def explain(self, request: web.BaseRequest) -> web.Response:
         self.guard(request)
         name = request.query.get("model")
         if not name:
@@ -75,9 +76,9 @@ class OpsHandlers:
         return json_response(plan)
 
 
-def add_ops_routes(app: web.Application, runtime: Runtime) -> None:
+def add_ops_routes(routes: Routes, runtime: Runtime) -> None:
     ops = OpsHandlers(runtime)
-    app.router.add_get("/metrics", ops.metrics)
-    app.router.add_get("/admin/status", ops.status)
-    app.router.add_get("/admin/explain", ops.explain)
-    app.router.add_post("/admin/reload", ops.reload)
+    routes.get("/metrics", ops.metrics)
+    routes.get("/admin/status", ops.status)
+    routes.get("/admin/explain", ops.explain)
+    routes.post("/admin/reload", ops.reload)

@@ -16,7 +16,7 @@ Shutdown is ordered and bounded. On SIGTERM or SIGINT:
    503 `shutting_down` answer, a stream ends with an SSE error event
    `data: {"error": {... "code": "shutting_down"}}` and no `[DONE]`
    (see `track_requests` in app.py); they get CANCEL_WAIT to write it;
-5. the app's cleanup contexts close the upstream connection pools; exit 0.
+5. the runtime closes the upstream connection pools; exit 0.
 
 A second SIGTERM/SIGINT exits at once with status 130 (EXIT_FORCED), without
 draining: whatever is still open is cut.
@@ -54,7 +54,7 @@ def configure_logging() -> None:
     root.propagate = False
 
 
-def site_for(runner: web.AppRunner, listen: str) -> web.BaseSite:
+def site_for(runner: web.BaseRunner, listen: str) -> web.BaseSite:
     if listen.startswith("unix:"):
         return web.UnixSite(runner, listen[5:])
     host, _, port = listen.rpartition(":")
@@ -101,8 +101,9 @@ async def serve(config_path: str, loaded: Loaded) -> int:
     # keepalive_timeout also bounds a connection that never completes its request headers
     # (aiohttp closes a handler still waiting for a message when it fires): slow clients are cut
     # off after read_timeout; the body has its own bound in api.read_json.
-    runner = web.AppRunner(create_app(runtime), handler_cancellation=True, access_log=None,
-                           shutdown_timeout=RUNNER_TIMEOUT, keepalive_timeout=graph.server.read_timeout)
+    server = web.Server(create_app(runtime), handler_cancellation=True, access_log=None, tcp_keepalive=True,
+                        keepalive_timeout=graph.server.read_timeout)
+    runner = web.ServerRunner(server, shutdown_timeout=RUNNER_TIMEOUT)
     await runner.setup()
     watchdog: asyncio.Task | None = None
     try:
@@ -116,7 +117,8 @@ async def serve(config_path: str, loaded: Loaded) -> int:
         await stop.wait()
         await shutdown(runner, runtime, notifier, reloader)
     finally:
-        await runner.cleanup()  # cleanup contexts: close the upstream pools
+        await runner.cleanup()
+        await runtime.close()  # the upstream pools, once no request can use them
         runtime.access.flush()
         if watchdog is not None:
             watchdog.cancel()
@@ -125,7 +127,7 @@ async def serve(config_path: str, loaded: Loaded) -> int:
     return 0
 
 
-async def shutdown(runner: web.AppRunner, runtime: Runtime, notifier: Notifier, reloader) -> None:
+async def shutdown(runner: web.BaseRunner, runtime: Runtime, notifier: Notifier, reloader) -> None:
     """Steps 1-4 of the module docstring; the caller runs the cleanup (step 5)."""
     loop = asyncio.get_running_loop()
     grace = runtime.holder.current.graph.server.shutdown_grace

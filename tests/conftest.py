@@ -48,16 +48,20 @@ async def fake_openai(aiohttp_server):
 
 
 @pytest.fixture
-async def gateway(aiohttp_server, tmp_path):
-    """Factory: `gw = await gateway(yaml_text, env={})` runs the real app on 127.0.0.1."""
+async def gateway(aiohttp_raw_server, tmp_path):
+    """Factory: `gw = await gateway(yaml_text, env={})` runs the real app on 127.0.0.1,
+    on aiohttp's low-level server as the daemon runs it (server.py; the test server cancels
+    handlers whose client went away, as the daemon does)."""
     sessions = []
+    runtimes = []
 
     async def make(config: str, env: dict | None = None, name: str = "gateway.yaml") -> Gateway:
         path = tmp_path / name
         path.write_text(textwrap.dedent(config))
         loaded = load(str(path), env or {})
         runtime = Runtime(loaded, str(path))
-        server = await aiohttp_server(create_app(runtime))
+        runtimes.append(runtime)
+        server = await aiohttp_raw_server(create_app(runtime), tcp_keepalive=True)
         session = aiohttp.ClientSession()
         sessions.append(session)
         return Gateway(str(server.make_url("")).rstrip("/"), runtime, session, path)
@@ -65,3 +69,5 @@ async def gateway(aiohttp_server, tmp_path):
     yield make
     for session in sessions:
         await session.close()
+    for runtime in runtimes:
+        await runtime.close()

@@ -19,6 +19,8 @@ import orjson
 import pytest
 from yarl import URL
 
+from gatewayd.daemon.app import healthz
+from gatewayd.daemon.routes import Routes
 from tests.fakes_native import BoundedGateways
 
 FULL_KEY = "app-key-full-0001"
@@ -361,6 +363,26 @@ async def test_unknown_path_is_404_json_and_wrong_method_is_405_json(gateway):
             assert response.headers["Content-Type"].startswith("application/json")
             assert_error(await response.json(), "method_not_allowed")
             assert response.headers["x-gatewayd-deployment"] == ""
+            allowed = {"/v1/chat/completions": "POST", "/v1/embeddings": "POST", "/v1/models": "GET, HEAD",
+                       "/healthz": "GET, HEAD"}[path]
+            assert response.headers["Allow"] == allowed, (method, path)
+
+
+async def test_head_answers_the_get_headers_without_a_body(gateway):
+    gw = await gateway(MOCK)
+    async with gw.session.get(gw.url + "/healthz") as got:
+        body = await got.read()
+    async with gw.session.head(gw.url + "/healthz") as head:
+        assert head.status == 200
+        assert head.headers["Content-Length"] == str(len(body)) and body
+        assert await head.read() == b""
+
+
+def test_a_path_and_method_cannot_be_routed_twice():
+    routes = Routes()
+    routes.get("/x", healthz)
+    with pytest.raises(ValueError, match="GET /x is routed twice"):
+        routes.get("/x", healthz)
 
 
 # --- browsers: no cross-origin use, no CORS ---------------------------------------------------
