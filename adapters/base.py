@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, AsyncIterator, Protocol
 
 import aiohttp
 import orjson
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 if TYPE_CHECKING:
     from gatewayd.daemon.graph import Deployment, Provider
@@ -188,6 +190,11 @@ def translates_client_input(provider_type: str):
     return decorate
 
 
+# what aiohttp would add to every request; the provider's `headers` may replace any of them
+AUTO_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent": "gatewayd"}
+MAX_CACHED_URLS = 1024
+
+
 def usage_from_openai(payload: dict) -> Usage | None:
     usage = payload.get("usage")
     if not isinstance(usage, dict):
@@ -210,9 +217,17 @@ class HttpAdapter:
         self._session: aiohttp.ClientSession | None = None
         secret = provider.api_key.reveal() if provider.api_key else ""
         self._secret = secret.encode() if len(secret) >= 4 else b""
-        # built once: the same headers go with every request to this provider
-        self._headers = {**dict(provider.headers), **self.auth_headers(secret), "Content-Type": "application/json"}
+        # Built once: the same headers go with every request to this provider. They include the
+        # ones aiohttp adds when missing (Accept, Accept-Encoding, User-Agent), so that its
+        # per-request header merge takes its fast path. Case-insensitive: a provider's
+        # `user-agent` replaces ours rather than going out twice.
+        headers = CIMultiDict(AUTO_HEADERS)
+        for name, value in (*provider.headers, *self.auth_headers(secret).items(),
+                            ("Content-Type", "application/json")):
+            headers[name] = value
+        self._headers = CIMultiDictProxy(headers)
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # by connect timeout
+        self._urls: dict[str, URL] = {}  # parsed once per URL string
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {}
@@ -225,7 +240,7 @@ class HttpAdapter:
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 auto_decompress=True,
-                skip_auto_headers=("User-Agent",),
+                cookie_jar=aiohttp.DummyCookieJar(),  # an upstream's cookies are never kept nor sent back
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
             )
         return self._session
@@ -253,9 +268,14 @@ class HttpAdapter:
         timeout = self._timeouts.get(connect)
         if timeout is None:
             timeout = self._timeouts[connect] = aiohttp.ClientTimeout(total=None, sock_connect=connect)
+        target = self._urls.get(url)
+        if target is None:
+            if len(self._urls) >= MAX_CACHED_URLS:  # deployments come and go across reloads
+                self._urls.clear()
+            target = self._urls[url] = URL(url).update_query(params) if params else URL(url)
         try:
             response = await self.session().post(
-                url, data=payload, headers=self._headers, params=params, allow_redirects=False, timeout=timeout,
+                target, data=payload, headers=self._headers, allow_redirects=False, timeout=timeout,
             )
         except aiohttp.ServerTimeoutError as exc:
             raise UpstreamError(FailureClass.TIMEOUT, f"connect timed out: {exc}") from None

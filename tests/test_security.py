@@ -14,9 +14,10 @@ from pathlib import Path
 
 import openai
 import pytest
+from aiohttp import web
 
 from gatewayd.daemon.config import load
-from tests.fakes import Ok, Status, Stream
+from tests.fakes import Ok, Status, Stream, completion
 from tests.fakes_native import (
     AnthropicError,
     BoundedGateways,
@@ -386,3 +387,41 @@ async def test_no_request_field_or_header_redirects_a_request(gateway, fake_open
         assert APP_CANARY not in repr(seen)
         assert not any(name.lower().startswith("x-forwarded") for name in seen["headers"])
         assert "X-Upstream" not in seen["headers"] and "Forwarded" not in seen["headers"]
+
+
+async def test_upstream_cookies_are_never_sent_back_and_provider_headers_go_once(gateway, aiohttp_server):
+    """One app's upstream session must not leak into another app's requests: no cookie jar.
+    A provider's `headers` replace the gateway's own defaults case-insensitively. (By name, not
+    by IP: a cookie jar ignores cookies from IP addresses.)"""
+    seen: list = []
+
+    async def chat(request: web.Request) -> web.Response:
+        seen.append(request.headers.copy())
+        response = web.json_response(completion("up-model", "hello"))
+        response.set_cookie("session", "app-one-secret", path="/")
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post("/v1/chat/completions", chat)
+    server = await aiohttp_server(upstream)
+    gw = await gateway(f"""
+        version: 1
+        providers:
+          up:
+            type: openai
+            base_url: "http://localhost:{server.port}/v1"
+            api_key: {PROVIDER_CANARY}
+            headers: {{user-agent: acme-app/1.0, X-Team: search}}
+        models:
+          chat: {{provider: up, model: up-model}}
+    """)
+    for _ in range(2):
+        async with await gw.chat("chat") as response:
+            assert response.status == 200
+    assert len(seen) == 2
+    for headers in seen:
+        assert headers.getall("User-Agent") == ["acme-app/1.0"]
+        assert headers.getall("X-Team") == ["search"]
+        assert headers.getall("Authorization") == [f"Bearer {PROVIDER_CANARY}"]
+        assert headers.getall("Content-Type") == ["application/json"]
+        assert "Cookie" not in headers
