@@ -1,21 +1,120 @@
-"""Prometheus metrics (prometheus-client), owned by the app: no global registry.
+"""Prometheus metrics, owned by the app: no global registry.
 
 Label values come from the config (model and deployment names), never from
-what a client sent, so cardinality is bounded by the config. Children are
-cached per label set: `labels()` is the costly part on the request path.
+what a client sent, so cardinality is bounded by the config.
+
+The per-request series (requests, attempts, latency, time to first byte,
+tokens, cost) are plain Python numbers that `observe` adds to, and
+collectors turn them into metric families at scrape time: the daemon is
+single-threaded asyncio, so prometheus-client's per-sample locks and its
+bucket walk in Python were pure cost on every request. prometheus-client
+still renders the text, and still holds the rarely-touched metrics
+(failures, fallbacks, reloads, config, inflight).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import time
+from bisect import bisect_left
+from itertools import accumulate
+from typing import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import metrics as client_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from gatewayd.daemon.accesslog import AccessRecord
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+LE = tuple(floatToGoString(bound) for bound in LATENCY_BUCKETS) + ("+Inf",)  # `le` as prometheus-client writes it
 STATES = ("ok", "cooldown", "half_open", "disabled", "outside_window")
+MAX_CACHED = 10_000  # label sets `observe` caches; the series themselves are bounded by the config's names
+
+
+def with_created() -> bool:
+    """Whether counters and histograms carry `_created`, as prometheus-client decides for its own
+    (`PROMETHEUS_DISABLE_CREATED_SERIES`, `disable_created_metrics()`), so every family agrees.
+
+    The per-request series keep their `_created` samples: it costs one `time.time()` per new
+    label set, not per request, and /metrics stays what it was.
+    """
+    return getattr(client_metrics, "_use_created", True)
+
+
+class Buckets:
+    """One histogram series: a count per bucket (not cumulative, the last one is +Inf) and the sum.
+
+    `bisect_left` finds the first bound >= the value, the bucket prometheus-client's
+    `Histogram.observe` counts it in, in C rather than a loop in Python.
+    """
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(LE)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        return list(zip(LE, accumulate(self.counts), strict=True))
+
+
+class RequestSeries:
+    """`gatewayd_requests_total` for one (model, deployment, status)."""
+
+    __slots__ = ("count", "created")
+
+    def __init__(self) -> None:
+        self.count = 0.0
+        self.created = time.time()
+
+
+class ModelSeries:
+    """The series labelled by model alone: attempts and the two latency histograms."""
+
+    __slots__ = ("attempts", "latency", "ttfb", "created")
+
+    def __init__(self) -> None:
+        self.attempts = 0.0
+        self.latency = Buckets()
+        self.ttfb = Buckets()
+        self.created = time.time()
+
+
+class UsageSeries:
+    """Tokens and cost of one deployment."""
+
+    __slots__ = ("prompt", "completion", "cost", "created")
+
+    def __init__(self) -> None:
+        self.prompt = self.completion = self.cost = 0.0
+        self.created = time.time()
+
+
+class Family:
+    """A collector for one metric family, so each takes its place in the registry's order."""
+
+    def __init__(self, build: Callable[[], Metric]) -> None:
+        self._build = build
+
+    def collect(self) -> Iterator[Metric]:
+        yield self._build()
+
+
+def histogram(name: str, documentation: str, series: Iterable[tuple[str, Buckets, float]]) -> Metric:
+    """Samples as prometheus-client's `Histogram` gives them: buckets, `_count`, `_sum`, then `_created`."""
+    family = HistogramMetricFamily(name, documentation, labels=["model"])
+    created = with_created()
+    for model, buckets, since in series:
+        family.add_metric([model], buckets.cumulative(), buckets.sum)
+        if created:
+            family.samples.append(Sample(name + "_created", {"model": model}, since, None))
+    return family
 
 
 class DeploymentStateCollector:
@@ -43,16 +142,20 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("gatewayd_requests", "Requests answered", ["model", "deployment", "status"], registry=r)
-        self.attempts = Counter("gatewayd_upstream_attempts", "Upstream attempts", ["model"], registry=r)
+        # the per-request series by their label values, never dropped (a counter that vanished would reset)
+        self._requests: dict[tuple[str, str, str], RequestSeries] = {}
+        self._models: dict[str, ModelSeries] = {}
+        self._usage: dict[str, UsageSeries] = {}  # by deployment name, a name from the config
+        self._children: dict[tuple, tuple[RequestSeries, ModelSeries]] = {}  # by the record's raw fields
+        # registered in this order, the order /metrics lists them in
+        r.register(Family(self._requests_family))
+        r.register(Family(self._attempts_family))
         self.failures = Counter("gatewayd_upstream_failures", "Failed upstream attempts by class",
                                 ["deployment", "class"], registry=r)
-        self.latency = Histogram("gatewayd_request_duration_seconds", "Request latency", ["model"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
-        self.ttfb = Histogram("gatewayd_time_to_first_byte_seconds", "Time to the answer's first byte",
-                              ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tokens = Counter("gatewayd_tokens", "Tokens by kind", ["deployment", "kind"], registry=r)
-        self.cost = Counter("gatewayd_cost", "Cost from the models' pricing", ["deployment"], registry=r)
+        r.register(Family(self._latency_family))
+        r.register(Family(self._ttfb_family))
+        r.register(Family(self._tokens_family))
+        r.register(Family(self._cost_family))
         self.fallbacks = Counter("gatewayd_fallbacks", "Times a route left a deployment for the next candidate",
                                  ["model", "deployment"], registry=r)
         self.inflight = Gauge("gatewayd_inflight_requests", "Requests being served", registry=r)
@@ -60,8 +163,6 @@ class Metrics:
         self.config = Gauge("gatewayd_config_info", "The serving config version", ["version"], registry=r)
         self.last_reload_error = Gauge("gatewayd_last_reload_failed", "1 when the last reload was rejected",
                                        ["error"], registry=r)
-        self._children: dict[tuple, tuple] = {}
-        self._usage_children: dict[str, tuple] = {}  # by deployment name, a name from the config
 
     def watch_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.registry.register(DeploymentStateCollector(states))
@@ -75,32 +176,49 @@ class Metrics:
         key = (model, record.deployment, record.status)
         children = self._children.get(key)
         if children is None:
-            if len(self._children) > 10_000:  # a bound against runaway label sets
-                self._children.clear()
-            children = self._children[key] = (
-                self.requests.labels(model, record.deployment or "-", str(record.status)),
-                self.attempts.labels(model), self.latency.labels(model), self.ttfb.labels(model),
-            )
-        requests, attempts, latency, ttfb = children
-        requests.inc()
+            children = self._series(key)
+        requests, per_model = children
+        requests.count += 1
         if record.attempts:
-            attempts.inc(record.attempts)
-        latency.observe(record.latency_ms / 1000)
+            per_model.attempts += record.attempts
+        per_model.latency.observe(record.latency_ms / 1000)
         if record.ttfb_ms is not None:
-            ttfb.observe(record.ttfb_ms / 1000)
+            per_model.ttfb.observe(record.ttfb_ms / 1000)
         if record.deployment and record.prompt_tokens is not None:
-            usage = self._usage_children.get(record.deployment)
-            if usage is None:
-                usage = self._usage_children[record.deployment] = (
-                    self.tokens.labels(record.deployment, "prompt"),
-                    self.tokens.labels(record.deployment, "completion"),
-                    self.cost.labels(record.deployment),
-                )
-            prompt, completion, cost = usage
-            prompt.inc(record.prompt_tokens)
-            completion.inc(record.completion_tokens or 0)
-            if record.cost:
-                cost.inc(record.cost)
+            self._count_usage(record.deployment, record.prompt_tokens, record.completion_tokens or 0, record.cost)
+
+    def _series(self, key: tuple[str, str | None, int]) -> tuple[RequestSeries, ModelSeries]:
+        """The series a label set adds to, made on first sight.
+
+        The cache in front only saves building the label strings per request. Clearing it
+        (a bound against runaway label sets) drops no counts: the series stay, as
+        prometheus-client's children did.
+        """
+        if len(self._children) > MAX_CACHED:
+            self._children.clear()
+        model, deployment, status = key
+        labels = (model, deployment or "-", str(status))
+        requests = self._requests.get(labels)
+        if requests is None:
+            requests = self._requests[labels] = RequestSeries()
+        per_model = self._models.get(model)
+        if per_model is None:
+            per_model = self._models[model] = ModelSeries()
+        children = self._children[key] = (requests, per_model)
+        return children
+
+    def _count_usage(self, deployment: str, prompt: int, completion: int, cost: float | None) -> None:
+        """Tokens and cost. A negative amount (only a misbehaving upstream's usage has one) is not
+        counted: a counter never goes down."""
+        usage = self._usage.get(deployment)
+        if usage is None:
+            usage = self._usage[deployment] = UsageSeries()
+        if prompt >= 0:
+            usage.prompt += prompt
+        if completion >= 0:
+            usage.completion += completion
+        if cost is not None and cost > 0:
+            usage.cost += cost
 
     def failure(self, deployment: str, failure_class: str) -> None:
         self.failures.labels(deployment, failure_class).inc()
@@ -114,3 +232,40 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def _requests_family(self) -> Metric:
+        family = CounterMetricFamily("gatewayd_requests", "Requests answered", labels=["model", "deployment", "status"])
+        created = with_created()
+        for labels, series in self._requests.items():
+            family.add_metric(labels, series.count, series.created if created else None)
+        return family
+
+    def _attempts_family(self) -> Metric:
+        family = CounterMetricFamily("gatewayd_upstream_attempts", "Upstream attempts", labels=["model"])
+        created = with_created()
+        for model, series in self._models.items():
+            family.add_metric([model], series.attempts, series.created if created else None)
+        return family
+
+    def _latency_family(self) -> Metric:
+        return histogram("gatewayd_request_duration_seconds", "Request latency",
+                         ((model, series.latency, series.created) for model, series in self._models.items()))
+
+    def _ttfb_family(self) -> Metric:
+        return histogram("gatewayd_time_to_first_byte_seconds", "Time to the answer's first byte",
+                         ((model, series.ttfb, series.created) for model, series in self._models.items()))
+
+    def _tokens_family(self) -> Metric:
+        family = CounterMetricFamily("gatewayd_tokens", "Tokens by kind", labels=["deployment", "kind"])
+        created = with_created()
+        for deployment, usage in self._usage.items():
+            family.add_metric([deployment, "prompt"], usage.prompt, usage.created if created else None)
+            family.add_metric([deployment, "completion"], usage.completion, usage.created if created else None)
+        return family
+
+    def _cost_family(self) -> Metric:
+        family = CounterMetricFamily("gatewayd_cost", "Cost from the models' pricing", labels=["deployment"])
+        created = with_created()
+        for deployment, usage in self._usage.items():
+            family.add_metric([deployment], usage.cost, usage.created if created else None)
+        return family

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gatewayd.daemon.metrics import STATES
 from gatewayd.daemon.reload import Reloader
 from gatewayd.daemon.sdnotify import Notifier
-from tests.fakes import Status, Stream
+from tests.fakes import Ok, Status, Stream, completion
 
 SECRET = "sk-metrics-secret-777"
 
@@ -125,3 +128,126 @@ async def test_reloads_by_result_and_the_new_config_version(gateway):
     versions = [labels for (name, labels) in samples if name == "gatewayd_config_info"]
     assert versions == [(("version", gw.runtime.holder.current.graph.version),)]
     assert value(samples, "gatewayd_deployment_state", deployment="echo2", state="ok") == 1
+
+
+LE = ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1.0", "2.5", "5.0", "10.0", "30.0", "60.0", "120.0",
+      "300.0", "+Inf")
+HISTOGRAMS = ("gatewayd_request_duration_seconds", "gatewayd_time_to_first_byte_seconds")
+
+
+def buckets(samples: dict, name: str, **labels) -> list[float]:
+    return [value(samples, f"{name}_bucket", le=le, **labels) for le in LE]
+
+
+async def one_model(gateway, fake_openai, name: str = "up"):
+    """A gateway with one model `m` on one fake upstream, one attempt per request."""
+    fake = await fake_openai(name)
+    gw = await gateway(f"""
+        version: 1
+        providers:
+          {name}: {{type: openai, base_url: "{fake.base_url}"}}
+        defaults:
+          retry: {{attempts: 1}}
+        models:
+          m:
+            provider: {name}
+            model: m-upstream
+            pricing: {{input_per_mtok: 1, output_per_mtok: 2}}
+    """)
+    return fake, gw
+
+
+async def ask(gw, times: int, model: str = "m", status: int = 200) -> None:
+    for _ in range(times):
+        async with await gw.chat(model) as answer:
+            assert answer.status == status
+            await answer.read()
+
+
+async def test_histogram_buckets_count_and_sum_follow_the_observations(gateway, fake_openai):
+    delay = 0.11  # every request takes longer than the 0.1 bucket, and far less than 30 s
+    fake, gw = await one_model(gateway, fake_openai)
+    fake.default = Ok(delay=delay)
+    await ask(gw, 3)
+    samples = await scrape(gw)
+    for name in HISTOGRAMS:
+        counts = buckets(samples, name, model="m")
+        assert counts == sorted(counts)  # cumulative
+        assert counts[:LE.index("0.1") + 1] == [0] * 5  # `le` holds what is at most the bound
+        assert counts[LE.index("30.0"):] == [3] * 5
+        assert value(samples, f"{name}_count", model="m") == counts[-1] == 3
+        assert 3 * delay <= value(samples, f"{name}_sum", model="m") < 3 * 30
+    latency_sum = value(samples, "gatewayd_request_duration_seconds_sum", model="m")
+    assert value(samples, "gatewayd_time_to_first_byte_seconds_sum", model="m") <= latency_sum
+
+
+async def test_counters_and_histograms_add_up_across_scrapes(gateway, fake_openai):
+    _, gw = await one_model(gateway, fake_openai)
+    await ask(gw, 2)
+    before = await scrape(gw)
+    await ask(gw, 3)
+    await ask(gw, 2, model="nope", status=404)
+    after = await scrape(gw)
+    for samples, answered, unknown in ((before, 2, None), (after, 5, 2)):
+        assert value(samples, "gatewayd_requests_total", model="m", deployment="m", status="200") == answered
+        assert value(samples, "gatewayd_upstream_attempts_total", model="m") == answered
+        # the fake upstream reports 9 prompt and 3 completion tokens per answer
+        assert value(samples, "gatewayd_tokens_total", deployment="m", kind="prompt") == 9 * answered
+        assert value(samples, "gatewayd_tokens_total", deployment="m", kind="completion") == 3 * answered
+        assert value(samples, "gatewayd_cost_total", deployment="m") == pytest.approx(answered * (9 + 3 * 2) / 1e6)
+        for name in HISTOGRAMS:
+            assert value(samples, f"{name}_count", model="m") == answered
+            assert buckets(samples, name, model="m")[-1] == answered
+        if unknown is not None:  # an unknown model is counted under "-", with no attempt and no first byte
+            assert value(samples, "gatewayd_requests_total", model="-", deployment="-", status="404") == unknown
+            assert value(samples, "gatewayd_upstream_attempts_total", model="-") == 0
+            assert value(samples, "gatewayd_request_duration_seconds_count", model="-") == unknown
+            assert value(samples, "gatewayd_time_to_first_byte_seconds_count", model="-") == 0
+    for name, labels in (("gatewayd_requests_created", {"model": "m", "deployment": "m", "status": "200"}),
+                         ("gatewayd_upstream_attempts_created", {"model": "m"}),
+                         ("gatewayd_request_duration_seconds_created", {"model": "m"}),
+                         ("gatewayd_tokens_created", {"deployment": "m", "kind": "prompt"})):
+        created = value(after, name, **labels)
+        assert created == value(before, name, **labels) <= time.time()  # the series was made once
+
+
+async def test_metric_types_and_bucket_bounds(gateway, fake_openai):
+    _, gw = await one_model(gateway, fake_openai)
+    await ask(gw, 1)
+    async with gw.session.get(gw.url + "/metrics") as response:
+        text = await response.text()
+    types = {family.name: family.type for family in text_string_to_metric_families(text)}
+    for name in ("gatewayd_requests", "gatewayd_upstream_attempts", "gatewayd_tokens", "gatewayd_cost"):
+        assert types[name] == "counter"
+        assert f"# TYPE {name}_total counter\n" in text
+    for name in HISTOGRAMS:
+        assert types[name] == "histogram"
+        bounds = [line.split('le="')[1].split('"')[0] for line in text.splitlines()
+                  if line.startswith(f"{name}_bucket{{")]
+        assert bounds == list(LE)
+
+
+async def test_an_upstreams_negative_usage_is_not_counted(gateway, aiohttp_server):
+    """A counter never goes down; the request is still answered."""
+
+    async def answer(request: web.Request) -> web.Response:
+        body = completion("m-upstream", "hi")
+        body["usage"] = {"prompt_tokens": -5, "completion_tokens": 4, "total_tokens": -1}
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    upstream = await aiohttp_server(app)
+    gw = await gateway(f"""
+        version: 1
+        providers:
+          odd: {{type: openai, base_url: "{upstream.make_url('/v1')}"}}
+        models:
+          m: {{provider: odd, model: m-upstream, pricing: {{input_per_mtok: 1, output_per_mtok: 0}}}}
+    """)
+    await ask(gw, 2)
+    samples = await scrape(gw)
+    assert value(samples, "gatewayd_requests_total", model="m", deployment="m", status="200") == 2
+    assert value(samples, "gatewayd_tokens_total", deployment="m", kind="prompt") == 0
+    assert value(samples, "gatewayd_tokens_total", deployment="m", kind="completion") == 8
+    assert value(samples, "gatewayd_cost_total", deployment="m") == 0
