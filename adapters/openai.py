@@ -107,15 +107,12 @@ class OpenAIAdapter(HttpAdapter):
         return None
 
     async def chat(self, deployment: Deployment, body: dict) -> Reply:
-        return await self._complete(deployment, "chat/completions", body)
+        return from_upstream(await self.fetch(deployment, self.url(deployment, "chat/completions"),
+                                              to_upstream(body, deployment.model), params=self.params()))
 
     async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
-        return await self._complete(deployment, "embeddings", body)
-
-    async def _complete(self, deployment: Deployment, operation: str, body: dict) -> Reply:
-        raw = await self.fetch(deployment, self.url(deployment, operation), to_upstream(body, deployment.model),
-                               params=self.params())
-        return from_upstream(raw)
+        return from_upstream(await self.fetch(deployment, self.url(deployment, "embeddings"),
+                                              to_upstream(body, deployment.model), params=self.params()))
 
     async def stream(self, deployment: Deployment, body: dict) -> OpenAIStream:
         response = await self.send(
