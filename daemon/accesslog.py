@@ -15,13 +15,14 @@ import asyncio
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import orjson
 
 log = logging.getLogger("gatewayd.access")
 
-CLIPPED = {"model": 256, "error": 2000}  # longest kept, in characters, of fields a client can fill
+MODEL_LIMIT = 256  # longest kept, in characters, of the model a client asked for
+ERROR_LIMIT = 2000  # and of an error message, which may quote it
 
 
 @dataclass(slots=True)
@@ -46,48 +47,97 @@ def clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else f"{value[:limit]}...[truncated {len(value) - limit} characters]"
 
 
+# What `text_value` made of each short value it has seen. The same few model and
+# key names come back on nearly every request, so the checks (and json.dumps for
+# the odd one) run once per name, not once per line. Clients choose model names,
+# so the memo is bounded: only values up to TEXT_VALUES_UP_TO characters are
+# kept, and it is emptied when TEXT_VALUES_KEPT are held.
+TEXT_VALUES_KEPT = 1024
+TEXT_VALUES_UP_TO = 128  # at most MODEL_LIMIT: a remembered model name is one clipping leaves alone
+_text_values: dict[str, str] = {}
+
+
 def text_value(value: str) -> str:
     """A bare word when safe, else a JSON string (quotes, backslashes, control and non-ASCII escaped)."""
-    if value and value.isascii() and value.isprintable() and not any(c in value for c in ' "\\'):
-        return value
-    return json.dumps(value)
+    known = _text_values.get(value)
+    if known is not None:
+        return known
+    if (value and value.isascii() and value.isprintable()
+            and " " not in value and '"' not in value and "\\" not in value):
+        written = value
+    else:
+        written = json.dumps(value)
+    if type(value) is str and len(value) <= TEXT_VALUES_UP_TO:
+        if len(_text_values) >= TEXT_VALUES_KEPT:
+            _text_values.clear()
+        _text_values[value] = written
+    return written
 
 
 def text_line(r: AccessRecord) -> str:
     """`METHOD PATH STATUS name=value ...`, every field that is set, in a fixed order.
 
     Written field by field rather than by reflection: this runs once per request.
-    Names of deployments, keys and versions come from the config, whose names are
-    plain words; only what a client chose goes through `text_value`.
+    One f-string, each optional field in it either empty or ` name=value`, builds
+    the line without intermediate lines; a known model or key name is one dict
+    lookup (the memo `text_value` keeps) without a call. Names of deployments,
+    keys and versions come from the config, whose names are plain words; only
+    what a client chose goes through `text_value`, the model clipped first.
     """
-    line = f"{r.method} {r.path} {r.status}"
-    if r.model is not None:
-        line += f" model={text_value(clip(r.model, CLIPPED['model']))}"
+    model, deployment, ttfb, prompt, completion, cost, key, config, error = (
+        r.model, r.deployment, r.ttfb_ms, r.prompt_tokens, r.completion_tokens, r.cost, r.key, r.config, r.error)
+    known = _text_values.get
+    return (
+        f"{r.method} {r.path} {r.status}"
+        f"{'' if model is None else f' model={known(model) or text_value(clip(model, MODEL_LIMIT))}'}"
+        f"{'' if deployment is None else f' deployment={deployment}'}"
+        f" attempts={r.attempts} latency_ms={r.latency_ms:.1f}"
+        f"{'' if ttfb is None else f' ttfb_ms={ttfb:.1f}'}"
+        f"{'' if prompt is None else f' prompt_tokens={prompt}'}"
+        f"{'' if completion is None else f' completion_tokens={completion}'}"
+        f"{'' if cost is None else f' cost={cost:.6f}'}"
+        f"{'' if key is None else f' key={known(key) or text_value(key)}'}"
+        f"{'' if config is None else f' config={config}'}"
+        f"{'' if error is None else f' error={json.dumps(clip(error, ERROR_LIMIT))}'}"
+    )
+
+
+def json_line(r: AccessRecord) -> str:
+    """Every field that is set, in declaration order, then `ts`.
+
+    Field by field too: `dataclasses.asdict` deep-copies the record, which cost
+    over ten times what the rest of the line does. Model and error are clipped
+    as in text lines.
+    """
+    fields = {}
+    if r.method is not None:
+        fields["method"] = r.method
+    if r.path is not None:
+        fields["path"] = r.path
+    if r.status is not None:
+        fields["status"] = r.status
+    if (model := r.model) is not None:
+        fields["model"] = clip(model, MODEL_LIMIT) if isinstance(model, str) else model
     if r.deployment is not None:
-        line += f" deployment={r.deployment}"
-    line += f" attempts={r.attempts} latency_ms={r.latency_ms:.1f}"
+        fields["deployment"] = r.deployment
+    if r.attempts is not None:
+        fields["attempts"] = r.attempts
+    if r.latency_ms is not None:
+        fields["latency_ms"] = r.latency_ms
     if r.ttfb_ms is not None:
-        line += f" ttfb_ms={r.ttfb_ms:.1f}"
+        fields["ttfb_ms"] = r.ttfb_ms
     if r.prompt_tokens is not None:
-        line += f" prompt_tokens={r.prompt_tokens}"
+        fields["prompt_tokens"] = r.prompt_tokens
     if r.completion_tokens is not None:
-        line += f" completion_tokens={r.completion_tokens}"
+        fields["completion_tokens"] = r.completion_tokens
     if r.cost is not None:
-        line += f" cost={r.cost:.6f}"
+        fields["cost"] = r.cost
     if r.key is not None:
-        line += f" key={text_value(r.key)}"
+        fields["key"] = r.key
+    if (error := r.error) is not None:
+        fields["error"] = clip(error, ERROR_LIMIT) if isinstance(error, str) else error
     if r.config is not None:
-        line += f" config={r.config}"
-    if r.error is not None:
-        line += f" error={json.dumps(clip(r.error, CLIPPED['error']))}"
-    return line
-
-
-def json_line(record: AccessRecord) -> str:
-    fields = {k: v for k, v in asdict(record).items() if v is not None}
-    for name, limit in CLIPPED.items():
-        if isinstance(fields.get(name), str):
-            fields[name] = clip(fields[name], limit)
+        fields["config"] = r.config
     fields["ts"] = time.time()
     return orjson.dumps(fields).decode()
 
