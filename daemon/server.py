@@ -15,7 +15,7 @@ Shutdown is ordered and bounded. On SIGTERM or SIGINT:
 4. requests still running then are cancelled: one that has sent nothing gets a
    503 `shutting_down` answer, a stream ends with an SSE error event
    `data: {"error": {... "code": "shutting_down"}}` and no `[DONE]`
-   (see `track_requests` in app.py); they get CANCEL_WAIT to write it;
+   (see `GatewayHandler` in app.py); they get CANCEL_WAIT to write it;
 5. the runtime closes the upstream connection pools; exit 0.
 
 A second SIGTERM/SIGINT exits at once with status 130 (EXIT_FORCED), without
