@@ -46,6 +46,7 @@ import aiohttp
 import orjson
 
 from gatewayd.adapters.base import (
+    DONE_EVENT,
     FailureClass,
     HttpAdapter,
     Reply,
@@ -61,7 +62,6 @@ from gatewayd.adapters.sse import read_events
 if TYPE_CHECKING:
     from gatewayd.daemon.graph import Deployment
 
-DONE_EVENT = b"data: [DONE]\n\n"
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_VERSION = "2023-06-01"
 

@@ -167,6 +167,9 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+DONE_EVENT = b"data: [DONE]\n\n"  # how every stream relayed to the client ends (OpenAI's SSE format)
+
+
 def openai_error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
     return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
 
@@ -257,7 +260,7 @@ class HttpAdapter:
         return self.scrub(text.encode()).decode("utf-8", "replace") if self._secret else text
 
     async def send(
-        self, deployment: Deployment, url: str, payload: bytes, *, params: dict | None = None
+        self, deployment: Deployment, url: str, payload: bytes
     ) -> aiohttp.ClientResponse:
         """POST and return the response once its status is 2xx; else raise UpstreamError.
 
@@ -272,7 +275,7 @@ class HttpAdapter:
         if target is None:
             if len(self._urls) >= MAX_CACHED_URLS:  # deployments come and go across reloads
                 self._urls.clear()
-            target = self._urls[url] = URL(url).update_query(params) if params else URL(url)
+            target = self._urls[url] = URL(url)
         try:
             response = await self.session().post(
                 target, data=payload, headers=self._headers, allow_redirects=False, timeout=timeout,
@@ -291,9 +294,9 @@ class HttpAdapter:
             response.release()
         raise self.error_from_status(response.status, response.headers, self.scrub(raw))
 
-    async def fetch(self, deployment: Deployment, url: str, payload: bytes, *, params: dict | None = None) -> bytes:
+    async def fetch(self, deployment: Deployment, url: str, payload: bytes) -> bytes:
         """POST and read the whole (2xx) answer, scrubbed of the provider's key."""
-        response = await self.send(deployment, url, payload, params=params)
+        response = await self.send(deployment, url, payload)
         try:
             raw = await response.read()
         except (aiohttp.ClientError, OSError) as exc:

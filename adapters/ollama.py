@@ -35,6 +35,7 @@ import orjson
 from aiohttp.http_exceptions import HttpProcessingError
 
 from gatewayd.adapters.base import (
+    DONE_EVENT,
     FailureClass,
     HttpAdapter,
     Reply,
@@ -49,7 +50,6 @@ from gatewayd.adapters.base import (
 if TYPE_CHECKING:
     from gatewayd.daemon.graph import Deployment
 
-DONE_EVENT = b"data: [DONE]\n\n"
 OPTION_KEYS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
 ERROR_TYPES = {
     FailureClass.CLIENT: "invalid_request_error", FailureClass.NOT_FOUND: "invalid_request_error",

@@ -10,11 +10,13 @@ events ending with `data: [DONE]`; errors are `{"error": {...}}` bodies.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, AsyncIterator
+from urllib.parse import quote
 
 import aiohttp
 import orjson
 
 from gatewayd.adapters.base import (
+    DONE_EVENT,
     FailureClass,
     HttpAdapter,
     Reply,
@@ -26,8 +28,6 @@ from gatewayd.adapters.sse import read_events
 
 if TYPE_CHECKING:
     from gatewayd.daemon.graph import Deployment
-
-DONE_EVENT = b"data: [DONE]\n\n"
 
 
 def to_upstream(body: dict, model: str) -> bytes:
@@ -103,21 +103,18 @@ class OpenAIAdapter(HttpAdapter):
     def url(self, deployment: Deployment, operation: str) -> str:
         return self.join(self.provider.base_url, f"/{operation}")
 
-    def params(self) -> dict | None:
-        return None
-
     async def chat(self, deployment: Deployment, body: dict) -> Reply:
         return from_upstream(await self.fetch(deployment, self.url(deployment, "chat/completions"),
-                                              to_upstream(body, deployment.model), params=self.params()))
+                                              to_upstream(body, deployment.model)))
 
     async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
         return from_upstream(await self.fetch(deployment, self.url(deployment, "embeddings"),
-                                              to_upstream(body, deployment.model), params=self.params()))
+                                              to_upstream(body, deployment.model)))
 
     async def stream(self, deployment: Deployment, body: dict) -> OpenAIStream:
         response = await self.send(
             deployment, self.url(deployment, "chat/completions"),
-            to_upstream({**body, "stream": True}, deployment.model), params=self.params(),
+            to_upstream({**body, "stream": True}, deployment.model),
         )
         if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
             response.close()
@@ -132,7 +129,6 @@ class AzureOpenAIAdapter(OpenAIAdapter):
         return {"api-key": key} if key else {}
 
     def url(self, deployment: Deployment, operation: str) -> str:
-        return self.join(self.provider.base_url, f"/openai/deployments/{deployment.model}/{operation}")
-
-    def params(self) -> dict | None:
-        return {"api-version": str(self.provider.options.get("api_version", "2024-10-21"))}
+        version = quote(str(self.provider.options.get("api_version", "2024-10-21")), safe="")
+        return self.join(self.provider.base_url, f"/openai/deployments/{deployment.model}/{operation}"
+                                                 f"?api-version={version}")
