@@ -106,6 +106,16 @@ class Family:
         yield self._build()
 
 
+def counter(name: str, documentation: str, labels: list[str],
+            series: Iterable[tuple[tuple[str, ...], float, float]]) -> Metric:
+    """Samples as prometheus-client's `Counter` gives them: `_total`, then `_created` when it is on."""
+    family = CounterMetricFamily(name, documentation, labels=labels)
+    created = with_created()
+    for values, total, since in series:
+        family.add_metric(values, total, since if created else None)
+    return family
+
+
 def histogram(name: str, documentation: str, series: Iterable[tuple[str, Buckets, float]]) -> Metric:
     """Samples as prometheus-client's `Histogram` gives them: buckets, `_count`, `_sum`, then `_created`."""
     family = HistogramMetricFamily(name, documentation, labels=["model"])
@@ -234,18 +244,12 @@ class Metrics:
         return generate_latest(self.registry)
 
     def _requests_family(self) -> Metric:
-        family = CounterMetricFamily("gatewayd_requests", "Requests answered", labels=["model", "deployment", "status"])
-        created = with_created()
-        for labels, series in self._requests.items():
-            family.add_metric(labels, series.count, series.created if created else None)
-        return family
+        return counter("gatewayd_requests", "Requests answered", ["model", "deployment", "status"],
+                       ((labels, series.count, series.created) for labels, series in self._requests.items()))
 
     def _attempts_family(self) -> Metric:
-        family = CounterMetricFamily("gatewayd_upstream_attempts", "Upstream attempts", labels=["model"])
-        created = with_created()
-        for model, series in self._models.items():
-            family.add_metric([model], series.attempts, series.created if created else None)
-        return family
+        return counter("gatewayd_upstream_attempts", "Upstream attempts", ["model"],
+                       (((model,), series.attempts, series.created) for model, series in self._models.items()))
 
     def _latency_family(self) -> Metric:
         return histogram("gatewayd_request_duration_seconds", "Request latency",
@@ -256,16 +260,11 @@ class Metrics:
                          ((model, series.ttfb, series.created) for model, series in self._models.items()))
 
     def _tokens_family(self) -> Metric:
-        family = CounterMetricFamily("gatewayd_tokens", "Tokens by kind", labels=["deployment", "kind"])
-        created = with_created()
-        for deployment, usage in self._usage.items():
-            family.add_metric([deployment, "prompt"], usage.prompt, usage.created if created else None)
-            family.add_metric([deployment, "completion"], usage.completion, usage.created if created else None)
-        return family
+        return counter("gatewayd_tokens", "Tokens by kind", ["deployment", "kind"],
+                       (sample for deployment, usage in self._usage.items()
+                        for sample in (((deployment, "prompt"), usage.prompt, usage.created),
+                                       ((deployment, "completion"), usage.completion, usage.created))))
 
     def _cost_family(self) -> Metric:
-        family = CounterMetricFamily("gatewayd_cost", "Cost from the models' pricing", labels=["deployment"])
-        created = with_created()
-        for deployment, usage in self._usage.items():
-            family.add_metric([deployment], usage.cost, usage.created if created else None)
-        return family
+        return counter("gatewayd_cost", "Cost from the models' pricing", ["deployment"],
+                       (((deployment,), usage.cost, usage.created) for deployment, usage in self._usage.items()))
