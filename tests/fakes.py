@@ -71,17 +71,16 @@ def chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
-class FakeOpenAI:
-    def __init__(self, name: str = "fake") -> None:
-        self.name = name
+class Recorder:
+    """What every fake upstream shares: the script of behaviours and the requests it saw."""
+
+    default: object = None
+
+    def __init__(self) -> None:
         self.script: list = []
-        self.default = Ok(f"from {name}")
         self.requests: list[dict] = []  # {"path", "headers", "json", "query", "at"}
-        self.disconnects: list[float] = []  # monotonic times a client went away mid-answer
-        self.sent: list[bytearray] = []  # the bytes of each event stream, as written
-        self.app = web.Application()
-        self.app.router.add_post("/v1/chat/completions", self.chat)
-        self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.base_url = ""
+        self.server = None
 
     def queue(self, *behaviours) -> None:
         self.script.extend(behaviours)
@@ -98,6 +97,18 @@ class FakeOpenAI:
         self.requests.append({"path": request.path, "headers": dict(request.headers), "json": body,
                               "query": dict(request.query), "at": time.monotonic()})
         return body
+
+
+class FakeOpenAI(Recorder):
+    def __init__(self, name: str = "fake") -> None:
+        super().__init__()
+        self.name = name
+        self.default = Ok(f"from {name}")
+        self.disconnects: list[float] = []  # monotonic times a client went away mid-answer
+        self.sent: list[bytearray] = []  # the bytes of each event stream, as written
+        self.app = web.Application()
+        self.app.router.add_post("/v1/chat/completions", self.chat)
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 import aiohttp
 from aiohttp import web
 
+from tests.fakes import Recorder
+
 ANTHROPIC_KEY = "sk-ant-fake-key-0001"
 AZURE_KEY = "azure-fake-key-0001"
 AZURE_API_VERSION = "2024-10-21"
@@ -60,34 +62,6 @@ async def serve(aiohttp_server, fake, root: str = ""):
     fake.server = server
     fake.base_url = str(server.make_url(root)).rstrip("/")
     return fake
-
-
-class Recorder:
-    """Common bits: the script of behaviours and the requests seen."""
-
-    default: object = None
-
-    def __init__(self) -> None:
-        self.script: list = []
-        self.requests: list[dict] = []  # {"path", "headers", "query", "json"}
-        self.base_url = ""
-        self.server = None
-
-    def queue(self, *behaviours) -> None:
-        self.script.extend(behaviours)
-
-    def next(self):
-        return self.script.pop(0) if self.script else self.default
-
-    @property
-    def calls(self) -> int:
-        return len(self.requests)
-
-    async def record(self, request: web.Request) -> dict:
-        body = await request.json()
-        self.requests.append({"path": request.path, "headers": dict(request.headers),
-                              "query": dict(request.query), "json": body})
-        return body
 
 
 # --- Anthropic -------------------------------------------------------------------------------
