@@ -30,7 +30,6 @@ from gatewayd.daemon.accesslog import AccessRecord
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LE = tuple(floatToGoString(bound) for bound in LATENCY_BUCKETS) + ("+Inf",)  # `le` as prometheus-client writes it
 STATES = ("ok", "cooldown", "half_open", "disabled", "outside_window")
-MAX_CACHED = 10_000  # label sets `observe` caches; the series themselves are bounded by the config's names
 
 
 def with_created() -> bool:
@@ -156,7 +155,6 @@ class Metrics:
         self._requests: dict[tuple[str, str, str], RequestSeries] = {}
         self._models: dict[str, ModelSeries] = {}
         self._usage: dict[str, UsageSeries] = {}  # by deployment name, a name from the config
-        self._children: dict[tuple, tuple[RequestSeries, ModelSeries]] = {}  # by the record's raw fields
         # registered in this order, the order /metrics lists them in
         r.register(Family(self._requests_family))
         r.register(Family(self._attempts_family))
@@ -183,11 +181,13 @@ class Metrics:
     def observe(self, record: AccessRecord) -> None:
         model = record.model if record.deployment is not None or record.status in (200, 429, 503, 504) else None
         model = model or "-"
-        key = (model, record.deployment, record.status)
-        children = self._children.get(key)
-        if children is None:
-            children = self._series(key)
-        requests, per_model = children
+        labels = (model, record.deployment or "-", str(record.status))
+        requests = self._requests.get(labels)
+        if requests is None:
+            requests = self._requests[labels] = RequestSeries()
+        per_model = self._models.get(model)
+        if per_model is None:
+            per_model = self._models[model] = ModelSeries()
         requests.count += 1
         if record.attempts:
             per_model.attempts += record.attempts
@@ -196,26 +196,6 @@ class Metrics:
             per_model.ttfb.observe(record.ttfb_ms / 1000)
         if record.deployment and record.prompt_tokens is not None:
             self._count_usage(record.deployment, record.prompt_tokens, record.completion_tokens or 0, record.cost)
-
-    def _series(self, key: tuple[str, str | None, int]) -> tuple[RequestSeries, ModelSeries]:
-        """The series a label set adds to, made on first sight.
-
-        The cache in front only saves building the label strings per request. Clearing it
-        (a bound against runaway label sets) drops no counts: the series stay, as
-        prometheus-client's children did.
-        """
-        if len(self._children) > MAX_CACHED:
-            self._children.clear()
-        model, deployment, status = key
-        labels = (model, deployment or "-", str(status))
-        requests = self._requests.get(labels)
-        if requests is None:
-            requests = self._requests[labels] = RequestSeries()
-        per_model = self._models.get(model)
-        if per_model is None:
-            per_model = self._models[model] = ModelSeries()
-        children = self._children[key] = (requests, per_model)
-        return children
 
     def _count_usage(self, deployment: str, prompt: int, completion: int, cost: float | None) -> None:
         """Tokens and cost. A negative amount (only a misbehaving upstream's usage has one) is not

@@ -47,6 +47,3 @@ class Routes:
             raise ApiError(405, "method_not_allowed", f"{method} is not allowed on {path}",
                            headers={"Allow": ", ".join(sorted(methods))})
         return handler
-
-    def paths(self) -> list[str]:
-        return sorted(self._paths)
