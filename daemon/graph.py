@@ -134,12 +134,13 @@ class Deployment:
     policy: Policy
     windows: Windows | None = None
     pricing: Pricing | None = None
+    # Runtime state (cooldown, failures, latency) is keyed by this, not by the name (SPEC §3).
+    # Derived once here: every request looks its deployments' health up by it.
+    identity: tuple = field(init=False, repr=False, compare=False)
 
-    @property
-    def identity(self) -> tuple:
-        """Runtime state (cooldown, failures, latency) is keyed by this, not by the name (SPEC §3)."""
+    def __post_init__(self) -> None:
         key = self.provider.api_key.fingerprint if self.provider.api_key else None
-        return (self.provider.type, self.provider.base_url, self.model, key)
+        object.__setattr__(self, "identity", (self.provider.type, self.provider.base_url, self.model, key))
 
     @property
     def disabled(self) -> str | None:
