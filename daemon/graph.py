@@ -25,14 +25,18 @@ class Secret:
     deployment or an exception that carries one can be logged safely.
     """
 
-    __slots__ = ("_value", "fingerprint")
+    __slots__ = ("_value", "_bytes", "fingerprint")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._bytes = value.encode("utf-8", "surrogateescape")  # app keys are compared as bytes on every request
         self.fingerprint = fingerprint(value)
 
     def reveal(self) -> str:
         return self._value
+
+    def reveal_bytes(self) -> bytes:
+        return self._bytes
 
     def __bool__(self) -> bool:
         return bool(self._value)
