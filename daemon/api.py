@@ -258,7 +258,7 @@ class OpenAIHandlers:
             while True:
                 wait = min(timeouts.idle, deadline - time.monotonic())
                 try:
-                    async with asyncio.timeout(max(wait, 0.0)):
+                    with self.runtime.router.deadlines.bound(wait):
                         event = await events.__anext__()
                 except StopAsyncIteration:
                     break

@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from gatewayd.adapters.base import FailureClass, Reply, ReplyStream, UpstreamError
+from gatewayd.daemon.deadlines import Deadlines
 from gatewayd.daemon.graph import Deployment, Route
 from gatewayd.daemon.health import Health, HealthBook, wall
 from gatewayd.daemon.policy import Action, decide
@@ -116,10 +117,11 @@ class Trip:
 
 class Router:
     def __init__(self, health: HealthBook, strategies: Strategies | None = None,
-                 observer: RoutingObserver | None = None) -> None:
+                 observer: RoutingObserver | None = None, deadlines: Deadlines | None = None) -> None:
         self.health = health
         self.strategies = strategies or Strategies()
         self.observer = observer or RoutingObserver()
+        self.deadlines = deadlines or Deadlines()
 
     async def route(self, snapshot: Snapshot, route: Route, operation: str, body: dict) -> Outcome:
         deployments = snapshot.graph.deployments
@@ -245,7 +247,7 @@ class Router:
 
     async def attempt(self, adapter, deployment: Deployment, operation: str, body: dict,
                       first_byte: float) -> Outcome:
-        async with asyncio.timeout(first_byte):
+        with self.deadlines.bound(first_byte):
             if operation == "chat":
                 return Outcome(deployment, None, 0, reply=await adapter.chat(deployment, body))  # type: ignore[arg-type]
             if operation == "embeddings":
