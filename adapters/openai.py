@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, AsyncIterator
 from urllib.parse import quote
 
 import aiohttp
+import msgspec
 import orjson
 
 from gatewayd.adapters.base import (
@@ -35,8 +36,49 @@ def to_upstream(body: dict, model: str) -> bytes:
     return orjson.dumps({**body, "model": model})
 
 
+class UsageFields(msgspec.Struct):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+class AnswerFields(msgspec.Struct):
+    """The two fields the gateway reads from an OpenAI answer or stream event."""
+
+    usage: UsageFields | None = None
+    error: None = None  # an error of any kind takes the full reading
+
+
+GLANCE = msgspec.json.Decoder(AnswerFields)
+
+
+def glance(data: bytes) -> Usage | None | bool:
+    """The usage of an OpenAI answer or stream event in its usual shape, read without building
+    the rest; False when `data` needs the full reading (`orjson.loads`) instead.
+
+    msgspec checks the syntax of the whole text but builds only the two fields above: an answer's
+    choices, ids and details are skipped, which costs a third of parsing them into objects
+    (docs/performance.md). What it would let through and a full reading would not goes to the
+    full reading: a shape other than an object with an integer usage and no error, text that is
+    not UTF-8 (skipped strings are not decoded), nesting too deep to skip.
+    """
+    try:
+        fields = GLANCE.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return False
+    if not data.isascii():
+        try:
+            data.decode()
+        except UnicodeDecodeError:
+            return False
+    usage = fields.usage
+    return None if usage is None else Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+
+
 def from_upstream(raw: bytes) -> Reply:
     """Check an answer is a JSON object and read its usage; the bytes go on untouched."""
+    usage = glance(raw)
+    if usage is not False:
+        return Reply(raw, usage)
     try:
         payload = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -51,11 +93,14 @@ def from_upstream(raw: bytes) -> Reply:
 def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
     """Validate one stream event's data; returns (event bytes to relay, usage seen).
 
-    Every event is parsed (orjson: microseconds), so a malformed or truncated
-    chunk is caught rather than relayed; the bytes go on as they came.
+    Every event is checked, so a malformed or truncated chunk is caught rather
+    than relayed; the bytes go on as they came.
     """
     if data == b"[DONE]":
         return None, None
+    usage = glance(data)
+    if usage is not False:
+        return b"data: " + data + b"\n\n", usage
     try:
         payload = orjson.loads(data)
     except orjson.JSONDecodeError:
