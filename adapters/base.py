@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from datetime import timezone
 from enum import Enum
-from typing import TYPE_CHECKING, AsyncIterator, Protocol
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -136,11 +136,12 @@ class Adapter(Protocol):
 
     capabilities: frozenset[str]  # of "chat", "stream", "embeddings"
 
-    async def chat(self, deployment: Deployment, body: dict) -> Reply: ...
+    # chat and embeddings may be coroutines, or return one (OpenAIAdapter does)
+    def chat(self, deployment: Deployment, body: dict) -> Awaitable[Reply]: ...
 
     async def stream(self, deployment: Deployment, body: dict) -> ReplyStream: ...
 
-    async def embeddings(self, deployment: Deployment, body: dict) -> Reply: ...
+    def embeddings(self, deployment: Deployment, body: dict) -> Awaitable[Reply]: ...
 
     async def close(self) -> None: ...
 
@@ -196,6 +197,13 @@ def translates_client_input(provider_type: str):
 # what aiohttp would add to every request; the provider's `headers` may replace any of them
 AUTO_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent": "gatewayd"}
 MAX_CACHED_URLS = 1024
+
+
+T = TypeVar("T")
+
+
+def unchanged(raw: bytes) -> Any:
+    return raw
 
 
 def usage_from_openai(payload: dict) -> Usage | None:
@@ -294,8 +302,13 @@ class HttpAdapter:
             response.release()
         raise self.error_from_status(response.status, response.headers, self.scrub(raw))
 
-    async def fetch(self, deployment: Deployment, url: str, payload: bytes) -> bytes:
-        """POST and read the whole (2xx) answer, scrubbed of the provider's key."""
+    async def fetch(self, deployment: Deployment, url: str, payload: bytes,
+                    read: Callable[[bytes], T] = unchanged) -> T:
+        """POST, read the whole (2xx) answer, scrubbed of the provider's key, and return `read(answer)`.
+
+        With `read`, an adapter's `chat` can return this coroutine as its own rather than await
+        it in one more: every frame on the request's path is resumed at each of its awaits.
+        """
         response = await self.send(deployment, url, payload)
         try:
             raw = await response.read()
@@ -303,7 +316,7 @@ class HttpAdapter:
             raise UpstreamError(FailureClass.CONNECT, f"upstream answer broke: {exc}") from None
         finally:
             response.release()
-        return self.scrub(raw)
+        return read(self.scrub(raw))
 
     def error_from_status(self, status: int, headers, raw: bytes) -> UpstreamError:
         """Turn an upstream error answer into an UpstreamError with an OpenAI-shaped body."""

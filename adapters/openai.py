@@ -9,7 +9,7 @@ events ending with `data: [DONE]`; errors are `{"error": {...}}` bodies.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable
 from urllib.parse import quote
 
 import aiohttp
@@ -148,13 +148,14 @@ class OpenAIAdapter(HttpAdapter):
     def url(self, deployment: Deployment, operation: str) -> str:
         return self.join(self.provider.base_url, f"/{operation}")
 
-    async def chat(self, deployment: Deployment, body: dict) -> Reply:
-        return from_upstream(await self.fetch(deployment, self.url(deployment, "chat/completions"),
-                                              to_upstream(body, deployment.model)))
+    # `chat` and `embeddings` return fetch's coroutine as their own (see HttpAdapter.fetch)
+    def chat(self, deployment: Deployment, body: dict) -> Awaitable[Reply]:
+        return self.fetch(deployment, self.url(deployment, "chat/completions"), to_upstream(body, deployment.model),
+                          from_upstream)
 
-    async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
-        return from_upstream(await self.fetch(deployment, self.url(deployment, "embeddings"),
-                                              to_upstream(body, deployment.model)))
+    def embeddings(self, deployment: Deployment, body: dict) -> Awaitable[Reply]:
+        return self.fetch(deployment, self.url(deployment, "embeddings"), to_upstream(body, deployment.model),
+                          from_upstream)
 
     async def stream(self, deployment: Deployment, body: dict) -> OpenAIStream:
         response = await self.send(

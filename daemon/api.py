@@ -131,6 +131,11 @@ def parse_body(body: bytes | bytearray) -> dict:
     return payload
 
 
+# optional fields every adapter relies on the type of: name, type, how a message says it
+TYPED_FIELDS = (("stream", bool, "a boolean"), ("stream_options", dict, "an object"),
+                ("tools", list, "an array of tool objects"))
+
+
 def check_fields(body: dict, operation: str) -> None:
     """The fields every adapter relies on, checked as OpenAI checks them: a 400 now, never a 500 later."""
     if operation == "embeddings":
@@ -148,13 +153,19 @@ def check_fields(body: dict, operation: str) -> None:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
             raise ApiError(400, "invalid_value", f"messages[{index}] must be an object with a string 'role'",
                            param=f"messages[{index}]")
-    for name, kind, what in (("stream", bool, "a boolean"), ("stream_options", dict, "an object"),
-                             ("tools", list, "an array of tool objects")):
+    # Most requests carry none of these, or only `stream`: three membership tests, no loop.
+    if "stream" in body or "stream_options" in body or "tools" in body:
+        check_typed_fields(body)
+
+
+def check_typed_fields(body: dict) -> None:
+    for name, kind, what in TYPED_FIELDS:
         value = body.get(name)
         if value is not None and not isinstance(value, kind):
             raise ApiError(400, "invalid_type", f"'{name}' must be {what}", param=name)
-    if any(not isinstance(tool, dict) for tool in body.get("tools") or ()):
-        raise ApiError(400, "invalid_type", "'tools' must be an array of tool objects", param="tools")
+    for tool in body.get("tools") or ():
+        if not isinstance(tool, dict):
+            raise ApiError(400, "invalid_type", "'tools' must be an array of tool objects", param="tools")
 
 
 def gateway_headers(snapshot: Snapshot, deployment: str | None, attempts: int) -> dict[str, str]:
@@ -192,6 +203,8 @@ class OpenAIHandlers:
                             headers=headers)
 
     async def handle(self, request: web.BaseRequest, operation: str) -> web.StreamResponse:
+        """Serve one chat or embeddings request. One coroutine from the checks to the answer, and
+        its bookkeeping in `finally`: each frame more on this path is resumed at every await."""
         runtime = self.runtime
         snapshot = runtime.holder.current
         graph = snapshot.graph
@@ -199,7 +212,33 @@ class OpenAIHandlers:
         record = AccessRecord(request.method, request.path, config=graph.version)
         snapshot.enter()
         try:
-            return await self.serve(request, snapshot, operation, record, started)
+            refuse_cross_origin(request)
+            key = authenticate(request, graph)
+            record.key = key.name if key else None
+            body = await read_json(request, graph.server)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise ApiError(400, "missing_model", "the body needs a 'model' naming an alias or model",
+                               param="model")
+            record.model = model
+            route = graph.routes.get(model)
+            if route is None:
+                raise ApiError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
+            if key is not None and key.allow is not None and model not in key.allow:
+                raise ApiError(403, "model_not_allowed", f"the app key '{key.name}' may not use '{model}'",
+                               param="model")
+            check_fields(body, operation)
+            streaming = operation == "chat" and body.get("stream") is True
+            outcome = await runtime.router.route(snapshot, route, "stream" if streaming else operation, body)
+            record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
+            headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts)
+            if outcome.stream is not None:
+                return await self.relay(request, outcome, headers, record, started, graph)
+            reply = outcome.reply
+            record.status = 200
+            record.ttfb_ms = (time.monotonic() - started) * 1000
+            self.book_usage(record, outcome, reply.usage)
+            return web.Response(body=reply.body, content_type="application/json", headers=headers)
         except ApiError as error:
             record.status, record.error = error.status, error.message
             return error.response(gateway_headers(snapshot, None, record.attempts))
@@ -210,35 +249,6 @@ class OpenAIHandlers:
             record.latency_ms = (time.monotonic() - started) * 1000
             runtime.metrics.observe(record)
             runtime.access.emit(record, graph.server.log_format)
-
-    async def serve(self, request: web.BaseRequest, snapshot: Snapshot, operation: str,
-                    record: AccessRecord, started: float) -> web.StreamResponse:
-        graph = snapshot.graph
-        refuse_cross_origin(request)
-        key = authenticate(request, graph)
-        record.key = key.name if key else None
-        body = await read_json(request, graph.server)
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            raise ApiError(400, "missing_model", "the body needs a 'model' naming an alias or model", param="model")
-        record.model = model
-        route = graph.routes.get(model)
-        if route is None:
-            raise ApiError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
-        if key is not None and key.allow is not None and model not in key.allow:
-            raise ApiError(403, "model_not_allowed", f"the app key '{key.name}' may not use '{model}'", param="model")
-        check_fields(body, operation)
-        streaming = operation == "chat" and body.get("stream") is True
-        outcome = await self.runtime.router.route(snapshot, route, "stream" if streaming else operation, body)
-        record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
-        headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts)
-        if outcome.stream is None:
-            reply = outcome.reply
-            record.status = 200
-            record.ttfb_ms = (time.monotonic() - started) * 1000
-            self.book_usage(record, outcome, reply.usage)
-            return web.Response(body=reply.body, content_type="application/json", headers=headers)
-        return await self.relay(request, outcome, headers, record, started, graph)
 
     async def relay(self, request: web.BaseRequest, outcome: Outcome, headers: dict[str, str],
                     record: AccessRecord, started: float, graph: Graph) -> web.StreamResponse:
