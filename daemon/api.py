@@ -159,6 +159,7 @@ def check_fields(body: dict, operation: str) -> None:
 
 
 def check_typed_fields(body: dict) -> None:
+    """`stream`, `stream_options` and `tools`, when present, of the type OpenAI gives them."""
     for name, kind, what in TYPED_FIELDS:
         value = body.get(name)
         if value is not None and not isinstance(value, kind):
