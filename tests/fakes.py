@@ -50,6 +50,14 @@ class Stream:
 
 
 @dataclass
+class Raw:
+    """A 200 answer of exactly these bytes (for answers the gateway must refuse or read closely)."""
+
+    body: bytes
+    content_type: str = "application/json"
+
+
+@dataclass
 class Hang:
     seconds: float = 30.0
 
@@ -124,6 +132,8 @@ class FakeOpenAI(Recorder):
                 error = {"error": {"message": behaviour.message, "type": behaviour.type,
                                    "param": behaviour.param, "code": behaviour.code}}
                 return web.json_response(error, status=behaviour.status, headers=behaviour.headers)
+            if isinstance(behaviour, Raw):
+                return web.Response(body=behaviour.body, content_type=behaviour.content_type)
             if body.get("stream") and not isinstance(behaviour, Stream):
                 behaviour = Stream(pieces=(behaviour.content,), first_delay=behaviour.delay)
             if isinstance(behaviour, Stream):

@@ -19,7 +19,7 @@ import openai
 import pytest
 
 from gatewayd.daemon.config import load
-from tests.fakes import Hang, Ok, Status, deployment_status, eventually, fakes, gateway_config
+from tests.fakes import Hang, Ok, Raw, Status, completion, deployment_status, eventually, fakes, gateway_config
 
 CHAT_PATH = "/v1/chat/completions"
 
@@ -359,6 +359,35 @@ async def test_client_error_reaches_the_sdk_as_bad_request(gateway, fake_openai)
 
 
 # -- 7. timeouts ------------------------------------------------------------------------
+
+async def test_answers_that_are_not_an_openai_object_fall_back_as_protocol_failures(gateway, fake_openai):
+    """A 200 whose body is not JSON, not UTF-8, not an object, or an in-band error is the
+    deployment's failure (`protocol`); the next candidate answers, its bytes and usage kept."""
+    names = ("html", "latin1", "array", "inband", "good")
+    ups = await fakes(fake_openai, *names)
+    gw = await gateway(gateway_config(ups, aliases={"chat": {"targets": list(names)}}))
+    ups["html"].queue(Raw(b"<html>502 Bad Gateway</html>", content_type="text/html"))
+    ups["latin1"].queue(Raw(b'{"id": "x", "choices": [{"message": {"content": "caf\xe9"}}]}'))
+    ups["array"].queue(Raw(b'[{"usage": {"prompt_tokens": 1}}]'))
+    ups["inband"].queue(Raw(b'{"error": {"message": "model overloaded", "type": "server_error"}}'))
+    answer = completion("gpt-x", "fine")
+    answer["usage"] = {"prompt_tokens": 7.0, "completion_tokens": 5}  # a float: the full reading's int()
+    ups["good"].queue(Raw(json.dumps(answer).encode()))
+    async with await gw.post(CHAT_PATH, body()) as response:
+        assert response.status == 200
+        assert await response.read() == json.dumps(answer).encode()  # relayed as it came
+        assert response.headers["x-gatewayd-deployment"] == "good"
+        assert response.headers["x-gatewayd-attempts"] == "5"
+    errors = {name: (await deployment_status(gw, name))["last_error"] for name in names[:-1]}
+    assert errors == {"html": "protocol: upstream answer is not JSON",
+                      "latin1": "protocol: upstream answer is not JSON",
+                      "array": "protocol: upstream answer is not a JSON object",
+                      "inband": "protocol: model overloaded"}
+    async with gw.session.get(gw.url + "/metrics") as metrics:
+        text = await metrics.text()
+    assert 'gatewayd_tokens_total{deployment="good",kind="prompt"} 7.0' in text
+    assert 'gatewayd_tokens_total{deployment="good",kind="completion"} 5.0' in text
+
 
 async def test_first_byte_timeout_fails_the_attempt_and_falls_back(gateway, fake_openai):
     ups = await fakes(fake_openai, "a", "b")
