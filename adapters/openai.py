@@ -28,7 +28,7 @@ from gatewayd.adapters.base import (
 from gatewayd.adapters.sse import read_events
 
 if TYPE_CHECKING:
-    from gatewayd.daemon.graph import Deployment
+    from gatewayd.daemon.graph import Deployment, Provider
 
 
 def to_upstream(body: dict, model: str) -> bytes:
@@ -171,10 +171,14 @@ class OpenAIAdapter(HttpAdapter):
 class AzureOpenAIAdapter(OpenAIAdapter):
     """Azure OpenAI: deployment URLs, `api-version`, key in the `api-key` header."""
 
+    def __init__(self, provider: Provider) -> None:
+        super().__init__(provider)
+        # the query every URL of this provider ends with, quoted once rather than per request
+        self._api_version = quote(str(provider.options.get("api_version", "2024-10-21")), safe="")
+
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"api-key": key} if key else {}
 
     def url(self, deployment: Deployment, operation: str) -> str:
-        version = quote(str(self.provider.options.get("api_version", "2024-10-21")), safe="")
         return self.join(self.provider.base_url, f"/openai/deployments/{deployment.model}/{operation}"
-                                                 f"?api-version={version}")
+                                                 f"?api-version={self._api_version}")
