@@ -165,8 +165,9 @@ class _Builder:
     def problem(self, mark: Mark, message: str) -> None:
         self.problems.append(Problem(self.file, mark.line, mark.column, message))
 
-    def build(self, text: str) -> Document:
-        loader, docs = _Loader(text), 0
+    def build(self, text: str, loader_class: type | None = None) -> Document:
+        loader_class = loader_class or _Loader
+        loader, docs = loader_class(text), 0
         try:
             while not loader.check_event(yaml.StreamEndEvent):
                 ev = loader.get_event()
@@ -177,8 +178,11 @@ class _Builder:
                     self.event(ev)
             self.check_root()
         except yaml.MarkedYAMLError as e:
-            if _Loader is not yaml.SafeLoader:
-                e = _python_error(text) or e
+            if loader_class is not yaml.SafeLoader:
+                # Read it again with the pure-Python parser: its messages are clearer, and it
+                # reports the first problem in document order, where libyaml's scanner reads far
+                # ahead (it refuses 1,000 open brackets before this builder sees the 65th).
+                return _Builder(self.file, self.env).build(text, yaml.SafeLoader)
             self.syntax_problem(e)
         except yaml.YAMLError as e:
             self.problem(_START, f"invalid YAML: {e}")
@@ -371,18 +375,3 @@ def _tag_message(tag: str, kind: str) -> str:
 def _kind(value: Any) -> str:
     kinds = ((bool, "a boolean"), (dict, "a mapping"), (list, "a list"), (str, "a string"))
     return next((k for t, k in kinds if isinstance(value, t)), "null" if value is None else "a number")
-
-
-def _python_error(text: str) -> yaml.MarkedYAMLError | None:
-    """Re-read with the pure-Python parser, whose error messages are clearer."""
-    loader = yaml.SafeLoader(text)
-    try:
-        while loader.get_event() is not None:
-            pass
-    except yaml.MarkedYAMLError as e:
-        return e
-    except yaml.YAMLError:
-        pass
-    finally:
-        loader.dispose()
-    return None
