@@ -413,9 +413,10 @@ class StreamTranslator:
 
 
 class AnthropicStream:
-    def __init__(self, response: aiohttp.ClientResponse, scrub, include_usage: bool) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, scrub, include_usage: bool, max_event: int) -> None:
         self._response = response
         self._scrub = scrub
+        self._max_event = max_event
         self.translator = StreamTranslator(include_usage)
 
     @property
@@ -428,7 +429,7 @@ class AnthropicStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for event, data in read_events(self._response.content):
+            async for event, data in read_events(self._response.content, self._max_event):
                 for out in self.translator.events(event, self._scrub(data)):
                     yield out
                 if self.translator.done:
@@ -473,7 +474,7 @@ class AnthropicAdapter(HttpAdapter):
             raise _protocol("upstream did not answer with an event stream")
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        return AnthropicStream(response, self.scrub, include_usage)
+        return AnthropicStream(response, self.scrub, include_usage, self._max_answer)
 
     async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
         message = "provider type anthropic has no embeddings API"

@@ -19,6 +19,7 @@ Every upstream failure is classified once, where it is seen:
     client       400, 413, 422, other 4xx                back to the client as it came
     protocol     malformed answer or in-band error       no retry, fall back, counts
     redirect     3xx (redirects are never followed)      no retry, fall back, counts
+    internal     the gateway's own fault (a bug)         no retry, fall back, does not count
 
 The decision table over these classes lives in gatewayd.daemon.policy.
 """
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Proto
 
 import aiohttp
 import orjson
+from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -54,6 +56,7 @@ class FailureClass(str, Enum):
     CLIENT = "client"
     PROTOCOL = "protocol"
     REDIRECT = "redirect"
+    INTERNAL = "internal"  # an unexpected exception of the gateway: whoever caused it, not the deployment
 
 
 def classify_status(status: int) -> FailureClass:
@@ -197,6 +200,7 @@ def translates_client_input(provider_type: str):
 # what aiohttp would add to every request; the provider's `headers` may replace any of them
 AUTO_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent": "gatewayd"}
 MAX_CACHED_URLS = 1024
+MAX_ERROR_BODY = 64 * 1024  # an upstream's error answer is a short message: no more of it is read
 
 
 T = TypeVar("T")
@@ -204,6 +208,42 @@ T = TypeVar("T")
 
 def unchanged(raw: bytes) -> Any:
     return raw
+
+
+def read_bounded(response: aiohttp.ClientResponse, limit: int) -> Awaitable[bytes | None]:
+    """The whole body of `response`, or None when it is larger than `limit` bytes; then at most
+    about `limit` bytes were read, and the caller closes the connection.
+
+    Without a Content-Encoding to decode, a Content-Length is the body's size: such an answer
+    is refused before its first byte, or read by aiohttp in one call (the usual case; returned
+    as aiohttp's own coroutine, with no frame of ours around it). Otherwise (chunked, compressed)
+    it is read piece by piece up to the limit.
+    """
+    headers = response.headers  # two lookups by aiohttp's interned names cost less than its content_length
+    length = headers.get(hdrs.CONTENT_LENGTH)
+    if length is not None and hdrs.CONTENT_ENCODING not in headers:
+        return response.read() if int(length) <= limit else refused()  # aiohttp's parser checked it is digits
+    return read_pieces(response.content, limit)
+
+
+async def refused() -> None:
+    return None
+
+
+async def read_pieces(content: aiohttp.StreamReader, limit: int) -> bytes | None:
+    pieces = []
+    size = 0
+    while piece := await content.readany():
+        size += len(piece)
+        if size > limit:
+            return None
+        pieces.append(piece)
+    return b"".join(pieces)
+
+
+def too_large(limit: int) -> UpstreamError:
+    return UpstreamError(FailureClass.PROTOCOL, f"upstream answer is larger than {limit} bytes "
+                                                "(server.max_upstream_body)")
 
 
 def usage_from_openai(payload: dict) -> Usage | None:
@@ -227,7 +267,7 @@ class HttpAdapter:
         self.provider = provider
         self._session: aiohttp.ClientSession | None = None
         secret = provider.api_key.reveal() if provider.api_key else ""
-        self._secret = secret.encode() if len(secret) >= 4 else b""
+        self._redactions = tuple(form.encode() for form in provider.redactions)
         # Built once: the same headers go with every request to this provider. They include the
         # ones aiohttp adds when missing (Accept, Accept-Encoding, User-Agent), so that its
         # per-request header merge takes its fast path. Case-insensitive: a provider's
@@ -238,6 +278,7 @@ class HttpAdapter:
             headers[name] = value
         self._headers = CIMultiDictProxy(headers)
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # by connect timeout
+        self._max_answer = provider.max_upstream_body
         self._urls: dict[str, URL] = {}  # parsed once per URL string
 
     def auth_headers(self, key: str) -> dict[str, str]:
@@ -262,10 +303,13 @@ class HttpAdapter:
             self._session = None
 
     def scrub(self, data: bytes) -> bytes:
-        return data.replace(self._secret, b"[redacted]") if self._secret else data
+        """`data` with every credential this provider sends replaced: an upstream may echo one."""
+        for secret in self._redactions:  # most providers have one: the key
+            data = data.replace(secret, b"[redacted]")
+        return data
 
     def scrub_text(self, text: str) -> str:
-        return self.scrub(text.encode()).decode("utf-8", "replace") if self._secret else text
+        return self.scrub(text.encode()).decode("utf-8", "replace") if self._redactions else text
 
     async def send(
         self, deployment: Deployment, url: str, payload: bytes
@@ -294,13 +338,14 @@ class HttpAdapter:
             raise UpstreamError(FailureClass.CONNECT, self.scrub_text(f"cannot connect: {exc}")) from None
         if response.status < 300:
             return response
+        raw = None
         try:
-            raw = await response.read()
+            raw = await read_bounded(response, MAX_ERROR_BODY)
         except (aiohttp.ClientError, OSError):
-            raw = b""
+            pass
         finally:
-            response.release()
-        raise self.error_from_status(response.status, response.headers, self.scrub(raw))
+            response.release() if raw is not None else response.close()  # the rest is never read
+        raise self.error_from_status(response.status, response.headers, self.scrub(raw or b""))
 
     async def fetch(self, deployment: Deployment, url: str, payload: bytes,
                     read: Callable[[bytes], T] = unchanged) -> T:
@@ -310,12 +355,15 @@ class HttpAdapter:
         it in one more: every frame on the request's path is resumed at each of its awaits.
         """
         response = await self.send(deployment, url, payload)
+        raw = None
         try:
-            raw = await response.read()
+            raw = await read_bounded(response, self._max_answer)
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(FailureClass.CONNECT, f"upstream answer broke: {exc}") from None
         finally:
-            response.release()
+            response.release() if raw is not None else response.close()  # the rest is never read
+        if raw is None:
+            raise too_large(self._max_answer)
         return read(self.scrub(raw))
 
     def error_from_status(self, status: int, headers, raw: bytes) -> UpstreamError:

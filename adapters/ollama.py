@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 import orjson
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import LineTooLong
 
 from gatewayd.adapters.base import (
     DONE_EVENT,
@@ -324,14 +324,16 @@ def embed_from_upstream(payload: dict, requested_model: str,
 # -- I/O ---------------------------------------------------------------------
 
 class OllamaStream:
-    def __init__(self, response: aiohttp.ClientResponse, scrub, translator: StreamTranslator):
+    def __init__(self, response: aiohttp.ClientResponse, scrub, translator: StreamTranslator, max_line: int):
         self._response, self._scrub, self._translator = response, scrub, translator
+        self._max_line = max_line
         self.usage: Usage | None = None
         self.done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
+        readline = self._response.content.readline
         try:
-            async for line in self._response.content:
+            while line := await readline(max_line_length=self._max_line):
                 for chunk in self._translator.feed(self._scrub(line)):
                     yield b"data: " + orjson.dumps(chunk) + b"\n\n"
                 if self._translator.done:
@@ -340,8 +342,9 @@ class OllamaStream:
                     return
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(FailureClass.CONNECT, f"upstream stream broke: {exc}") from None
-        except HttpProcessingError:
-            raise UpstreamError(FailureClass.PROTOCOL, "stream line too long") from None
+        except LineTooLong:
+            raise UpstreamError(FailureClass.PROTOCOL, f"an upstream stream line is larger than {self._max_line} "
+                                "bytes (server.max_upstream_body)") from None
 
     async def aclose(self) -> None:
         self._response.close() if not self.done else self._response.release()
@@ -395,7 +398,7 @@ class OllamaAdapter(HttpAdapter):
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
         return OllamaStream(response, self.scrub,
-                            StreamTranslator(body.get("model") or deployment.model, include_usage))
+                            StreamTranslator(body.get("model") or deployment.model, include_usage), self._max_answer)
 
     async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
         request = embed_to_upstream(body, deployment.model)

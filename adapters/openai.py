@@ -23,6 +23,7 @@ from gatewayd.adapters.base import (
     Reply,
     UpstreamError,
     Usage,
+    openai_error_body,
     usage_from_openai,
 )
 from gatewayd.adapters.sse import read_events
@@ -31,9 +32,21 @@ if TYPE_CHECKING:
     from gatewayd.daemon.graph import Deployment, Provider
 
 
+MAX_NESTING = 254  # levels of arrays and objects orjson writes; it reads up to 1024
+
+
 def to_upstream(body: dict, model: str) -> bytes:
-    """The request as the upstream expects it: the client's body with `model` replaced."""
-    return orjson.dumps({**body, "model": model})
+    """The request as the upstream expects it: the client's body with `model` replaced.
+
+    A body that parsed but cannot be written again (nested deeper than orjson writes) is the
+    client's error: a 400, and no failure of the deployment.
+    """
+    try:
+        return orjson.dumps({**body, "model": model})
+    except orjson.JSONEncodeError:
+        message = f"the request body is nested too deeply to forward (at most {MAX_NESTING} levels)"
+        raise UpstreamError(FailureClass.CLIENT, message, status=400,
+                            body=openai_error_body(message, "invalid_request_error", "invalid_body")) from None
 
 
 class UsageFields(msgspec.Struct):
@@ -115,15 +128,16 @@ def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
 
 
 class OpenAIStream:
-    def __init__(self, response: aiohttp.ClientResponse, scrub) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, scrub, max_event: int) -> None:
         self._response = response
         self._scrub = scrub
+        self._max_event = max_event
         self.usage: Usage | None = None
         self.done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         try:
-            async for _event, data in read_events(self._response.content):
+            async for _event, data in read_events(self._response.content, self._max_event):
                 event, usage = check_chunk(self._scrub(data))  # scrubbed before an error can quote it
                 if usage is not None:
                     self.usage = usage
@@ -165,7 +179,7 @@ class OpenAIAdapter(HttpAdapter):
         if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
             response.close()
             raise UpstreamError(FailureClass.PROTOCOL, "upstream did not answer with an event stream")
-        return OpenAIStream(response, self.scrub)
+        return OpenAIStream(response, self.scrub, self._max_answer)
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):

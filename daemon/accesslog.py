@@ -14,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass
 
 import orjson
+
+from gatewayd.daemon.logformat import iso_utc
 
 log = logging.getLogger("gatewayd.access")
 
@@ -103,14 +106,17 @@ def text_line(r: AccessRecord) -> str:
 
 
 def json_line(r: AccessRecord) -> str:
-    """Every field that is set, in declaration order, then `ts`.
+    """`ts`, `level`, `event` and `msg` as every JSON line of the daemon starts (logformat.py),
+    then every field that is set, in declaration order.
 
     Field by field too: `dataclasses.asdict` deep-copies the record, which cost
     over ten times what the rest of the line does, and a loop of `getattr` over
     the field names twice. Model and error are clipped as in text lines.
     """
     # method, path, status, attempts and latency are always set (none is Optional)
-    fields = {"method": r.method, "path": r.path, "status": r.status}
+    method, path, status = r.method, r.path, r.status
+    fields = {"ts": iso_utc(time.time()), "level": "info", "event": "access", "msg": f"{method} {path} {status}",
+              "method": method, "path": path, "status": status}
     if (model := r.model) is not None:
         fields["model"] = clip(model, MODEL_LIMIT) if isinstance(model, str) else model
     if r.deployment is not None:
@@ -131,7 +137,6 @@ def json_line(r: AccessRecord) -> str:
         fields["error"] = clip(error, ERROR_LIMIT) if isinstance(error, str) else error
     if r.config is not None:
         fields["config"] = r.config
-    fields["ts"] = time.time()
     return orjson.dumps(fields).decode()
 
 
@@ -143,7 +148,8 @@ class AccessLog:
     `write_to(stderr)`: lines then skip logging's per-record machinery and are
     written in batches — when `BATCH_LINES` wait, or `interval` after the first
     — since one write per line would cost more than routing the request. They
-    reach the stream within `interval` (0.1 s); `flush()` runs at shutdown.
+    reach the stream within `interval` (0.1 s); `flush()` runs at shutdown, and
+    `flush_before_log_line()` before each log record the daemon writes.
     """
 
     BATCH_LINES = 256
@@ -153,9 +159,18 @@ class AccessLog:
         self._stream = None
         self._pending: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
+        self._writer: int | None = None  # the thread that emits (the event loop's)
 
     def write_to(self, stream) -> None:
         self._stream = stream
+        self._writer = threading.get_ident()
+
+    def flush_before_log_line(self) -> None:
+        """Write the waiting lines now, so a log line written next follows them on the stream
+        as it followed them in time. Only from the emitting thread: `emit` appends without a
+        lock, so from another thread (whose records are rare) the log line goes out alone."""
+        if self._pending and threading.get_ident() == self._writer:
+            self.flush()
 
     def emit(self, record: AccessRecord, log_format: str) -> None:
         if self._stream is None:

@@ -9,6 +9,7 @@ once; OpenAI-shaped answers are forwarded as the upstream's bytes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import ipaddress
 import logging
@@ -20,6 +21,7 @@ import orjson
 from aiohttp import web
 
 from gatewayd.adapters.base import FailureClass, UpstreamError
+from gatewayd.daemon import catalog
 from gatewayd.daemon.accesslog import AccessRecord
 from gatewayd.daemon.errors import ApiError, error_body
 from gatewayd.daemon.graph import AppKey, Graph, ServerSettings
@@ -34,11 +36,13 @@ log = logging.getLogger("gatewayd")
 # shutdown past its grace must end with an SSE error event rather than a JSON answer
 PREPARED = web.RequestKey("gatewayd_prepared", web.StreamResponse)
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+MODEL_PATH = "/v1/models/"  # + a model id: GET /v1/models/{id}
 
 
 def authenticate(request: web.BaseRequest, graph: Graph) -> AppKey | None:
     """The app key the request presents, compared in constant time; None when auth is off."""
-    keys = graph.server.keys
+    server = graph.server
+    keys = server.keys
     if keys is None:
         return None
     header = request.headers.get("Authorization", "")
@@ -46,13 +50,22 @@ def authenticate(request: web.BaseRequest, graph: Graph) -> AppKey | None:
     if not token:
         raise ApiError(401, "missing_api_key", "an app key is required: send 'Authorization: Bearer KEY'")
     presented = token.encode("utf-8", "surrogateescape")  # header bytes that are not UTF-8 stay bytes
+    digest = hashlib.sha256(presented).digest() if server.hashed_keys else b""
     found = None
     for key in keys:  # no early exit: every key is compared, so timing says nothing
-        if hmac.compare_digest(presented, key.key.reveal_bytes()):
+        if hmac.compare_digest(digest if key.hashed else presented, key.expected):
             found = key
     if found is None:
         raise ApiError(401, "invalid_api_key", "the app key is not valid")
     return found
+
+
+def require_admin(request: web.BaseRequest, graph: Graph) -> None:
+    """Only an admin key (`role: admin`) passes when keys are configured; anyone when auth is off."""
+    key = authenticate(request, graph)
+    if key is not None and not key.admin:
+        raise ApiError(403, "permission_denied", f"the app key '{key.name}' may not use {request.path}: "
+                       "only a key with role: admin may")
 
 
 def hostname_of(authority: str) -> str | None:
@@ -125,7 +138,9 @@ def parse_body(body: bytes | bytearray) -> dict:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"the body is not valid JSON: {exc}") from None
+        from gatewayd.daemon.jsonsyntax import explain_invalid_json  # only a refused body needs it
+
+        raise ApiError(400, "invalid_json", explain_invalid_json(body, exc)) from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
     return payload
@@ -184,24 +199,40 @@ class OpenAIHandlers:
     def embeddings(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
         return self.handle(request, "embeddings")
 
-    async def models(self, request: web.BaseRequest) -> web.Response:
+    def models(self, request: web.BaseRequest) -> Awaitable[web.Response]:
+        """`GET /v1/models`: what the key may use and can be served (catalog.py)."""
+        return self.listing(request, AccessRecord(request.method, request.path), None)
+
+    def model(self, request: web.BaseRequest) -> Awaitable[web.Response]:
+        """`GET /v1/models/{id}`: one entry of that list, or 404 `model_not_found`. The id is
+        the rest of the decoded path, `/` and `:` included; the access line names it as
+        `model` (quoted when it must be) under the route's path, never the raw path."""
+        name = request.path[len(MODEL_PATH):]
+        return self.listing(request, AccessRecord(request.method, MODEL_PATH + "{id}", model=name), name)
+
+    async def listing(self, request: web.BaseRequest, record: AccessRecord, name: str | None) -> web.Response:
+        """The list (`name` None) or the entry of `name`, after the same checks, with its access line."""
         snapshot = self.runtime.holder.current
-        record = AccessRecord(request.method, request.path, config=snapshot.graph.version)
+        graph = snapshot.graph
+        record.config = graph.version
         headers = gateway_headers(snapshot, None, 0)
         try:
             refuse_cross_origin(request)
-            key = authenticate(request, snapshot.graph)
+            key = authenticate(request, graph)
+            record.key = key.name if key else None
+            if name is None:
+                body = {"object": "list", "data": [catalog.entry(listed) for listed in catalog.listed(graph, key)]}
+            elif catalog.is_listed(graph, key, name):
+                body = catalog.entry(name)
+            else:
+                raise ApiError(404, "model_not_found", f"the model '{name}' does not exist", param="model")
         except ApiError as error:
             record.status, record.error = error.status, error.message
-            self.runtime.access.emit(record, snapshot.graph.server.log_format)
+            self.runtime.access.emit(record, graph.server.log_format)
             return error.response(headers)
-        allowed = [name for name in snapshot.graph.routes if key is None or key.allow is None or name in key.allow]
-        data = [{"id": name, "object": "model", "created": 0, "owned_by": "gatewayd"} for name in allowed]
         record.status = 200
-        record.key = key.name if key else None
-        self.runtime.access.emit(record, snapshot.graph.server.log_format)
-        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json",
-                            headers=headers)
+        self.runtime.access.emit(record, graph.server.log_format)
+        return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)
 
     async def handle(self, request: web.BaseRequest, operation: str) -> web.StreamResponse:
         """Serve one chat or embeddings request. One coroutine from the checks to the answer, and
@@ -281,8 +312,9 @@ class OpenAIHandlers:
                     error = exc
                     break
                 except Exception as exc:  # an adapter bug must still end the stream visibly
-                    log.exception("relaying a stream from %s failed", outcome.deployment.name)
-                    error = UpstreamError(FailureClass.PROTOCOL,
+                    log.exception("relaying a stream from %s failed", outcome.deployment.name,
+                                  extra={"event": "relay_error", "deployment": outcome.deployment.name})
+                    error = UpstreamError(FailureClass.INTERNAL,
                                           f"internal error while relaying ({type(exc).__name__})")
                     break
                 await response.write(event)

@@ -24,10 +24,11 @@ from aiohttp import web
 
 from gatewayd.adapters.base import UpstreamError
 from gatewayd.daemon.accesslog import AccessLog
-from gatewayd.daemon.api import PREPARED, OpenAIHandlers
+from gatewayd.daemon.api import MODEL_PATH, PREPARED, OpenAIHandlers
 from gatewayd.daemon.config import Loaded
 from gatewayd.daemon.errors import ApiError, error_body
 from gatewayd.daemon.events import EventBus, add_event_routes
+from gatewayd.daemon.graph import redaction_forms
 from gatewayd.daemon.health import Health, HealthBook, wall
 from gatewayd.daemon.metrics import Metrics
 from gatewayd.daemon.ops import add_ops_routes, json_response
@@ -103,7 +104,8 @@ class Runtime(RoutingObserver):
         self.metrics.failure(deployment, error.failure.value)
 
     def fell_back(self, route: str, deployment: str, error: UpstreamError) -> None:
-        log.info("fallback: %s left %s after %s", route, deployment, self.redact(error.describe()))
+        log.info("fallback: %s left %s after %s", route, deployment, self.redact(error.describe()),
+                 extra={"event": "fallback", "alias": route, "from": deployment, "failure": error.failure.value})
         self.metrics.fallback(route, deployment)
         self.events.publish("fallback", alias=route, **{"from": deployment}, error=error.failure.value,
                             status=error.status, detail=error.describe())
@@ -119,9 +121,12 @@ class Runtime(RoutingObserver):
             fields["until"] = until.isoformat(timespec="milliseconds")
             fields["failure"] = health.last_failure.value if health.last_failure else None
             log.warning("cooldown: %s until %s after %s", ", ".join(names), fields["until"],
-                        self.redact(health.last_error or "failures"))
+                        self.redact(health.last_error or "failures"),
+                        extra={"event": "cooldown_start", "deployments": names, "until": fields["until"],
+                               "failure": fields["failure"]})
         else:
-            log.info("cooldown ended: %s answered again", ", ".join(names))
+            log.info("cooldown ended: %s answered again", ", ".join(names),
+                     extra={"event": "cooldown_end", "deployments": names})
         self.events.publish(event, **fields)
 
     def names_of(self, health: Health) -> list[str]:
@@ -132,10 +137,10 @@ class Runtime(RoutingObserver):
     def redact(self, text: str) -> str:
         """`text` with every credential of the serving config replaced (defence in depth)."""
         graph = self.holder.current.graph
-        secrets = [p.api_key.reveal() for p in graph.providers.values() if p.api_key]
-        secrets += [k.key.reveal() for k in graph.server.keys or ()]
+        secrets = [form for provider in graph.providers.values() for form in provider.redactions]
+        secrets += redaction_forms(k.key.reveal() for k in graph.server.keys or () if k.key)  # key_sha256: none
         for secret in sorted(secrets, key=len, reverse=True):
-            if len(secret) >= 4 and secret in text:
+            if secret in text:
                 text = text.replace(secret, "[redacted]")
         return text
 
@@ -165,6 +170,9 @@ class GatewayHandler:
     def __init__(self, runtime: Runtime, routes: Routes) -> None:
         self.runtime = runtime
         self.routes = routes
+
+    def unrouted_headers(self) -> dict[str, str]:
+        return unrouted_headers(self.runtime)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime
@@ -217,6 +225,7 @@ def create_app(runtime: Runtime) -> GatewayHandler:
     routes.post("/v1/chat/completions", openai.chat_completions)
     routes.post("/v1/embeddings", openai.embeddings)
     routes.get("/v1/models", openai.models)
+    routes.add_prefix("GET", MODEL_PATH, openai.model)
     routes.get("/healthz", healthz)
 
     async def readyz(request: web.BaseRequest) -> web.Response:

@@ -1,10 +1,12 @@
-"""The `gatewayd` command: run, check, explain, reload, schema (SPEC §7)."""
+"""The `gatewayd` command: run, check, explain, reload, schema, hash-key, --version (SPEC §7, §10)."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 from datetime import datetime, timezone
+from importlib import metadata
 
 from gatewayd.daemon.config import find_config, load
 from gatewayd.daemon.explain import UnknownRoute, explain_plan, format_plan
@@ -13,6 +15,7 @@ from gatewayd.daemon.problems import ConfigError
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="gatewayd", description="A local LLM gateway daemon.")
+    top.add_argument("--version", action="version", version=f"gatewayd {metadata.version('gatewayd')}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:
@@ -28,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("--at", metavar="ISO8601", help="the instant to evaluate (default: now)")
     with_config("reload", "ask the running daemon to reload and wait; exit 1 if rejected")
     commands.add_parser("schema", help="print the JSON Schema of the config")
+    commands.add_parser("hash-key", help="read an app key on stdin, print the key_sha256 line for the config",
+                        description="Read an app key on stdin (one trailing newline is dropped) and print "
+                        "the 'key_sha256: HEX' line to put in its server.auth.keys entry instead of 'key:'.")
     return top
 
 
@@ -98,8 +104,18 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return reload_running(args.config)
 
 
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    key = sys.stdin.buffer.read()
+    key = key[:-2] if key.endswith(b"\r\n") else key.removesuffix(b"\n")  # what `echo KEY |` adds
+    if not key:
+        print("error: no key on stdin: pipe one in, e.g. printf %s \"$KEY\" | gatewayd hash-key", file=sys.stderr)
+        return 2
+    print(f"key_sha256: {hashlib.sha256(key).hexdigest()}")
+    return 0
+
+
 COMMANDS = {"check": cmd_check, "explain": cmd_explain, "schema": cmd_schema,
-            "run": cmd_run, "reload": cmd_reload}
+            "run": cmd_run, "reload": cmd_reload, "hash-key": cmd_hash_key}
 
 
 def main(argv: list[str] | None = None) -> int:

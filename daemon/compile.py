@@ -8,10 +8,13 @@ the node that causes it, and flattens every alias into its plan of tiers.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
+import re
 from types import MappingProxyType
 from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
@@ -34,7 +37,7 @@ from gatewayd.daemon.graph import (
     Timeouts,
     fingerprint,
 )
-from gatewayd.daemon.problems import ConfigError, Problem, suggest
+from gatewayd.daemon.problems import ConfigError, Problem, quoted, suggest
 from gatewayd.daemon.units import seconds, size_bytes
 from gatewayd.daemon.windows import Windows, WindowSyntaxError, load_zone, parse_window
 from gatewayd.daemon.yamldoc import Document
@@ -53,6 +56,7 @@ TYPE_ONLY_KEYS = {
     "fail_rate": "mock",
 }
 POLICY_KEYS = ("timeouts", "retry", "cooldown")
+HEX_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")
 
 
 class Compiler:
@@ -133,24 +137,47 @@ class Compiler:
                     self.error(path + ("name",), f"app key name '{entry['name']}' is used twice "
                                f"(first at keys[{seen[entry['name']]}])")
                 seen[entry["name"]] = index
-                if not entry["key"]:
-                    self.error(path + ("key",), f"app key '{entry['name']}' is empty; "
-                               "set the variable it names or remove the entry")
-                    continue
-                allow = entry.get("allow")
-                keys_list.append(AppKey(entry["name"], Secret(entry["key"]),
-                                        frozenset(allow) if allow is not None else None))
+                key = self.app_key(path, entry)
+                if key is not None:
+                    keys_list.append(key)
             keys = tuple(keys_list)
         if keys is None and not is_loopback(listen):
-            self.error(("server", "listen"), f"listen address '{listen}' is not loopback: "
+            self.error(("server", "listen"), f"listen address {quoted(listen)} is not loopback: "
                        "add server.auth with keys, or listen on 127.0.0.1, [::1] or a unix socket")
         return ServerSettings(
             listen=listen, shutdown_grace=seconds(get("shutdown_grace")),
             max_body=size_bytes(get("max_body")), log_format=get("log_format"),
-            keys=keys, read_timeout=seconds(get("read_timeout")),
+            keys=keys, read_timeout=seconds(get("read_timeout")), metrics=get("metrics"),
+            max_upstream_body=size_bytes(get("max_upstream_body")),
         )
 
-    def providers(self) -> dict[str, Provider]:
+    def app_key(self, path: tuple, entry: Mapping[str, Any]) -> AppKey | None:
+        """One `server.auth.keys` entry: exactly one of `key` and `key_sha256`, neither empty."""
+        name = entry["name"]
+        allow = frozenset(entry["allow"]) if "allow" in entry else None
+        admin = entry.get("role", schema.default("appKey", "role")) == "admin"
+        if "key" in entry and "key_sha256" in entry:
+            self.error(path + ("key_sha256",), f"app key '{name}': give either key or key_sha256, not both",
+                       key=True)
+            return None
+        if "key_sha256" in entry:
+            digest = entry["key_sha256"]
+            if not HEX_SHA256.fullmatch(digest):
+                # the value is not shown: a key pasted here by mistake must not reach a log
+                self.error(path + ("key_sha256",), f"app key '{name}': key_sha256 must be 64 hex digits, "
+                           "the SHA-256 of the key (`gatewayd hash-key` prints it)")
+                return None
+            return AppKey.from_sha256(name, digest, allow, admin)
+        if "key" not in entry:
+            self.error(path, f"app key '{name}' needs key (the key itself) or key_sha256 (its SHA-256, "
+                       "from `gatewayd hash-key`)")
+            return None
+        if not entry["key"]:
+            self.error(path + ("key",), f"app key '{name}' is empty; set the variable it names or remove the entry")
+            return None
+        return AppKey.plain(name, Secret(entry["key"]), allow, admin)
+
+    def providers(self, max_upstream_body: int) -> dict[str, Provider]:
         providers = {}
         for name, raw in (self.data.get("providers") or {}).items():
             path = ("providers", name)
@@ -182,11 +209,12 @@ class Compiler:
                 options = {"reply": raw.get("reply", schema.default("provider", "reply")),
                            "latency": seconds(raw.get("latency", 0)),
                            "fail_rate": float(raw.get("fail_rate", 0))}
+            base_url, headers = with_userinfo_as_header(base_url, raw.get("headers") or {})
             providers[name] = Provider(
                 name=name, type=type_, base_url=base_url.rstrip("/"), api_key=key,
-                headers=tuple(sorted((raw.get("headers") or {}).items())),
+                headers=tuple(sorted(headers.items())),
                 max_connections=raw.get("max_connections", schema.default("provider", "max_connections")),
-                options=MappingProxyType(options), disabled=disabled,
+                options=MappingProxyType(options), disabled=disabled, max_upstream_body=max_upstream_body,
             )
         return providers
 
@@ -231,7 +259,7 @@ class Compiler:
             provider = providers.get(raw["provider"])
             if provider is None:
                 if raw["provider"] not in raw_providers:  # else: the provider's own error is reported
-                    self.error(path + ("provider",), f"model '{name}' names provider '{raw['provider']}', "
+                    self.error(path + ("provider",), f"model '{name}' names provider {quoted(raw['provider'])}, "
                                f"which is not defined{suggest(raw['provider'], raw_providers)}")
                 continue
             windows = self.windows(path + ("windows",), raw["windows"], default_zone) if "windows" in raw else None
@@ -261,10 +289,11 @@ class Compiler:
                     self.error(tpath, f"target '{target_name}' is an alias; targets name models "
                                "(put aliases in fallbacks)")
                 elif target_name not in models:
-                    self.error(tpath, f"target '{target_name}' is not a defined model{suggest(target_name, models)}")
+                    self.error(tpath, f"target {quoted(target_name)} is not a defined model"
+                               f"{suggest(target_name, models)}")
             for index, fallback in enumerate(raw.get("fallbacks", [])):
                 if fallback not in models and fallback not in aliases:
-                    self.error(path + ("fallbacks", index), f"fallback '{fallback}' is neither a model "
+                    self.error(path + ("fallbacks", index), f"fallback {quoted(fallback)} is neither a model "
                                f"nor an alias{suggest(fallback, names)}")
         self.check_cycles(aliases)
 
@@ -381,6 +410,24 @@ def dedup(tiers: list[Tier]) -> tuple[Tier, ...]:
     return tuple(result)
 
 
+def with_userinfo_as_header(base_url: str, headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """A base_url's `user:password@` moved into the `Authorization: Basic` header it stands for
+    (unless the headers already set one), so that the URL a graph shows, logs and keys its
+    pools by holds no credential, and the header is redacted like every other."""
+    headers = dict(headers)
+    try:
+        parts = urlsplit(base_url)
+        has_userinfo = parts.username is not None or parts.password is not None
+    except ValueError:  # not a URL the adapter could use either; the schema says what is wrong
+        return base_url, headers
+    if not has_userinfo:
+        return base_url, headers
+    if not any(name.lower() == "authorization" for name in headers):
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), headers
+
+
 def is_loopback(listen: str) -> bool:
     if listen.startswith("unix:"):
         return True
@@ -400,7 +447,8 @@ def version_id(data: Mapping[str, Any], secrets: Mapping[str, str]) -> str:
         if "api_key" in provider:
             provider["api_key"] = fingerprint(provider["api_key"])
     for entry in ((redacted.get("server") or {}).get("auth") or {}).get("keys", []):
-        entry["key"] = fingerprint(entry["key"])
+        if "key" in entry:  # a key_sha256 is no secret: it enters as written
+            entry["key"] = fingerprint(entry["key"])
     canonical = orjson.dumps(
         {"config": redacted, "secret_files": {k: fingerprint(v) for k, v in sorted(secrets.items())}},
         option=orjson.OPT_SORT_KEYS,
@@ -413,7 +461,7 @@ def compile_graph(document: Document, secrets: Mapping[str, str] | None = None) 
     secrets = secrets or {}
     compiler = Compiler(document, secrets)
     server = compiler.server()
-    providers = compiler.providers()
+    providers = compiler.providers(server.max_upstream_body)
     deployments = compiler.deployments(providers)
     compiler.check_aliases()
     if compiler.errors:

@@ -2,7 +2,9 @@
 
 This is the only stage with I/O (the file, the environment, secret files);
 `compile_graph` after it is pure. Every failure comes out as one
-`ConfigError` listing all problems found, each `FILE:LINE:COL: message`.
+`ConfigError` listing all problems found, each `FILE:LINE:COL: message`:
+schema errors do not hide what the compiler finds in the parts the schema
+accepted, nor does a secret file that cannot be read hide the compiler's.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from gatewayd.daemon.compile import compile_graph
 from gatewayd.daemon.graph import Graph
 from gatewayd.daemon.problems import ConfigError, Problem
 from gatewayd.daemon.validate import validate
+from gatewayd.daemon.validpart import STAND_IN, valid_part
 from gatewayd.daemon.yamldoc import Document, load_document
 
 DEFAULT_PATHS = ("gateway.yaml", "/etc/gatewayd/gateway.yaml")
@@ -74,6 +77,32 @@ def load(path: str, env: Mapping[str, str] | None = None) -> Loaded:
     document = load_document(path, env)
     problems = validate(document)
     if problems:
-        raise ConfigError(problems)
-    secrets = read_secrets(document, env)
-    return Loaded(compile_graph(document, secrets), document)
+        # the parts the schema accepted are compiled too (daemon/validpart.py): every error at once
+        valid = valid_part(document)
+        beyond = compiled(valid, env)[1] if valid is not None else []
+        raise ConfigError(in_order(problems + [p for p in beyond if STAND_IN not in p.message]))
+    graph, problems = compiled(document, env)
+    if graph is None:
+        raise ConfigError(in_order(problems))
+    return Loaded(graph, document)
+
+
+def compiled(document: Document, env: Mapping[str, str]) -> tuple[Graph | None, list[Problem]]:
+    """Read the secret files and compile: the graph, or None and what both found wrong (a
+    secret file that cannot be read leaves its provider disabled for the compiler)."""
+    problems: list[Problem] = []
+    try:
+        secrets = read_secrets(document, env)
+    except ConfigError as error:
+        problems.extend(error.problems)
+        secrets = {}
+    try:
+        graph = compile_graph(document, secrets)
+    except ConfigError as error:
+        return None, problems + list(error.problems)
+    return (None if problems else graph), problems
+
+
+def in_order(problems: list[Problem]) -> list[Problem]:
+    unique = {(p.line, p.column, p.message): p for p in problems}
+    return sorted(unique.values(), key=lambda p: (p.line, p.column))

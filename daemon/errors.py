@@ -3,13 +3,17 @@
 
     status  type                    code (examples)
     400     invalid_request_error   invalid_json, missing_model, invalid_body,
-                                    invalid_value / invalid_type (messages, input, stream, tools)
+                                    invalid_value / invalid_type (messages, input, stream, tools),
+                                    invalid_http (aiohttp's parser refused it: daemon/httpserver.py)
     401     authentication_error    missing_api_key, invalid_api_key
-    403     permission_error        model_not_allowed, cross_origin
+    403     permission_error        model_not_allowed, cross_origin,
+                                    permission_denied (an app key on /admin/* or /metrics)
     404     invalid_request_error   model_not_found, not_found
     413     invalid_request_error   request_too_large
     408     invalid_request_error   request_timeout (the client was too slow)
+    431     invalid_request_error   request_header_too_large (the request line or a header field)
     429/503 no_deployment_available (routing found nothing usable)
+    500     server_error            internal_error (a handler failed; never for what a client sent)
     504     timeout                 timeouts.total passed
 """
 

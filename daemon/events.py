@@ -32,7 +32,7 @@ import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from gatewayd.daemon.api import PREPARED, authenticate, refuse_cross_origin
+from gatewayd.daemon.api import PREPARED, refuse_cross_origin, require_admin
 from gatewayd.daemon.routes import Routes
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ class EventBus:
         try:
             event = {"kind": kind, "at": now_iso(), **{k: self._clean(v) for k, v in fields.items()}}
         except Exception:  # an event must never break what published it
-            log.exception("could not build a %s event", kind)
+            log.exception("could not build a %s event", kind, extra={"event": "event_error", "kind": kind})
             return None
         for subscription in list(self._subscribers):
             subscription.offer(event)
@@ -167,7 +167,7 @@ def encode(event: dict) -> str:
 def add_event_routes(routes: Routes, runtime: Runtime) -> None:
     async def events(request: web.BaseRequest) -> web.StreamResponse:
         refuse_cross_origin(request)
-        authenticate(request, runtime.holder.current.graph)
+        require_admin(request, runtime.holder.current.graph)
         with runtime.events.subscribe() as subscription:  # before the headers: nothing is missed
             async with sse_response(request, sep="\n", ping_interval=PING_INTERVAL) as stream:
                 request[PREPARED] = stream

@@ -8,14 +8,18 @@ stable identities defined here (`Deployment.identity`, `Provider.identity`).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from gatewayd.daemon.windows import Windows
 
 EMPTY_MAPPING: Mapping = MappingProxyType({})
+# the schema's default of server.max_upstream_body, for graph values built without the compiler (tests)
+DEFAULT_MAX_UPSTREAM_BODY = 64 * 1024 * 1024
 
 
 class Secret:
@@ -51,6 +55,32 @@ class Secret:
         return f"Secret(sha256:{self.fingerprint})"
 
     __str__ = __repr__
+
+
+# Characters a form must have to be redacted: a shorter one would blank out ordinary words in
+# every answer. A header value may be no credential at all (`X-Title: MyApp`), so it needs more.
+KEY_AT_LEAST = 4
+HEADER_AT_LEAST = 8
+
+
+def redaction_forms(credentials: Iterable[str], at_least: int = KEY_AT_LEAST) -> tuple[str, ...]:
+    """Each credential as sent, and the parts an upstream may quote back alone: the token of
+    `Bearer TOKEN`, and for `Basic BASE64` the decoded `user:password` and the password."""
+    forms: set[str] = set()
+    for value in credentials:
+        forms.add(value)
+        scheme, _, token = value.strip().partition(" ")
+        token = token.strip()
+        if not token:
+            continue
+        forms.add(token)
+        if scheme.lower() == "basic":
+            try:
+                pair = base64.b64decode(token, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+            forms.update((pair, pair.partition(":")[2]))
+    return tuple(sorted((f for f in forms if len(f) >= at_least), key=len, reverse=True))
 
 
 def fingerprint(value: str) -> str:
@@ -109,6 +139,17 @@ class Provider:
     max_connections: int
     options: Mapping[str, object]  # type-specific keys (api_version, anthropic_version, reply, latency, fail_rate)
     disabled: str | None = None  # why it is disabled, or None when usable
+    # server.max_upstream_body, compiled into each provider: its adapter reads no answer past it
+    max_upstream_body: int = DEFAULT_MAX_UPSTREAM_BODY
+    # every credential this provider sends, in each form an upstream may echo it: what adapters
+    # and logs replace with [redacted], longest first
+    redactions: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        forms = set(redaction_forms((value for _name, value in self.headers), HEADER_AT_LEAST))
+        if self.api_key:
+            forms.update(redaction_forms((self.api_key.reveal(),)))
+        object.__setattr__(self, "redactions", tuple(sorted(forms, key=len, reverse=True)))
 
     @property
     def identity(self) -> tuple:
@@ -116,7 +157,7 @@ class Provider:
         key = self.api_key.fingerprint if self.api_key else None
         headers = tuple((name, fingerprint(value)) for name, value in self.headers)
         return (self.type, self.base_url, key, headers, self.max_connections,
-                tuple(sorted((k, repr(v)) for k, v in self.options.items())))
+                tuple(sorted((k, repr(v)) for k, v in self.options.items())), self.max_upstream_body)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +184,11 @@ class Deployment:
     identity: tuple = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        key = self.provider.api_key.fingerprint if self.provider.api_key else None
-        object.__setattr__(self, "identity", (self.provider.type, self.provider.base_url, self.model, key))
+        provider = self.provider
+        key = provider.api_key.fingerprint if provider.api_key else None
+        # headers may carry the credential (a base_url's user:password becomes one)
+        headers = tuple((name, fingerprint(value)) for name, value in provider.headers)
+        object.__setattr__(self, "identity", (provider.type, provider.base_url, self.model, key, headers))
 
     @property
     def disabled(self) -> str | None:
@@ -178,9 +222,26 @@ class Route:
 
 @dataclass(frozen=True, slots=True)
 class AppKey:
+    """An app key, given as the key itself (`key:`) or as its SHA-256 (`key_sha256:`).
+
+    A presented key is compared with `expected`: as it is for a plain key, hashed first
+    for a hashed one. Both are derived once here: every request compares them.
+    """
+
     name: str
-    key: Secret
+    expected: bytes = field(repr=False)  # the key's bytes, or its SHA-256 digest when `hashed`
+    hashed: bool
     allow: frozenset[str] | None  # None: every alias and model
+    admin: bool = False  # role: admin, the only keys that reach /admin/* (and /metrics unless public)
+    key: Secret | None = None  # the key itself, for redaction; None when only its digest is known
+
+    @classmethod
+    def plain(cls, name: str, key: Secret, allow: frozenset[str] | None, admin: bool = False) -> AppKey:
+        return cls(name, key.reveal_bytes(), False, allow, admin, key)
+
+    @classmethod
+    def from_sha256(cls, name: str, hex_digest: str, allow: frozenset[str] | None, admin: bool = False) -> AppKey:
+        return cls(name, bytes.fromhex(hex_digest), True, allow, admin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +252,14 @@ class ServerSettings:
     log_format: str  # text | json
     keys: tuple[AppKey, ...] | None  # None: no auth
     read_timeout: float = 60.0
+    metrics: str = "auth"  # auth: /metrics needs an admin key when keys are configured; public: no key
+    max_upstream_body: int = DEFAULT_MAX_UPSTREAM_BODY  # the largest upstream answer read (Provider has it too)
+    # whether a presented key must be hashed (some key is given as key_sha256): without such
+    # keys a request never pays for the hash
+    hashed_keys: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hashed_keys", any(key.hashed for key in self.keys or ()))
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from bisect import bisect_left
 from itertools import accumulate
 from typing import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client import metrics as client_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -171,6 +171,9 @@ class Metrics:
         self.config = Gauge("gatewayd_config_info", "The serving config version", ["version"], registry=r)
         self.last_reload_error = Gauge("gatewayd_last_reload_failed", "1 when the last reload was rejected",
                                        ["error"], registry=r)
+        # process_* (CPU, memory, file descriptors, start time) from /proc, read at scrape time; where
+        # /proc/stat is hidden (systemd's ProcSubset=pid) the collector yields nothing
+        ProcessCollector(registry=r)
 
     def watch_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.registry.register(DeploymentStateCollector(states))

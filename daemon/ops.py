@@ -1,8 +1,10 @@
-"""Operations endpoints: /metrics and /admin/* (SPEC §4). Admin endpoints need an
-app key when keys are configured; secrets never appear in what they return."""
+"""Operations endpoints: /metrics and /admin/* (SPEC §4, §10). When keys are configured,
+admin endpoints need an admin key (`role: admin`; an app key gets 403 `permission_denied`),
+and so does /metrics unless `server.metrics: public`. Secrets never appear in what they return."""
 
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -10,7 +12,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from gatewayd.daemon.api import authenticate, refuse_cross_origin
+from gatewayd.daemon.api import refuse_cross_origin, require_admin
 from gatewayd.daemon.errors import ApiError
 from gatewayd.daemon.explain import UnknownRoute, explain_plan
 from gatewayd.daemon.routes import Routes
@@ -30,10 +32,13 @@ class OpsHandlers:
 
     def guard(self, request: web.BaseRequest) -> None:
         refuse_cross_origin(request)
-        authenticate(request, self.runtime.holder.current.graph)
+        require_admin(request, self.runtime.holder.current.graph)
 
     async def metrics(self, request: web.BaseRequest) -> web.Response:
-        self.guard(request)
+        refuse_cross_origin(request)
+        graph = self.runtime.holder.current.graph
+        if graph.server.metrics != "public":
+            require_admin(request, graph)
         return web.Response(body=self.runtime.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def status(self, request: web.BaseRequest) -> web.Response:
@@ -42,7 +47,7 @@ class OpsHandlers:
         snapshot = runtime.holder.current
         reloader = runtime.reloader
         return json_response({
-            "config": {"path": runtime.config_path, "version": snapshot.graph.version,
+            "config": {"path": os.path.abspath(runtime.config_path), "version": snapshot.graph.version,
                        "loaded_at": snapshot.loaded_at.isoformat(timespec="seconds")},
             "last_reload": reloader.last_result() if reloader else None,
             "deployments": deployments_status(snapshot, runtime.health),

@@ -5,6 +5,8 @@ the deployment's retry policy (SPEC §3, steps 5-6), plus the backoff schedule.
     client (400, 413, 422)    return to the client as is   no
     auth, not_found           fall back, no retry          yes
     protocol, redirect        fall back, no retry          yes
+    internal (a gateway bug)  fall back, no retry          no: whatever caused it, the
+                                                           deployment did not
     rate_limit, overloaded,   retry while `retry.when`     yes, once the deployment is left
     server, timeout, connect  lists it and attempts remain;
                               a Retry-After beyond
@@ -54,6 +56,8 @@ def decide(error: UpstreamError, retry: RetryPolicy, attempt: int, rng: random.R
     """`attempt` counts tries at this deployment so far, the failed one included (1-based)."""
     if error.failure is FailureClass.CLIENT:
         return Decision(Action.RETURN, counts=False)
+    if error.failure is FailureClass.INTERNAL:
+        return Decision(Action.FALL_BACK, counts=False)
     if error.failure in NEVER_RETRIED or attempt >= retry.attempts or not is_listed(error, retry):
         return Decision(Action.FALL_BACK)
     if error.retry_after is not None:

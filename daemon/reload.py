@@ -165,7 +165,7 @@ class Reloader:
             try:
                 result = await self.reload(trigger)
             except Exception as exc:  # reporting failed; the task must live on for the next reload
-                log.exception("reload task error")
+                log.exception("reload task error", extra={"event": "reload_error"})
                 result = self._failure(trigger, f"reload failed: {exc!r}")
             for waiter in self._running:
                 if not waiter.done():
@@ -209,7 +209,7 @@ class Reloader:
         except ConfigError as error:
             problems = list(error.problems)
         except Exception as exc:  # a bug must neither take the daemon down nor publish half a world
-            log.exception("reload failed unexpectedly")
+            log.exception("reload failed unexpectedly", extra={"event": "reload_error"})
             problems = [Problem(self.path, 1, 1, f"reload failed: {type(exc).__name__}: {exc}")]
         self._aim()
         result = self._result(trigger, problems, changed, warnings, started, at)
@@ -255,24 +255,31 @@ class Reloader:
         """The log, /metrics and systemd's STATUS= hear of every reload."""
         metrics, version, trigger = self.runtime.metrics, result["version"], result["trigger"]
         for warning in result["warnings"]:
-            log.warning("warning: %s", warning)
+            log.warning("warning: %s", warning, extra={"event": "config_warning"})
         metrics.last_reload_error.clear()
         if problems:
             outcome = "rejected"
-            log.error("reload (%s) rejected; still serving config %s:", trigger, version)
+            log.error("reload (%s) rejected; still serving config %s:", trigger, version,
+                      extra={"event": "reload", "result": outcome, "trigger": trigger, "version": version,
+                             "error": result["error"]})
             for problem in problems:
-                log.error("error: %s", problem)
+                log.error("error: %s", problem, extra={"event": "config_error", "file": problem.file,
+                                                   "line": problem.line, "column": problem.column})
             first = problems[0]
             metrics.last_reload_error.labels(f"{first.file}:{first.line}:{first.column}").set(1)
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
             status = f"reload rejected: {first}{more}; serving config {version}"
         elif result["changed"]:
             outcome = "accepted"
-            log.info("reload (%s) accepted: serving config %s (%.1f ms)", trigger, version, result["duration_ms"])
+            log.info("reload (%s) accepted: serving config %s (%.1f ms)", trigger, version, result["duration_ms"],
+                     extra={"event": "reload", "result": outcome, "trigger": trigger, "version": version,
+                            "duration_ms": result["duration_ms"]})
             status = f"reload accepted: serving config {version}"
         else:
             outcome = "unchanged"
-            log.info("reload (%s): config unchanged, still %s (%.1f ms)", trigger, version, result["duration_ms"])
+            log.info("reload (%s): config unchanged, still %s (%.1f ms)", trigger, version, result["duration_ms"],
+                     extra={"event": "reload", "result": outcome, "trigger": trigger, "version": version,
+                            "duration_ms": result["duration_ms"]})
             status = f"reload accepted: config {version} unchanged"
         if result["warnings"]:
             status += "; " + "; ".join(result["warnings"])
@@ -323,7 +330,7 @@ class Reloader:
                 failures += 1
                 if failures == 1:
                     log.warning("watching %s failed (%s); retrying, and SIGHUP still reloads",
-                                ", ".join(self._folders), exc)
+                                ", ".join(self._folders), exc, extra={"event": "watch_failed"})
                 try:
                     async with asyncio.timeout(min(0.2 * failures, 2.0)):
                         await self._stopping.wait()

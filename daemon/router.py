@@ -206,9 +206,10 @@ class Router:
                     error = UpstreamError(FailureClass.TIMEOUT, "no answer before the request's total "
                                           "deadline (timeouts.total)" if total_bound else
                                           "no answer within the first-byte deadline")
-                except Exception as exc:  # an adapter bug: a failure of this deployment, not a 500
-                    log.exception("the %s adapter failed unexpectedly", deployment.provider.type)
-                    error = UpstreamError(FailureClass.PROTOCOL, f"internal adapter error ({type(exc).__name__})")
+                except Exception as exc:  # an adapter bug: not a 500, and not the deployment's failure
+                    log.exception("the %s adapter failed unexpectedly", deployment.provider.type,
+                                  extra={"event": "adapter_error", "deployment": deployment.name})
+                    error = UpstreamError(FailureClass.INTERNAL, f"internal adapter error ({type(exc).__name__})")
                 finally:
                     health.inflight -= 1
                 if error is None:
@@ -230,8 +231,9 @@ class Router:
                     continue
                 break
             assert error is not None
-            health.fail(error, policy.cooldown, time.monotonic())
-            settled = True
+            if decision.counts:
+                health.fail(error, policy.cooldown, time.monotonic())
+                settled = True
         finally:
             if probe and not settled:
                 health.abandon_probe()
@@ -285,6 +287,8 @@ class Router:
         health = outcome.health
         if error is None:
             health.succeed(outcome.latency)
+        elif error.failure is FailureClass.INTERNAL:
+            health.abandon_probe()
         else:
             health.fail(error, outcome.deployment.policy.cooldown, time.monotonic())
 

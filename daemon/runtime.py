@@ -84,6 +84,7 @@ async def close_when_drained(old: Snapshot, adapters: list[Adapter], timeout: fl
         try:
             await asyncio.wait_for(old.drained.wait(), timeout)
         except TimeoutError:
-            log.warning("closing %d connection pool(s) with requests still in flight", len(adapters))
+            log.warning("closing %d connection pool(s) with requests still in flight", len(adapters),
+                        extra={"event": "pools_closed_busy"})
     for adapter in adapters:
         await adapter.close()

@@ -63,7 +63,7 @@ class Notifier:
                 self._socket = sock
             self._socket.sendto(data, self._address)
         except OSError as exc:
-            log.debug("sd_notify to %r failed: %s", self._address, exc)
+            log.debug("sd_notify to %r failed: %s", self._address, exc, extra={"event": "sd_notify_failed"})
 
     def ready(self, status: str | None = None) -> None:
         self.send("READY=1", *self._status_field(status))
@@ -127,7 +127,8 @@ def _address(value: str) -> str | bytes | None:
     if value.startswith("/"):
         return value
     if value:
-        log.debug("ignoring NOTIFY_SOCKET=%r: neither an absolute path nor '@name'", value)
+        log.debug("ignoring NOTIFY_SOCKET=%r: neither an absolute path nor '@name'", value,
+                  extra={"event": "sd_notify_ignored"})
     return None
 
 

@@ -25,6 +25,7 @@ draining: whatever is still open is cut.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -33,8 +34,11 @@ import sys
 
 from aiohttp import web
 
+from gatewayd.daemon import runfile
 from gatewayd.daemon.app import Runtime, create_app
 from gatewayd.daemon.config import Loaded, find_config, load
+from gatewayd.daemon.httpserver import GatewayServer
+from gatewayd.daemon.logformat import LineHandler, configure_logging
 from gatewayd.daemon.problems import ConfigError
 from gatewayd.daemon.sdnotify import Notifier
 
@@ -43,15 +47,6 @@ log = logging.getLogger("gatewayd")
 EXIT_FORCED = 130  # a second stop signal: exit at once
 CANCEL_WAIT = 2.0  # after the grace, for cancelled requests to write their last message
 RUNNER_TIMEOUT = 1.0  # aiohttp's own wait per connection at cleanup; nothing is in flight by then
-
-
-def configure_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("gatewayd")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
 
 
 def site_for(runner: web.BaseRunner, listen: str) -> web.BaseSite:
@@ -66,10 +61,12 @@ def on_stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Non
 
     def received(sig: signal.Signals) -> None:
         if not stop.is_set():
-            log.info("%s: shutting down (send it again to exit at once)", sig.name)
+            log.info("%s: shutting down (send it again to exit at once)", sig.name,
+                     extra={"event": "stop_signal", "signal": sig.name})
             stop.set()
             return
-        log.warning("%s again: exiting at once with status %d", sig.name, EXIT_FORCED)
+        log.warning("%s again: exiting at once with status %d", sig.name, EXIT_FORCED,
+                    extra={"event": "stop_forced", "signal": sig.name, "exit_code": EXIT_FORCED})
         for handler in logging.getLogger("gatewayd").handlers:
             handler.flush()
         os._exit(EXIT_FORCED)
@@ -89,41 +86,48 @@ async def start_reloader(runtime: Runtime, notifier: Notifier, loop: asyncio.Abs
     return reloader
 
 
-async def serve(config_path: str, loaded: Loaded) -> int:
+async def serve(config_path: str, loaded: Loaded, log_lines: LineHandler | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     on_stop_signals(loop, stop)  # before anything else: a stop during start-up is not lost
     runtime = Runtime(loaded, config_path)
     gc.freeze()  # the graph and the imported code live as long as the process: out of the GC's way
     runtime.access.write_to(sys.stderr)  # the journal under systemd; batched, not through logging
+    if log_lines is not None:  # log lines follow the serving graph's log_format, after the access lines before them
+        log_lines.follow(lambda: runtime.holder.current.graph.server.log_format,
+                         runtime.access.flush_before_log_line)
     graph = loaded.graph
     notifier = Notifier.from_environ()
     # keepalive_timeout also bounds a connection that never completes its request headers
     # (aiohttp closes a handler still waiting for a message when it fires): slow clients are cut
     # off after read_timeout; the body has its own bound in api.read_json.
-    server = web.Server(create_app(runtime), handler_cancellation=True, access_log=None, tcp_keepalive=True,
-                        keepalive_timeout=graph.server.read_timeout)
+    server = GatewayServer(create_app(runtime), handler_cancellation=True, access_log=None, tcp_keepalive=True,
+                           keepalive_timeout=graph.server.read_timeout)
     runner = web.ServerRunner(server, shutdown_timeout=RUNNER_TIMEOUT)
     await runner.setup()
     watchdog: asyncio.Task | None = None
+    published = None
     try:
         await site_for(runner, graph.server.listen).start()
+        published = runfile.publish(graph.server.listen, config_path)  # where `gatewayd reload` finds us
         reloader = await start_reloader(runtime, notifier, loop)
         watchdog = loop.create_task(notifier.run_watchdog(), name="gatewayd-watchdog")
         log.info("gatewayd serving on %s (config %s, version %s)", graph.server.listen, config_path,
-                 graph.version)
+                 graph.version, extra={"event": "start", "listen": graph.server.listen, "config": config_path,
+                                       "version": graph.version})
         if not stop.is_set():
             notifier.ready(f"serving config {graph.version}")
         await stop.wait()
         await shutdown(runner, runtime, notifier, reloader)
     finally:
+        runfile.withdraw(published)
         await runner.cleanup()
         await runtime.close()  # the upstream pools, once no request can use them
         runtime.access.flush()
         if watchdog is not None:
             watchdog.cancel()
         notifier.close()
-    log.info("stopped")
+    log.info("stopped", extra={"event": "stopped"})
     return 0
 
 
@@ -139,32 +143,36 @@ async def shutdown(runner: web.BaseRunner, runtime: Runtime, notifier: Notifier,
     if runner.server is not None:
         runner.server.pre_shutdown()  # idle keep-alive connections close now, busy ones after their answer
     log.info("stopping: no longer accepting; %d request(s) in flight, %gs to finish",
-             len(runtime.requests), grace)
+             len(runtime.requests), grace,
+             extra={"event": "drain", "in_flight": len(runtime.requests), "grace_s": grace})
     if reloader is not None:
         await reloader.stop()
         # its SIGHUP handler is gone; SIGHUP's default action would kill the process mid-drain
-        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored: shutting down")
+        loop.add_signal_handler(signal.SIGHUP, functools.partial(
+            log.info, "SIGHUP ignored: shutting down", extra={"event": "signal_ignored", "signal": "SIGHUP"}))
     if await runtime.requests.wait_idle(deadline - loop.time()):
         return
     count = runtime.requests.cancel_all()
-    log.warning("shutdown_grace (%gs) passed: ending %d request(s) with a shutting_down error", grace, count)
+    log.warning("shutdown_grace (%gs) passed: ending %d request(s) with a shutting_down error", grace, count,
+                extra={"event": "drain_timeout", "grace_s": grace, "cancelled": count})
     if not await runtime.requests.wait_idle(CANCEL_WAIT):
         log.warning("%d request(s) did not end after cancellation; closing their connections",
-                    len(runtime.requests))
+                    len(runtime.requests), extra={"event": "drain_cut", "in_flight": len(runtime.requests)})
 
 
 def run(config: str | None) -> int:
-    configure_logging()
+    log_lines = configure_logging()
     try:
         path = find_config(config)
         loaded = load(path)
-    except ConfigError as error:
+    except ConfigError as error:  # no log_format chosen yet: these lines are text
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
         print("gatewayd: not started: the config has errors", file=sys.stderr)
         return 1
+    log_lines.follow(lambda: loaded.graph.server.log_format)
     for warning in loaded.graph.warnings:
-        log.warning("warning: %s", warning)
+        log.warning("warning: %s", warning, extra={"event": "config_warning"})
     try:
         import uvloop
     except ImportError:  # optional (the `fast` extra): the standard loop serves too
@@ -173,8 +181,8 @@ def run(config: str | None) -> int:
         loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(serve(path, loaded))
+            return runner.run(serve(path, loaded, log_lines))
     except OSError as exc:
-        print(f"gatewayd: cannot listen on {loaded.graph.server.listen}: {exc.strerror or exc}",
-              file=sys.stderr)
+        log.error("gatewayd: cannot listen on %s: %s", loaded.graph.server.listen, exc.strerror or exc,
+                  extra={"event": "listen_failed", "listen": loaded.graph.server.listen})
         return 1

@@ -1,6 +1,9 @@
 """Schema validation that speaks to people: each jsonschema error becomes a
 located `Problem` pointing at the offending node itself (an unknown key at the
 key, a wrong value at the value), saying what is wrong and what is allowed.
+A key indented into the wrong mapping is one problem saying where it belongs,
+in place of the errors it causes (daemon/indentation.py); a value that could
+be a secret is quoted masked (`quoted`).
 """
 
 from __future__ import annotations
@@ -9,7 +12,8 @@ from typing import Any, Iterable
 
 from jsonschema.exceptions import ValidationError
 
-from gatewayd.daemon.problems import Problem, suggest
+from gatewayd.daemon.indentation import Misplaced, find_misplaced
+from gatewayd.daemon.problems import Problem, quoted, suggest
 from gatewayd.daemon.schema import validator
 from gatewayd.daemon.windows import WindowSyntaxError, parse_window
 from gatewayd.daemon.yamldoc import Document
@@ -48,23 +52,43 @@ def expected(types: str | list[str]) -> str:
 
 def shown(doc: Document, value: Any) -> str:
     """A value quoted for a message, unless it came from the environment: a secret put
-    under the wrong key (`base_url: ${OPENAI_API_KEY}`) must not be printed."""
+    under the wrong key (`base_url: ${OPENAI_API_KEY}`) must not be printed; nor one pasted
+    there literally (`quoted` masks what could be one)."""
     text = str(value)
     for name, resolved in doc.env_refs.items():
         if resolved and len(resolved) >= 3 and resolved in text:
             return f"the value of ${{{name}}}"
-    return f"'{text}'"
+    return quoted(text)
 
 
 def validate(document: Document) -> list[Problem]:
-    problems: list[Problem] = []
-    for error in validator().iter_errors(document.data):
-        problems.extend(explain(document, error))
+    errors = list(validator().iter_errors(document.data))
+    misplaced = find_misplaced(document, errors)
+    problems = [indentation_problem(document, block) for block in misplaced]
+    for error in errors:
+        if any(block.caused(error) for block in misplaced):
+            continue  # said once, as the indentation it comes from
+        skip = frozenset().union(*(block.skipped(error) for block in misplaced))
+        problems.extend(explain(document, error, skip))
     unique = {(p.line, p.column, p.message): p for p in problems}
     return sorted(unique.values(), key=lambda p: (p.line, p.column, p.message))
 
 
-def explain(doc: Document, error: ValidationError) -> list[Problem]:
+def indentation_problem(doc: Document, block: Misplaced) -> Problem:
+    """One problem for keys indented into the wrong mapping, at the first of them."""
+    mark = doc.key_mark(block.where + (block.keys[0],))
+    where, home = describe_path(block.where), describe_path(block.home)
+    if len(block.keys) == 1:
+        message = (f"{quoted(block.keys[0])} is indented as a key of {where}; it belongs under {home} "
+                   "(check its indentation)")
+    else:
+        names = ", ".join(quoted(key) for key in block.keys[:-1]) + f" and {quoted(block.keys[-1])}"
+        message = f"{names} are indented as keys of {where}; they belong under {home} (check their indentation)"
+    return Problem(doc.path, mark.line, mark.column, message)
+
+
+def explain(doc: Document, error: ValidationError, skip: frozenset[str] = frozenset()) -> list[Problem]:
+    """The problems one schema error stands for; keys in `skip` are reported elsewhere."""
     path = tuple(error.absolute_path)
     where = describe_path(path)
     keyword = error.validator
@@ -79,22 +103,22 @@ def explain(doc: Document, error: ValidationError) -> list[Problem]:
         allowed = list(schema.get("properties", {}))
         problems = []
         for key in value:
-            if key in allowed:
+            if key in allowed or key in skip:
                 continue
             mark = doc.key_mark(path + (key,))
             hint = suggest(key, allowed) or f"; allowed keys: {', '.join(allowed)}"
             problems.append(Problem(doc.path, mark.line, mark.column,
-                                    f"unknown key '{key}' in {where}{hint}"))
+                                    f"unknown key {quoted(key)} in {where}{hint}"))
         return problems
     if keyword == "required" and isinstance(value, dict):
         mark = doc.key_mark(path)
         return [Problem(doc.path, mark.line, mark.column, f"{where} is missing the required key '{key}'")
-                for key in error.validator_value if key not in value]
+                for key in error.validator_value if key not in value and key not in skip]
     if keyword == "propertyNames" or "propertyNames" in error.schema_path:
         # jsonschema reports a bad name as the name's own `pattern` failure, located at the parent
         mark = doc.key_mark(path + (value,))
         hint = definition_hint(schema)
-        return [Problem(doc.path, mark.line, mark.column, f"'{value}' is not a valid name in {where}: {hint}")]
+        return [Problem(doc.path, mark.line, mark.column, f"{quoted(value)} is not a valid name in {where}: {hint}")]
     if keyword == "type":
         return [at_value(f"{where} must be {expected(error.validator_value)}, found {type_of(value)}")]
     if keyword == "enum":
@@ -115,9 +139,15 @@ def explain(doc: Document, error: ValidationError) -> list[Problem]:
         return [at_value(f"{where}: {shown(doc, value)} is not valid: {hint}")]
     if keyword == "minItems" and error.validator_value == 1:
         return [at_value(f"{where} must not be empty")]
-    if keyword in ("minimum", "maximum", "exclusiveMinimum", "minLength", "minItems"):
-        return [at_value(f"{where}: {error.message}")]
-    return [at_value(f"{where}: {error.message}")]
+    return [at_value(f"{where}: {library_message(doc, error)}")]
+
+
+def library_message(doc: Document, error: ValidationError) -> str:
+    """jsonschema's own message, with the value it quotes (as Python's repr) quoted as ours."""
+    value = error.instance
+    if isinstance(value, str) and repr(value) in error.message:
+        return error.message.replace(repr(value), shown(doc, value))
+    return error.message
 
 
 def definition_hint(schema: dict) -> str:

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from gatewayd.daemon.problems import quoted
+
 DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _DAY_INDEX = {name: i for i, name in enumerate(DAY_NAMES)}
 _ALL_DAYS = frozenset(range(7))
@@ -143,7 +145,7 @@ def load_zone(name: str) -> ZoneInfo:
         pass
     guess = difflib.get_close_matches(str(name), sorted(available_timezones()), n=1)
     hint = f" (did you mean {guess[0]!r}?)" if guess else ""
-    raise WindowSyntaxError(f"unknown time zone {name!r}{hint}") from None
+    raise WindowSyntaxError(f"unknown time zone {quoted(name)}{hint}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import ScalarNode
 from yaml.resolver import Resolver
 
-from gatewayd.daemon.problems import ConfigError, Problem
+from gatewayd.daemon.problems import ConfigError, Problem, quoted
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64
@@ -183,7 +183,7 @@ class _Builder:
                 # reports the first problem in document order, where libyaml's scanner reads far
                 # ahead (it refuses 1,000 open brackets before this builder sees the 65th).
                 return _Builder(self.file, self.env).build(text, yaml.SafeLoader)
-            self.syntax_problem(e)
+            self.syntax_problem(e, text)
         except yaml.YAMLError as e:
             self.problem(_START, f"invalid YAML: {e}")
         except _Stop:
@@ -204,11 +204,13 @@ class _Builder:
             self.problem(self.root[1], "the top level must be a mapping of keys (version, server, "
                          f"providers, ...), found {_kind(self.root[0])}")
 
-    def syntax_problem(self, e: yaml.MarkedYAMLError) -> None:
+    def syntax_problem(self, e: yaml.MarkedYAMLError, text: str) -> None:
         where, msg = e.problem_mark or e.context_mark, f"invalid YAML: {e.problem or e.context}"
         if e.problem and e.context and e.context_mark:
             cm = _mark(e.context_mark)
             msg += f" ({e.context} at line {cm.line}, column {cm.column})"
+        if where is not None:
+            msg += _indentation_hint(text.split("\n"), where.line, where.column)
         self.problem(_mark(where) if where else _START, msg)
 
     def event(self, ev) -> None:
@@ -264,7 +266,7 @@ class _Builder:
             try:
                 value = getattr(_CONSTRUCTOR, _TYPED[tag])(node)
             except (ValueError, KeyError, TypeError):
-                self.problem(mark, f"'{ev.value}' cannot be read as {_show_tag(tag)}")
+                self.problem(mark, f"{quoted(ev.value)} cannot be read as {_show_tag(tag)}")
                 return ev.value, _STR
             if isinstance(value, float) and not math.isfinite(value):
                 # .nan/.inf would slip through every numeric check downstream
@@ -332,30 +334,63 @@ class _Builder:
         return False
 
     def interpolate(self, s: str, mark: Mark) -> str:
-        """Expand ${VAR}, ${VAR:-default} and the $${ escape in one string value."""
+        """Expand the environment references in one string value; problems are located at `mark`."""
         if "$" not in s:
             return s
+        text, problems = interpolate(s, self.env, self.env_refs)
+        for message in problems:
+            self.problem(mark, message)
+        return text
 
-        def replace(m: re.Match) -> str:
-            name, default, bad = m.group("name", "default", "bad")
-            if name is None:
-                if bad is None:
-                    return "${"  # the $${ escape
-                self.problem(mark, f"malformed environment reference '{('${' + bad)[:40]}' "
-                             "(write ${NAME} or ${NAME:-default}; $${ for a literal ${)")
-                return ""
-            value = self.env.get(name)
-            self.env_refs[name] = value
-            if default is not None and not value:  # like the shell's ':-': unset or empty
-                return default
-            if value is None:
-                # Name the variable, never a value: values are often secrets.
-                self.problem(mark, f"environment variable '{name}' is not set "
-                             f"(use ${{{name}:-}} for an optional value)")
-                return ""
-            return value
 
-        return _REF.sub(replace, s)
+def interpolate(s: str, env: Mapping[str, str],
+                refs: dict[str, str | None] | None = None) -> tuple[str, list[str]]:
+    """Expand ${VAR}, ${VAR:-default} and the $${ escape in one string value.
+
+    Returns the text and the problems found (a malformed reference, an unset variable
+    without a default); every variable looked at is recorded in `refs`. The daemon's
+    loader and `gatewayd reload` both read values this way, so they agree on them.
+    """
+    problems: list[str] = []
+
+    def replace(m: re.Match) -> str:
+        name, default, bad = m.group("name", "default", "bad")
+        if name is None:
+            if bad is None:
+                return "${"  # the $${ escape
+            problems.append(f"malformed environment reference '{('${' + bad)[:40]}' "
+                            "(write ${NAME} or ${NAME:-default}; $${ for a literal ${)")
+            return ""
+        value = env.get(name)
+        if refs is not None:
+            refs[name] = value
+        if default is not None and not value:  # like the shell's ':-': unset or empty
+            return default
+        if value is None:
+            # Name the variable, never a value: values are often secrets.
+            problems.append(f"environment variable '{name}' is not set "
+                            f"(use ${{{name}:-}} for an optional value)")
+            return ""
+        return value
+
+    return _REF.sub(replace, s), problems
+
+
+_KEY_AT_COLON = re.compile(r"( *)([^\s:#]+) *$")  # a line's indentation and a plain key, up to a colon
+_KEY_AND_VALUE = re.compile(r"( *)([^\s:#]+): +[^\s#]")  # `key: value`
+
+
+def _indentation_hint(lines: list[str], line: int, column: int) -> str:
+    """A hint for a key indented deeper than the `key: value` line above it, which YAML reads
+    as more of that value and then refuses at its colon; "" when the text is not like that."""
+    here = _KEY_AT_COLON.fullmatch(lines[line][:column]) if line < len(lines) else None
+    above = next((text for text in reversed(lines[:line]) if text.strip() and not text.lstrip().startswith("#")),
+                 "")
+    before = _KEY_AND_VALUE.match(above)
+    if here is None or before is None or len(here.group(1)) <= len(before.group(1)):
+        return ""
+    return (f" ('{here.group(2)}' is indented deeper than '{before.group(2)}' above it, which has a value:"
+            " check its indentation)")
 
 
 def _mark(m) -> Mark:

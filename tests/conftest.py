@@ -8,9 +8,12 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import RawTestServer
 
 from gatewayd.daemon.app import Runtime, create_app
 from gatewayd.daemon.config import load
+from gatewayd.daemon.httpserver import GatewayServer
 from tests.fakes import FakeOpenAI
 
 
@@ -47,13 +50,22 @@ async def fake_openai(aiohttp_server):
     return make
 
 
+class GatewayTestServer(RawTestServer):
+    """aiohttp's test server for a low-level handler, on the daemon's own server class."""
+
+    async def _make_runner(self, debug: bool = True, **kwargs) -> web.ServerRunner:
+        server = GatewayServer(self._handler, loop=self._loop, debug=debug, **kwargs)
+        return web.ServerRunner(server, debug=debug, **kwargs)
+
+
 @pytest.fixture
-async def gateway(aiohttp_raw_server, tmp_path):
+async def gateway(tmp_path):
     """Factory: `gw = await gateway(yaml_text, env={})` runs the real app on 127.0.0.1,
-    on aiohttp's low-level server as the daemon runs it (server.py; the test server cancels
-    handlers whose client went away, as the daemon does)."""
+    on the daemon's own low-level server (daemon/httpserver.py, as server.py runs it; the
+    test server cancels handlers whose client went away, as the daemon does)."""
     sessions = []
     runtimes = []
+    servers = []
 
     async def make(config: str, env: dict | None = None, name: str = "gateway.yaml") -> Gateway:
         path = tmp_path / name
@@ -61,7 +73,9 @@ async def gateway(aiohttp_raw_server, tmp_path):
         loaded = load(str(path), env or {})
         runtime = Runtime(loaded, str(path))
         runtimes.append(runtime)
-        server = await aiohttp_raw_server(create_app(runtime), tcp_keepalive=True)
+        server = GatewayTestServer(create_app(runtime))
+        servers.append(server)
+        await server.start_server(tcp_keepalive=True)
         session = aiohttp.ClientSession()
         sessions.append(session)
         return Gateway(str(server.make_url("")).rstrip("/"), runtime, session, path)
@@ -71,3 +85,5 @@ async def gateway(aiohttp_raw_server, tmp_path):
         await session.close()
     for runtime in runtimes:
         await runtime.close()
+    for server in servers:
+        await server.close()

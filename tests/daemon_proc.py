@@ -164,6 +164,7 @@ class Daemon:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("NOTIFY_SOCKET", "WATCHDOG_"))}
+        self.env["RUNTIME_DIRECTORY"] = str(log_dir / "run")  # its runtime file, never the system's
         self.env.update(env or {})
         self.log_path = log_dir / f"gatewayd-{port}.log"  # outside the watched folder
         self.proc: subprocess.Popen | None = None

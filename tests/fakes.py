@@ -55,6 +55,22 @@ class Raw:
 
     body: bytes
     content_type: str = "application/json"
+    headers: dict = field(default_factory=dict)
+
+
+@dataclass
+class Large:
+    """A `status` answer of `size` bytes (a JSON object, or one SSE event of one `data:` line),
+    written in pieces, with a Content-Length unless `chunked`. The bytes written before the
+    client closed the connection are appended to `fake.written`."""
+
+    size: int
+    chunked: bool = False
+    status: int = 200
+    event_stream: bool = False
+
+
+PIECE = 64 * 1024  # a `Large` answer is written in pieces of this size
 
 
 @dataclass
@@ -114,6 +130,7 @@ class FakeOpenAI(Recorder):
         self.default = Ok(f"from {name}")
         self.disconnects: list[float] = []  # monotonic times a client went away mid-answer
         self.sent: list[bytearray] = []  # the bytes of each event stream, as written
+        self.written: list[int] = []  # the bytes of each `Large` answer written before the client closed
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
@@ -133,7 +150,10 @@ class FakeOpenAI(Recorder):
                                    "param": behaviour.param, "code": behaviour.code}}
                 return web.json_response(error, status=behaviour.status, headers=behaviour.headers)
             if isinstance(behaviour, Raw):
-                return web.Response(body=behaviour.body, content_type=behaviour.content_type)
+                return web.Response(body=behaviour.body, content_type=behaviour.content_type,
+                                    headers=behaviour.headers)
+            if isinstance(behaviour, Large):
+                return await self.large(request, behaviour)
             if body.get("stream") and not isinstance(behaviour, Stream):
                 behaviour = Stream(pieces=(behaviour.content,), first_delay=behaviour.delay)
             if isinstance(behaviour, Stream):
@@ -178,6 +198,33 @@ class FakeOpenAI(Recorder):
         if plan.done:
             await write(b"data: [DONE]\n\n")
         await response.write_eof()
+        return response
+
+    async def large(self, request: web.Request, plan: Large) -> web.StreamResponse:
+        head, tail = (b'data: {"pad": "', b'"}\n\n') if plan.event_stream else (b'{"pad": "', b'"}')
+        response = web.StreamResponse(status=plan.status, headers={
+            "Content-Type": "text/event-stream" if plan.event_stream else "application/json"})
+        if plan.chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = plan.size
+        written = 0
+
+        async def write(piece: bytes) -> None:
+            nonlocal written
+            await response.write(piece)
+            written += len(piece)
+
+        try:
+            await response.prepare(request)
+            await write(head)
+            filler = plan.size - len(head) - len(tail)
+            for at in range(0, filler, PIECE):
+                await write(b"x" * min(PIECE, filler - at))
+            await write(tail)
+            await response.write_eof()
+        finally:
+            self.written.append(written)
         return response
 
     async def embeddings(self, request: web.Request) -> web.Response:

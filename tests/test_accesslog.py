@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict, fields
+from datetime import datetime, timezone
 
 import orjson
 import pytest
@@ -85,11 +86,12 @@ def reference_text_line(r: AccessRecord) -> str:
 
 
 def reference_json_line(record: AccessRecord) -> str:
-    kept = {k: v for k, v in asdict(record).items() if v is not None}
+    kept = {"ts": datetime.fromtimestamp(time.time(), timezone.utc).isoformat(timespec="milliseconds")[:-6] + "Z",
+            "level": "info", "event": "access", "msg": f"{record.method} {record.path} {record.status}"}
+    kept |= {k: v for k, v in asdict(record).items() if v is not None}
     for name, limit in (("model", MODEL_LIMIT), ("error", ERROR_LIMIT)):
         if isinstance(kept.get(name), str):
             kept[name] = clip(kept[name], limit)
-    kept["ts"] = time.time()
     return orjson.dumps(kept).decode()
 
 
@@ -153,15 +155,17 @@ def test_text_line_leaves_out_what_is_not_set():
         ' error="the model \'nope\' does not exist"')
 
 
-def test_json_line_keeps_the_field_order_and_ends_with_ts(frozen_time):
+def test_json_line_starts_as_every_json_log_line_then_keeps_the_field_order(frozen_time):
     everything = AccessRecord("POST", "/v1/chat/completions", 502, model="m", deployment="d", attempts=2,
                               latency_ms=1.5, ttfb_ms=0.5, prompt_tokens=1, completion_tokens=2, cost=0.25,
                               key="k", error="boom", config="v")
-    assert list(orjson.loads(json_line(everything))) == [*FIELD_NAMES, "ts"]  # every field, none forgotten
+    # every field, none forgotten
+    assert list(orjson.loads(json_line(everything))) == ["ts", "level", "event", "msg", *FIELD_NAMES]
     assert json_line(served()) == (
-        '{"method":"POST","path":"/v1/chat/completions","status":200,"model":"bench","deployment":"bench-model",'
+        '{"ts":"2024-04-05T19:34:38.123Z","level":"info","event":"access","msg":"POST /v1/chat/completions 200",'
+        '"method":"POST","path":"/v1/chat/completions","status":200,"model":"bench","deployment":"bench-model",'
         '"attempts":1,"latency_ms":1.234,"ttfb_ms":1.2,"prompt_tokens":9,"completion_tokens":12,"key":"bench",'
-        '"config":"3f2a9c1b7d4e","ts":1712345678.123456}')
+        '"config":"3f2a9c1b7d4e"}')
 
 
 def test_json_line_clips_model_and_error(frozen_time):

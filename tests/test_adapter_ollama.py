@@ -3,6 +3,8 @@ real aiohttp server on 127.0.0.1 speaking Ollama's native wire format."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import orjson
 import pytest
 from aiohttp import web
@@ -479,6 +481,33 @@ async def test_stream_error_line_and_cut(aiohttp_server, deployment):
             await events.aclose()
         finally:
             await adapter.close()
+
+
+async def test_a_stream_line_past_max_upstream_body_is_a_protocol_failure(aiohttp_server, deployment):
+    limit = 64 * 1024
+
+    async def stream(request):
+        response = web.StreamResponse()
+        response.content_type = "application/x-ndjson"
+        await response.prepare(request)
+        await response.write(STREAM[0])
+        await response.write(b'{"message": {"role": "assistant", "content": "' + b"x" * 4 * limit + b'"}}\n')
+        return response
+
+    server = await aiohttp_server(recording_server([], stream))
+    provider = dataclasses.replace(deployment(server).provider, max_upstream_body=limit)
+    adapter = OllamaAdapter(provider)
+    try:
+        events = await adapter.stream(deployment(server), {"model": "llama", "messages": []})
+        received = []
+        with pytest.raises(UpstreamError) as info:
+            async for event in events:
+                received.append(event)
+        await events.aclose()
+    finally:
+        await adapter.close()
+    assert len(received) == 1  # the line within the bound went on
+    assert info.value.failure is FailureClass.PROTOCOL and "max_upstream_body" in info.value.message
 
 
 async def test_not_ndjson_is_a_protocol_failure(aiohttp_server, deployment):

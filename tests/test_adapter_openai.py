@@ -1,5 +1,6 @@
 """How the OpenAI adapter reads what it relays: answers (`from_upstream`) and stream events
-(`check_chunk`), on literal bodies (the end-to-end paths are in test_api.py and test_streams.py).
+(`check_chunk`), on literal bodies (the end-to-end paths are in test_api.py and test_streams.py);
+and, against a fake upstream, that no answer, error answer or stream event is read past its bound.
 
 Both first `glance` at the body (msgspec, building only `usage` and `error`) and read it in
 full with orjson only when it is unusual. These tests pin the verdicts on the shapes that
@@ -9,6 +10,7 @@ the same usage, or the same error, as the full reading alone (kept here as the r
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import orjson
@@ -16,8 +18,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.adapters.base import FailureClass, UpstreamError, Usage, usage_from_openai
-from gatewayd.adapters.openai import check_chunk, from_upstream, glance
+from gatewayd.adapters.base import MAX_ERROR_BODY, FailureClass, UpstreamError, Usage, usage_from_openai
+from gatewayd.adapters.openai import OpenAIAdapter, check_chunk, from_upstream, glance
+from gatewayd.daemon.graph import (
+    Backoff,
+    CooldownPolicy,
+    Deployment,
+    Policy,
+    Provider,
+    RetryPolicy,
+    Timeouts,
+)
+from tests.fakes import Large, Raw, eventually
 
 ANSWER = (b'{"id":"chatcmpl-1","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini",'
           b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello!","refusal":null,'
@@ -184,3 +196,116 @@ def test_broken_bytes_get_the_verdict_of_the_full_reading(raw):
     assert verdict(answer_usage, raw) == verdict(reference_answer, raw)
     if raw != b"[DONE]":
         assert verdict(chunk_usage, raw) == verdict(reference_chunk, raw)
+
+
+# --- nothing is read past its bound (server.max_upstream_body, MAX_ERROR_BODY) -----------------
+
+LIMIT = 1024 * 1024
+HUGE = 50 * 1024 * 1024  # what a runaway upstream sends: far more than the socket buffers between us hold
+CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+async def upstream(fake_openai):
+    """`adapter, deployment, fake = await upstream()`: an OpenAI adapter reading at most LIMIT
+    bytes of an answer from a fake upstream; its pool is closed at the end."""
+    adapters = []
+
+    async def start(limit: int = LIMIT):
+        fake = await fake_openai("up")
+        provider = Provider(name="up", type="openai", base_url=fake.base_url, api_key=None, headers=(),
+                            max_connections=10, options={}, max_upstream_body=limit)
+        policy = Policy(Timeouts(5, 5, 5, 30), RetryPolicy(1, Backoff(0.01, 0.1, 2, "full"), frozenset(),
+                                                           False, False, 30), CooldownPolicy(3, 30, 2, 600))
+        adapter = OpenAIAdapter(provider)
+        adapters.append(adapter)
+        return adapter, Deployment(name="m", provider=provider, model="up-m", policy=policy), fake
+
+    yield start
+    for adapter in adapters:
+        await adapter.close()
+
+
+async def failure_of(awaitable) -> UpstreamError:
+    with pytest.raises(UpstreamError) as caught:
+        await awaitable
+    return caught.value
+
+
+async def stopped_early(fake, size: int) -> bool:
+    """The fake could not write its whole answer: the adapter closed the connection."""
+    assert await eventually(lambda: fake.written, 10)
+    return fake.written[0] < size // 2
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_an_answer_past_max_upstream_body_is_a_protocol_failure_not_read_further(upstream, chunked):
+    adapter, deployment, fake = await upstream()
+    fake.queue(Large(HUGE, chunked=chunked))
+    error = await failure_of(adapter.chat(deployment, CHAT))
+    assert error.failure is FailureClass.PROTOCOL
+    assert "max_upstream_body" in error.message
+    assert await stopped_early(fake, HUGE)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_an_answer_of_exactly_max_upstream_body_is_read_and_one_byte_more_is_not(upstream, chunked):
+    adapter, deployment, fake = await upstream()
+    fake.queue(Large(LIMIT, chunked=chunked), Large(LIMIT + 1, chunked=chunked))
+    reply = await adapter.chat(deployment, CHAT)
+    assert len(reply.body) == LIMIT and orjson.loads(reply.body)["pad"].startswith("xxx")
+    assert (await failure_of(adapter.chat(deployment, CHAT))).failure is FailureClass.PROTOCOL
+
+
+async def test_a_compressed_answer_is_bounded_as_it_is_decompressed(upstream):
+    adapter, deployment, fake = await upstream()
+    bomb = gzip.compress(b'{"pad": "' + b"x" * HUGE + b'"}')  # its Content-Length is far below the bound
+    assert len(bomb) < LIMIT
+    fake.queue(Raw(gzip.compress(ANSWER), headers={"Content-Encoding": "gzip"}),
+               Raw(bomb, headers={"Content-Encoding": "gzip"}))
+    assert (await adapter.chat(deployment, CHAT)).body == ANSWER
+    assert (await failure_of(adapter.chat(deployment, CHAT))).failure is FailureClass.PROTOCOL
+
+
+@pytest.mark.parametrize(("status", "failure"), [(500, FailureClass.SERVER), (400, FailureClass.CLIENT)])
+async def test_an_error_answer_is_read_up_to_its_own_small_bound(upstream, status, failure):
+    adapter, deployment, fake = await upstream()
+    fake.queue(Large(HUGE, status=status))
+    error = await failure_of(adapter.chat(deployment, CHAT))
+    assert (error.failure, error.status) == (failure, status)
+    assert orjson.loads(error.body)["error"]["message"]  # an OpenAI-shaped body of its own, not the flood
+    assert await stopped_early(fake, HUGE)
+    fake.queue(Large(MAX_ERROR_BODY, status=status))  # an error answer within the bound is read whole
+    assert (await failure_of(adapter.chat(deployment, CHAT))).status == status
+    assert fake.written[1] == MAX_ERROR_BODY
+
+
+async def test_a_stream_line_past_max_upstream_body_is_a_protocol_failure(upstream):
+    adapter, deployment, fake = await upstream()
+    fake.queue(Large(10 * 1024 * 1024, event_stream=True))
+    stream = await adapter.stream(deployment, CHAT)
+    try:
+        error = await failure_of(anext(aiter(stream)))
+    finally:
+        await stream.aclose()
+    assert error.failure is FailureClass.PROTOCOL
+    assert "max_upstream_body" in error.message
+
+
+async def test_a_stream_event_of_many_lines_is_bounded_as_a_whole(upstream):
+    adapter, deployment, fake = await upstream()
+    half = b"x" * (LIMIT // 2)
+    within = b'data: {"a":\ndata: "' + half + b'"}\n\n'
+    past = b'data: {"a": "' + half + b'",\ndata: "b": "' + half + b'"}\n\n'  # each line within, the event not
+    fake.queue(Raw(within, content_type="text/event-stream"), Raw(past, content_type="text/event-stream"))
+    stream = await adapter.stream(deployment, CHAT)
+    try:
+        assert await anext(aiter(stream)) == b'data: {"a":\n"' + half + b'"}\n\n'
+    finally:
+        await stream.aclose()
+    stream = await adapter.stream(deployment, CHAT)
+    try:
+        error = await failure_of(anext(aiter(stream)))
+    finally:
+        await stream.aclose()
+    assert error.failure is FailureClass.PROTOCOL

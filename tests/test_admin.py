@@ -1,8 +1,10 @@
-"""GET /admin/status and /admin/explain (SPEC §3, §4) on the real app, with fake upstreams."""
+"""GET /admin/status and /admin/explain (SPEC §3, §4) on the real app, with fake upstreams,
+and who may reach the admin endpoints and /metrics (SPEC §10)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
 
 import pytest
@@ -158,7 +160,7 @@ async def test_admin_endpoints_need_a_key_and_refuse_other_origins(gateway, path
         version: 1
         server:
           auth:
-            keys: [{name: ops, key: ops-key-123}]
+            keys: [{name: ops, key: ops-key-123, role: admin}]
         providers:
           demo: {type: mock}
         models:
@@ -176,3 +178,84 @@ async def test_admin_endpoints_need_a_key_and_refuse_other_origins(gateway, path
     if path != "/admin/events":  # an event stream stays open: test_events reads it
         async with gw.session.get(gw.url + path, headers={"x-api-key": "ops-key-123"}) as response:
             assert response.status == 200
+
+
+# --- admin scope (SPEC §10) --------------------------------------------------------------------
+
+APP_KEY, ADMIN_KEY = "app-key-chat-only-1", "admin-key-ops-1"
+SCOPED = f"""
+    version: 1
+    server:
+      auth:
+        keys:
+          - {{name: billing, key: {APP_KEY}, allow: [chat]}}
+          - {{name: ops, key: {ADMIN_KEY}, role: admin}}
+    providers:
+      demo: {{type: mock}}
+    models:
+      echo: {{provider: demo, model: echo}}
+    aliases:
+      chat: {{targets: [echo]}}
+"""
+ADMIN_PATHS = [("GET", "/admin/status"), ("GET", "/admin/explain?model=chat"), ("GET", "/admin/events"),
+               ("POST", "/admin/reload"), ("GET", "/metrics")]
+
+
+class AnsweringReloader:
+    """Stands in for the reload task, so POST /admin/reload answers at once: here only who may ask counts."""
+
+    async def request(self, trigger: str) -> dict:
+        return {"ok": True, "changed": False, "version": "v", "error": None, "errors": [], "trigger": trigger}
+
+    def last_result(self) -> None:
+        return None
+
+
+async def scoped(gateway, config: str = SCOPED):
+    gw = await gateway(config)
+    gw.runtime.reloader = AnsweringReloader()
+    return gw
+
+
+@pytest.mark.parametrize(("method", "path"), ADMIN_PATHS)
+async def test_an_app_key_gets_403_permission_denied_on_admin_paths_and_an_admin_key_passes(gateway, method, path):
+    gw = await scoped(gateway)
+    async with gw.session.request(method, gw.url + path, headers={"x-api-key": APP_KEY}) as response:
+        body = await response.json()
+        assert response.status == 403
+        assert body["error"]["code"] == "permission_denied" and body["error"]["type"] == "permission_error"
+        assert APP_KEY not in json.dumps(body)
+    async with gw.session.request(method, gw.url + path, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as response:
+        assert response.status == 200  # an event stream's headers arrive at once; leaving closes it
+    async with gw.session.request(method, gw.url + path) as response:
+        assert response.status == 401 and (await response.json())["error"]["code"] == "missing_api_key"
+
+
+async def test_the_app_key_still_serves_its_own_api(gateway):
+    gw = await scoped(gateway)
+    assert (await gw.chat("chat", headers={"x-api-key": APP_KEY})).status == 200
+    assert (await gw.chat("chat", headers={"x-api-key": ADMIN_KEY})).status == 200  # an admin key is an app key too
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz"])
+async def test_health_probes_never_need_a_key(gateway, path):
+    gw = await scoped(gateway)
+    async with gw.session.get(gw.url + path) as response:
+        assert response.status == 200
+
+
+async def test_public_metrics_need_no_key_and_the_admin_paths_still_do(gateway):
+    gw = await scoped(gateway, SCOPED.replace("    server:\n", "    server:\n      metrics: public\n"))
+    assert gw.runtime.holder.current.graph.server.metrics == "public"
+    async with gw.session.get(gw.url + "/metrics") as response:
+        assert response.status == 200 and "gatewayd_requests" in await response.text()
+    async with gw.session.get(gw.url + "/admin/status", headers={"x-api-key": APP_KEY}) as response:
+        assert response.status == 403
+
+
+async def test_status_names_the_config_by_its_absolute_path(admin, monkeypatch):
+    gw = admin
+    monkeypatch.chdir(gw.config_path.parent)
+    gw.runtime.config_path = gw.config_path.name  # as `gatewayd run -c gateway.yaml` gives it
+    _, _, body = await get(gw, "/admin/status")
+    assert body["config"]["path"] == str(gw.config_path)

@@ -12,6 +12,7 @@ import json
 import logging
 import re
 import time
+from datetime import datetime, timedelta
 
 import aiohttp
 import openai
@@ -19,12 +20,15 @@ import orjson
 import pytest
 from yarl import URL
 
+from gatewayd.daemon.api import OpenAIHandlers
 from gatewayd.daemon.app import healthz
 from gatewayd.daemon.routes import Routes
+from tests.fakes import Large, eventually, fakes, gateway_config
 from tests.fakes_native import BoundedGateways
 
 FULL_KEY = "app-key-full-0001"
 LIMITED_KEY = "app-key-limited-0001"
+ADMIN_KEY = "app-key-ops-0001"
 BOUND = 10.0  # seconds: the longest any single wait in these tests may take
 
 MOCK = """
@@ -45,6 +49,7 @@ AUTH = """
         keys:
           - {name: full, key: app-key-full-0001}
           - {name: limited, key: app-key-limited-0001, allow: [chat]}
+          - {name: ops, key: app-key-ops-0001, role: admin}
     providers:
       demo: {type: mock}
     models:
@@ -203,7 +208,7 @@ async def test_admin_endpoints_need_a_key_when_keys_are_configured(gateway, path
         assert_error(await response.json(), "missing_api_key")
     async with gw.session.get(gw.url + path, headers={"x-api-key": "wrong"}) as response:
         assert response.status == 401
-    async with gw.session.get(gw.url + path, headers={"Authorization": f"Bearer {FULL_KEY}"}) as response:
+    async with gw.session.get(gw.url + path, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as response:
         assert response.status == 200
 
 
@@ -298,6 +303,16 @@ async def test_bad_bodies_are_400(gateway, data, code, param):
         assert headers["Content-Type"].startswith("application/json")
 
 
+async def test_a_malformed_json_body_is_located_by_line_and_column(gateway):
+    gw = await gateway(MOCK)
+    data = b'{\n  "model": "chat",\n  "messages": [{"role": "user", "content": nul}]\n}'
+    status, _, body = await answer(await gw.post("/v1/chat/completions", data=data,
+                                                 headers={"Content-Type": "application/json"}))
+    assert status == 400
+    assert_error(body, "invalid_json")
+    assert body["error"]["message"].startswith("the body is not valid JSON: line 3, column 44: 'nul' ")
+
+
 async def test_bad_request_via_the_sdk_is_a_bad_request_error(gateway):
     gw = await gateway(MOCK)
     async with sdk(gw) as client:
@@ -383,6 +398,40 @@ def test_a_path_and_method_cannot_be_routed_twice():
     routes.get("/x", healthz)
     with pytest.raises(ValueError, match="GET /x is routed twice"):
         routes.get("/x", healthz)
+
+
+CHUNKED = b"POST /v1/chat/completions HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n"
+
+
+@pytest.mark.parametrize(("sent", "status", "code"), [
+    (b"GARBAGE\r\n\r\n", 400, "invalid_http"),  # no request line at all
+    (b"GET /healthz HTTP/1.1\r\nHost: h\r\nNo colon here\r\n\r\n", 400, "invalid_http"),
+    (CHUNKED + b"Content-Type: application/json\r\n\r\nzz\r\n{}\r\n0\r\n\r\n", 400, "invalid_http"),
+    (CHUNKED + b"Content-Length: 2\r\n\r\n2\r\n{}\r\n0\r\n\r\n", 400, "invalid_http"),  # framing twice
+    (b"GET /healthz HTTP/1.1\r\nHost: h\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n", 431,
+     "request_header_too_large"),
+    (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: h\r\n\r\n", 431, "request_header_too_large"),
+], ids=["request-line", "header", "chunked-size", "length-and-chunked", "header-too-large", "line-too-large"])
+async def test_what_the_http_parser_refuses_is_answered_in_openai_shape(gateway, sent, status, code):
+    gw = await gateway(MOCK)
+    got, raw, _ = await raw_request(gw.url, sent)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert got == status
+    assert b"content-type: application/json" in head.lower()
+    assert b"x-gatewayd-config" in head.lower()
+    assert_error(orjson.loads(body), code)
+
+
+async def test_a_handler_failing_unexpectedly_answers_500_in_openai_shape(gateway, monkeypatch):
+    def broken(self, request):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(OpenAIHandlers, "models", broken)
+    gw = await gateway(MOCK)
+    status, headers, body = await answer(await gw.session.get(gw.url + "/v1/models"))
+    assert status == 500 and headers["Content-Type"].startswith("application/json")
+    assert_error(body, "internal_error")
+    assert "a bug" not in body["error"]["message"]  # the log says why, not the client
 
 
 # --- browsers: no cross-origin use, no CORS ---------------------------------------------------
@@ -771,7 +820,11 @@ async def test_access_log_json_format(gateway, caplog):
     assert first["model"] == "chat" and first["deployment"] == "echo" and first["attempts"] == 1
     assert first["prompt_tokens"] == 2 and first["completion_tokens"] == 2
     assert first["method"] == "POST" and first["path"] == "/v1/chat/completions"
-    assert isinstance(first["latency_ms"], float) and isinstance(first["ts"], float)
+    assert isinstance(first["latency_ms"], float)
+    for record in records:  # as every JSON line of the daemon (SPEC §10)
+        assert record["level"] == "info" and record["event"] == "access"
+        assert record["msg"] == f"{record['method']} {record['path']} {record['status']}"
+        assert datetime.fromisoformat(record["ts"]).utcoffset() == timedelta(0)
     assert records[2]["error"].startswith("the body is not valid JSON")
     assert records[3]["path"] == "/v1/models"
 
@@ -816,3 +869,24 @@ async def test_a_body_within_read_timeout_is_served(gateway):
     status, raw, _ = await raw_request(gw.url, head, body[:10], keep_sending=body[10:], gap=0.005)
     assert status == 200
     assert b"slow but in time" in raw
+
+
+# --- upstream answers are bounded (server.max_upstream_body) ----------------------------------
+
+HUGE = 50 * 1024 * 1024  # far more than the socket buffers between the fake and the gateway hold
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["answer", "stream"])
+async def test_an_upstream_answer_past_max_upstream_body_falls_back_unread(gateway, fake_openai, stream):
+    ups = await fakes(fake_openai, "big", "small")
+    gw = await gateway(gateway_config(ups, aliases={"chat": {"targets": ["big", "small"]}},
+                                      server={"max_upstream_body": "1MiB"}))
+    ups["big"].queue(Large(HUGE, chunked=True, event_stream=stream))
+    async with await gw.chat(stream=stream) as response:
+        assert response.status == 200
+        assert response.headers["x-gatewayd-deployment"] == "small"
+        assert b"from small" in await response.read()
+    last_error = (await gw.status())["deployments"]["big"]["last_error"]
+    assert last_error.startswith("protocol") and "max_upstream_body" in last_error
+    assert await eventually(lambda: ups["big"].written, BOUND)
+    assert ups["big"].written[0] < HUGE // 2  # the gateway closed the connection instead of reading on

@@ -1,12 +1,15 @@
-"""The `gatewayd` command (daemon/cli.py), run as a real subprocess: check, explain, schema."""
+"""The `gatewayd` command (daemon/cli.py), run as a real subprocess: check, explain, schema,
+hash-key, --version."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 from textwrap import dedent
 
@@ -19,12 +22,12 @@ SCRIPT = Path(sys.executable).with_name("gatewayd")
 COMMAND = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-P", "-m", "gatewayd.daemon.cli"]
 
 
-def gatewayd(*args: str, cwd: Path | str = REPO,
-             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def gatewayd(*args: str, cwd: Path | str = REPO, env: dict[str, str] | None = None,
+             stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run `gatewayd ARGS` with a clean environment: no provider keys leak in from ours."""
     clean = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **(env or {})}
     return subprocess.run([*COMMAND, *args], cwd=cwd, env=clean, capture_output=True,
-                          text=True, timeout=60)
+                          text=True, timeout=60, input=stdin)
 
 
 def example_line(text: str) -> int:
@@ -213,3 +216,51 @@ def test_no_command_is_a_usage_error():
     result = gatewayd()
     assert result.returncode == 2
     assert "usage: gatewayd" in result.stderr
+
+
+# --- --version and hash-key ------------------------------------------------------------------
+
+
+def test_version_prints_the_installed_version():
+    result = gatewayd("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"gatewayd {metadata.version('gatewayd')}\n"
+    assert re.fullmatch(r"gatewayd \d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+@pytest.mark.parametrize(("typed", "key"), [("s3cret-key\n", "s3cret-key"), ("s3cret-key", "s3cret-key"),
+                                            ("s3cret-key\r\n", "s3cret-key"), ("two-lines\n\n", "two-lines\n")])
+def test_hash_key_prints_the_line_to_paste(typed, key):
+    result = gatewayd("hash-key", stdin=typed)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"key_sha256: {hashlib.sha256(key.encode()).hexdigest()}\n"
+
+
+@pytest.mark.parametrize("typed", ["", "\n"])
+def test_hash_key_without_a_key_is_a_usage_error(typed):
+    result = gatewayd("hash-key", stdin=typed)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: ") and "stdin" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_hash_key_output_pasted_into_a_config_authenticates_that_key(gateway, tmp_path):
+    line = gatewayd("hash-key", stdin="ops-key-from-the-vault\n").stdout.strip()
+    config = dedent(SMALL) + dedent(f"""\
+        server:
+          auth:
+            keys:
+              - name: ops
+                role: admin
+                {line}
+        """)
+    (tmp_path / "checked.yaml").write_text(config)
+    assert gatewayd("check", "-c", str(tmp_path / "checked.yaml")).returncode == 0
+    assert "ops-key-from-the-vault" not in config
+    gw = await gateway(config)
+    async with gw.session.get(gw.url + "/admin/status", headers={"x-api-key": "ops-key-from-the-vault"}) as response:
+        assert response.status == 200
+    async with gw.session.get(gw.url + "/admin/status", headers={"x-api-key": "ops-key-from-the-vaul"}) as response:
+        assert response.status == 401
+    assert (await gw.chat("chat", headers={"Authorization": "Bearer ops-key-from-the-vault"})).status == 200

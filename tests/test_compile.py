@@ -3,7 +3,9 @@ flattening, policy merging, the frozen graph, version ids and identities."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
 import json
 import signal
 from datetime import UTC, datetime
@@ -19,6 +21,7 @@ from gatewayd.daemon import schema
 from gatewayd.daemon.config import load
 from gatewayd.daemon.graph import Candidate, Graph, Route, Tier
 from gatewayd.daemon.problems import ConfigError
+from gatewayd.daemon.units import size_bytes
 
 F = "gateway.yaml"  # loaded by a relative path, so it is the FILE of every message
 
@@ -244,6 +247,88 @@ def test_empty_app_key(key):
               - name: app
                 key: {key}
         """) == [f"{F}:6:14: app key 'app' is empty; set the variable it names or remove the entry"]
+
+
+DIGEST = hashlib.sha256(b"ops-key").hexdigest()
+
+
+def test_roles_hashed_keys_and_the_metrics_setting():
+    graph = compiled(f"""\
+        version: 1
+        server:
+          metrics: public
+          auth:
+            keys:
+              - {{name: app, key: app-key}}
+              - {{name: ops, key_sha256: "{DIGEST.upper()}", role: admin, allow: [chat]}}
+        """)
+    app, ops = graph.server.keys
+    assert (app.admin, app.hashed, app.expected, app.key.reveal()) == (False, False, b"app-key", "app-key")
+    assert (ops.admin, ops.hashed, ops.expected, ops.key, ops.allow) == (True, True, bytes.fromhex(DIGEST), None,
+                                                                         {"chat"})
+    assert graph.server.metrics == "public" and graph.server.hashed_keys
+    assert DIGEST not in repr(graph.server).lower()
+
+
+def test_role_and_metrics_default_to_the_schemas_defaults():
+    graph = compiled("""\
+        version: 1
+        server:
+          auth: {keys: [{name: app, key: app-key}]}
+        """)
+    assert schema.default("appKey", "role") == "app" and not graph.server.keys[0].admin
+    assert schema.default("server", "metrics") == "auth" == graph.server.metrics
+    assert not graph.server.hashed_keys  # then a request never hashes what it presents
+
+
+def test_key_and_key_sha256_together_is_an_error_at_key_sha256():
+    assert errors(f"""\
+        version: 1
+        server:
+          auth:
+            keys:
+              - name: ops
+                key: ops-key
+                key_sha256: {DIGEST}
+        """) == [f"{F}:7:9: app key 'ops': give either key or key_sha256, not both"]
+
+
+def test_an_entry_without_key_or_key_sha256_is_an_error_at_the_entry():
+    assert errors("""\
+        version: 1
+        server:
+          auth:
+            keys:
+              - name: ops
+                role: admin
+        """) == [f"{F}:5:9: app key 'ops' needs key (the key itself) or key_sha256 (its SHA-256, "
+                 "from `gatewayd hash-key`)"]
+
+
+@pytest.mark.parametrize("digest", ["my-actual-secret-key", DIGEST[:-1], DIGEST + "0", "g" * 64])
+def test_key_sha256_must_be_64_hex_digits_and_is_never_echoed(digest):
+    found = errors(f"""\
+        version: 1
+        server:
+          auth:
+            keys:
+              - name: ops
+                key_sha256: "{digest}"
+        """)
+    assert found == [f"{F}:6:21: app key 'ops': key_sha256 must be 64 hex digits, the SHA-256 of the key "
+                     "(`gatewayd hash-key` prints it)"]
+    assert digest not in found[0]
+
+
+def test_the_version_id_follows_a_key_sha256_and_hides_a_plain_key():
+    def version(entry: str) -> str:
+        return compiled(f"version: 1\nserver: {{auth: {{keys: [{entry}]}}}}\n").version
+
+    hashed = version(f"{{name: ops, key_sha256: {DIGEST}}}")
+    assert hashed == version(f"{{name: ops, key_sha256: {DIGEST}}}")
+    assert hashed != version(f"{{name: ops, key_sha256: {hashlib.sha256(b'other').hexdigest()}}}")
+    assert hashed != version(f"{{name: ops, key_sha256: {DIGEST}, role: admin}}")
+    assert version("{name: ops, key: one-key}") != version("{name: ops, key: two-key}")
 
 
 # --- providers -------------------------------------------------------------------------------
@@ -848,6 +933,69 @@ def test_deployment_identity_survives_a_rename_but_not_a_new_key():
     rekeyed = compiled(BASE.replace("sk-test", "sk-other")).deployments["gpt"]
     assert rekeyed.identity != before.identity
     assert "sk-test" not in repr(before.identity)
+
+
+def provider_of(text: str, name: str = "p"):
+    return compiled(text).providers[name]
+
+
+USERINFO = """
+version: 1
+providers:
+  p: {type: openai, base_url: "https://proxy%40corp:pa%3Ass-word-1234@llm.example.com:8443/v1"EXTRA}
+"""
+
+
+def test_a_base_urls_userinfo_becomes_a_basic_header_and_leaves_the_url():
+    provider = provider_of(USERINFO.replace("EXTRA", ""))
+    assert provider.base_url == "https://llm.example.com:8443/v1"
+    sent = dict(provider.headers)["Authorization"]
+    assert sent.startswith("Basic ")
+    assert base64.b64decode(sent[6:]).decode() == "proxy@corp:pa:ss-word-1234"  # percent-decoded, as sent
+    # every form an upstream may echo is redacted, the password alone too
+    assert {sent, sent[6:], "proxy@corp:pa:ss-word-1234", "pa:ss-word-1234"} <= set(provider.redactions)
+    assert "pa%3Ass-word-1234" not in repr(provider) + repr(provider.identity)
+
+
+def test_an_explicit_authorization_header_wins_over_userinfo():
+    provider = provider_of(USERINFO.replace("EXTRA", ', headers: {authorization: "Bearer tok-5678"}'))
+    assert dict(provider.headers) == {"authorization": "Bearer tok-5678"}
+    assert provider.base_url == "https://llm.example.com:8443/v1"
+    assert {"Bearer tok-5678", "tok-5678"} <= set(provider.redactions)
+
+
+def test_every_header_value_long_enough_to_be_a_credential_is_redacted():
+    provider = provider_of("""
+version: 1
+providers:
+  p: {type: openai, api_key: sk-1, headers: {X-Title: MyApp, X-Org-Key: org-12345678}}
+""")
+    assert set(provider.redactions) == {"sk-1", "org-12345678"}  # "MyApp" would blank out answers
+
+
+def test_a_credential_in_headers_is_part_of_the_deployments_identity():
+    text = """
+version: 1
+providers:
+  p: {type: openai, headers: {X-Api-Key: "%s"}}
+models:
+  m: {provider: p, model: gpt-4o-mini}
+"""
+    first, second = compiled(text % "key-one-1234"), compiled(text % "key-two-5678")
+    assert first.deployments["m"].identity != second.deployments["m"].identity
+    assert "key-one" not in repr(first.deployments["m"].identity)
+
+
+def test_max_upstream_body_goes_into_every_provider_and_its_pools_identity():
+    default = compiled(BASE)
+    assert default.server.max_upstream_body == size_bytes(schema.default("server", "max_upstream_body"))
+    assert {p.max_upstream_body for p in default.providers.values()} == {64 * 1024 * 1024}
+    bounded = compiled(BASE + "server: {max_upstream_body: 2MiB}\n")
+    assert bounded.server.max_upstream_body == 2 * 1024 * 1024
+    assert {p.max_upstream_body for p in bounded.providers.values()} == {2 * 1024 * 1024}
+    # an adapter reads with the bound it was built with: a new bound is a new pool
+    assert bounded.providers["openai"].identity != default.providers["openai"].identity
+    assert bounded.deployments["gpt"].identity == default.deployments["gpt"].identity  # health is kept
 
 
 # --- property: generated configs -------------------------------------------------------------

@@ -51,6 +51,16 @@ def test_api_key_file_is_read_from_credentials_directory_when_set(tmp_path, monk
     assert graph.providers["anthropic"].api_key.reveal() == "from-credentials"
 
 
+def test_a_credential_of_a_lone_newline_disables_its_provider(tmp_path):
+    # systemd/gatewayd.service gives each credential this default when its file is absent
+    config = write(tmp_path / "etc" / "gateway.yaml", ANTHROPIC_FROM_FILE)
+    (tmp_path / "creds").mkdir()
+    (tmp_path / "creds" / "anthropic.key").write_text("\n")
+    graph = load(config, env={"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")}).graph
+    assert graph.providers["anthropic"].disabled and graph.providers["anthropic"].api_key is None
+    assert any("anthropic" in warning and "disabled" in warning for warning in graph.warnings)
+
+
 def test_api_key_file_is_read_from_the_configs_folder_otherwise(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "anthropic.key").write_text("from-the-working-directory\n")  # a decoy
@@ -269,6 +279,79 @@ def test_several_unset_variables_are_all_reported(tmp_path):
         f"{config}:3:30: environment variable 'A_KEY' is not set (use ${{A_KEY:-}} for an optional value)",
         f"{config}:4:30: environment variable 'B_KEY' is not set (use ${{B_KEY:-}} for an optional value)",
     ]
+
+
+# --- every error at once: the compiler checks the parts the schema accepted -------------------
+
+
+def test_compile_errors_of_the_parts_that_validated_come_with_the_schema_errors(tmp_path):
+    config = write(tmp_path / "gateway.yaml", """\
+        version: 1
+        server:
+          max_body: lots
+        defaults:
+          timezone: Europe/Berln
+        providers:
+          demo: {type: mock}
+          bad: {type: opnai}
+          filed: {type: openai, api_key_file: missing.key}
+        models:
+          echo: {provider: demo, model: echo}
+          lost: {provider: nowhere, model: x}
+        aliases:
+          chat: {targets: [echo], fallbacks: [cheap, nothere]}
+          cheap: {targets: [echo], fallbacks: [chat]}
+        """)
+    found = problems(config)
+    assert [p.split(": ", 1)[0] for p in found] == [
+        f"{config}:3:13", f"{config}:5:13", f"{config}:8:15", f"{config}:9:39", f"{config}:12:20",
+        f"{config}:14:46", f"{config}:15:40"]
+    assert "max_body" in found[0] and "'opnai'" in found[2]  # the schema's
+    assert "unknown time zone 'Europe/Berln'" in found[1]  # the compiler's, and the secret file's
+    assert "missing.key" in found[3] and "does not exist" in found[3]
+    assert "provider 'nowhere'" in found[4] and "'nothere'" in found[5] and "chat -> cheap -> chat" in found[6]
+
+
+def test_a_secret_file_that_cannot_be_read_does_not_hide_compile_errors(tmp_path):
+    config = write(tmp_path / "gateway.yaml", """\
+        version: 1
+        providers:
+          filed: {type: openai, api_key_file: missing.key}
+        models:
+          m: {provider: filed, model: x}
+          lost: {provider: nowhere, model: x}
+        """)
+    found = problems(config)
+    assert [p.split(": ", 1)[0] for p in found] == [f"{config}:3:39", f"{config}:6:20"]
+    assert "missing.key" in found[0] and "provider 'nowhere'" in found[1]
+
+
+def test_a_refused_part_is_reported_by_the_schema_only_and_its_name_still_resolves(tmp_path):
+    config = write(tmp_path / "gateway.yaml", """\
+        version: 1
+        providers:
+          demo: {type: mock}
+        models:
+          broken: {provider: nowhere, model: x, colour: red}
+          also-broken: {provider: demo}
+        aliases:
+          chat: {targets: [broken, also-broken], fallbacks: [odd]}
+          odd: {targets: []}
+        """)
+    assert [p.split(": ", 1)[1] for p in problems(config)] == [
+        "unknown key 'colour' in models.broken; allowed keys: provider, model, pricing, windows, timeouts, retry, "
+        "cooldown",
+        "models.also-broken is missing the required key 'model'",
+        "aliases.odd.targets must not be empty",
+    ]
+
+
+@pytest.mark.parametrize("section", ["models: [echo]", "models:\n  -bad-name: {provider: demo, model: x}"])
+def test_a_section_refused_whole_leaves_the_schema_errors_alone(tmp_path, section):
+    config = write(tmp_path / "gateway.yaml", "version: 1\ndefaults: {timezone: Mars/Base}\n"
+                                              "providers:\n  demo: {type: mock}\n" + section + "\n")
+    found = problems(config)
+    assert len(found) == 1 and "time zone" not in found[0]
 
 
 # --- finding the config ----------------------------------------------------------------------

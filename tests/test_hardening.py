@@ -44,7 +44,10 @@ async def test_embeddings_on_an_alias_of_chat_only_providers_is_a_client_error(g
     assert "haiku: provider type anthropic cannot serve embeddings" in payload["error"]["message"]
 
 
-async def test_an_adapter_that_crashes_is_a_failure_of_its_deployment_and_falls_back(gateway, monkeypatch):
+async def test_an_adapter_that_crashes_falls_back_and_is_not_counted_against_its_deployment(
+        gateway, monkeypatch, caplog):
+    # a bug of the gateway's own, whatever request set it off: one client must not be able to
+    # cool a healthy deployment down for everyone by finding it
     gw = await gateway("""
         version: 1
         providers:
@@ -70,4 +73,6 @@ async def test_an_adapter_that_crashes_is_a_failure_of_its_deployment_and_falls_
     assert payload["choices"][0]["message"]["content"] == "from the good one"
     assert response.headers["x-gatewayd-deployment"] == "second"
     status = await gw.status()
-    assert status["deployments"]["first"]["last_error"] == "protocol: internal adapter error (KeyError)"
+    assert status["deployments"]["first"]["state"] == "ok"
+    assert status["deployments"]["first"]["failures"] == 0 and status["deployments"]["first"]["last_error"] is None
+    assert "the mock adapter failed unexpectedly" in caplog.text  # logged with its traceback, to be fixed

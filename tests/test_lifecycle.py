@@ -20,13 +20,14 @@ import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
-from tests.fakes import Ok, Stream
+from tests.fakes import Ok, Status, Stream
 
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -139,6 +140,7 @@ async def spawn(tmp_path, session):
         stderr = tmp_path / f"stderr-{len(started)}.txt"
         environ = {k: v for k, v in os.environ.items()
                    if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
+        environ["RUNTIME_DIRECTORY"] = str(tmp_path / "run")  # its runtime file, never the system's
         environ.update(env or {})
         with stderr.open("wb") as err:
             process = subprocess.Popen(
@@ -331,3 +333,117 @@ models:
     assert "did you mean 'demo'?" in log
     assert "serving on" not in log
     assert notify.pending() == []
+
+
+def json_log_config(broken_url: str, spare_url: str, alias_extra: str = "") -> str:
+    """log_format json; `chat` tries `first` (broken upstream: cooldown after one failure) then
+    `second`; provider `gone` has an empty key, which is a warning at start."""
+    return f"""  log_format: json
+  shutdown_grace: 3s
+defaults:
+  retry: {{attempts: 1}}
+  cooldown: {{failures: 1, initial: 300ms}}
+providers:
+  a: {{type: openai, base_url: "{broken_url}"}}
+  b: {{type: openai, base_url: "{spare_url}"}}
+  gone: {{type: openai, base_url: "http://127.0.0.1:9/v1", api_key: ""}}
+models:
+  first: {{provider: a, model: up-a}}
+  second: {{provider: b, model: up-b}}
+  cold: {{provider: gone, model: x}}
+aliases:
+  chat: {{targets: [first], fallbacks: [second]}}
+{alias_extra}"""
+
+
+async def test_with_log_format_json_every_line_the_daemon_writes_is_one_json_object(spawn, session, fake_openai):
+    broken, spare = await fake_openai("broken"), await fake_openai("spare")
+    broken.default = Status(500, "broken upstream")
+    daemon = await spawn(json_log_config(broken.base_url, spare.base_url))
+    chat = {"model": "chat", "messages": [{"role": "user", "content": "hi"}]}
+
+    async with session.post(daemon.url + "/v1/chat/completions", json=chat) as response:  # fallback, cooldown
+        assert response.status == 200
+    async def cooled_down() -> bool:
+        async with session.get(daemon.url + "/admin/status") as response:
+            return (await response.json())["deployments"]["first"]["state"] != "cooldown"
+    await wait_for_state(cooled_down)
+    broken.default = Ok("back")
+    async with session.post(daemon.url + "/v1/chat/completions", json=chat) as response:  # the probe: cooldown_end
+        assert (await response.json())["choices"][0]["message"]["content"] == "back"
+
+    header = f"version: 1\nserver:\n  listen: 127.0.0.1:{daemon.port}\n"
+    daemon.config.write_text(header + json_log_config(broken.base_url, spare.base_url,
+                                                      "  other: {targets: [second]}\n"))
+    async with session.post(daemon.url + "/admin/reload") as response:
+        assert (await response.json())["ok"]
+    await wait_for_state(lambda: logged(daemon, "reload", result="accepted"))
+    daemon.config.write_text(header + "providers: {a: {type: openai}}\nmodels: {m: {provider: nope, model: x}}\n")
+    async with session.post(daemon.url + "/admin/reload") as response:
+        assert not (await response.json())["ok"]
+    await wait_for_state(lambda: logged(daemon, "reload", result="rejected"))
+    daemon.signal(signal.SIGTERM)
+    assert await daemon.exit_code() == 0
+
+    text = daemon.log()
+    assert text.endswith("\n")
+    lines = [orjson.loads(line) for line in text[:-1].split("\n")]  # each line parses alone
+    for line in lines:
+        assert isinstance(line, dict), line
+        assert {"ts", "level", "event", "msg"} <= set(line), line
+        assert all(isinstance(line[name], str) and line[name] for name in ("ts", "level", "event")), line
+        assert datetime.fromisoformat(line["ts"]).utcoffset() == timedelta(0), line
+    stamps = [datetime.fromisoformat(line["ts"]) for line in lines]
+    assert stamps == sorted(stamps), "access lines and log lines are written in the order they happened"
+    events = [line["event"] for line in lines]
+    for event in ("config_warning", "start", "access", "fallback", "cooldown_start", "cooldown_end", "reload",
+                  "config_error", "stop_signal", "drain", "stopped"):
+        assert event in events, (event, events)
+    assert events[-1] == "stopped"
+    start = lines[events.index("start")]
+    assert start["listen"] == f"127.0.0.1:{daemon.port}" and start["msg"].startswith("gatewayd serving on ")
+    fallback = lines[events.index("fallback")]
+    assert (fallback["alias"], fallback["from"]) == ("chat", "first")
+    assert lines[events.index("cooldown_start")]["deployments"] == ["first"]
+    problem = lines[events.index("config_error")]
+    assert (problem["file"], problem["level"]) == (str(daemon.config), "error")
+    assert isinstance(problem["line"], int) and isinstance(problem["column"], int)
+
+
+async def wait_for_state(probe, timeout: float = 10.0) -> None:
+    """Poll `probe` (sync or async) until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+def logged(daemon: Daemon, event: str, **fields) -> bool:
+    """Whether the daemon's JSON log holds a line of `event` with these fields."""
+    for line in daemon.log().split("\n"):
+        if line.startswith("{"):
+            record = orjson.loads(line)
+            if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
+                return True
+    return False
+
+
+async def test_the_daemon_answers_a_request_it_cannot_parse_in_openai_shape(spawn):
+    daemon = await spawn(MOCK)
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", daemon.port), 5)
+    try:
+        writer.write(b"NOT-HTTP\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(10):
+            raw = await reader.read()  # the daemon closes the connection after its answer
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400" and b"content-type: application/json" in head.lower()
+    assert orjson.loads(body)["error"]["code"] == "invalid_http"

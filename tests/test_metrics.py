@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -251,3 +252,19 @@ async def test_an_upstreams_negative_usage_is_not_counted(gateway, aiohttp_serve
     assert value(samples, "gatewayd_tokens_total", deployment="m", kind="prompt") == 0
     assert value(samples, "gatewayd_tokens_total", deployment="m", kind="completion") == 8
     assert value(samples, "gatewayd_cost_total", deployment="m") == 0
+
+
+async def test_process_metrics_come_from_this_process(scraped):
+    samples, _text, _gw = scraped  # the test process serves the app: the figures are its own
+    assert value(samples, "process_resident_memory_bytes") > 0
+    assert value(samples, "process_open_fds") >= 3
+    assert abs(value(samples, "process_start_time_seconds") - start_time_of_this_process()) < 5
+
+
+def start_time_of_this_process() -> float:
+    """This process's start, from /proc as the kernel keeps it (clock ticks since boot)."""
+    with open("/proc/self/stat") as stat:
+        ticks = int(stat.read().rpartition(")")[2].split()[19])
+    with open("/proc/stat") as proc_stat:
+        boot = next(int(line.split()[1]) for line in proc_stat if line.startswith("btime "))
+    return boot + ticks / os.sysconf("SC_CLK_TCK")

@@ -36,6 +36,7 @@ STATUS_OF = {
     FailureClass.CLIENT: 400,
     FailureClass.PROTOCOL: None,
     FailureClass.REDIRECT: 302,
+    FailureClass.INTERNAL: None,
 }
 
 ATTEMPTS = 3
@@ -58,7 +59,7 @@ def listing(failure: FailureClass) -> RetryPolicy:
         return policy(timeout=True)
     if failure is FailureClass.CONNECT:
         return policy(connect=True)
-    if status is None:  # protocol: name everything there is
+    if status is None:  # protocol, internal: name everything there is
         return policy(range(100, 600), timeout=True, connect=True)
     return policy({status})
 
@@ -127,6 +128,8 @@ RETRY_AFTERS = {
 def expected_decision(failure, listed, last, retry_after, attempt) -> Decision:
     if failure is FailureClass.CLIENT:
         return Decision(Action.RETURN, counts=False)
+    if failure is FailureClass.INTERNAL:
+        return Decision(Action.FALL_BACK, counts=False)
     if failure in NO_RETRY or not listed or last:
         return Decision(Action.FALL_BACK, counts=True)
     if retry_after is None:

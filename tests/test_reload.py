@@ -24,7 +24,7 @@ import pytest
 
 from gatewayd.daemon.config import load
 from gatewayd.daemon.problems import ConfigError
-from gatewayd.daemon.reload_client import daemon_address, endpoint, reload_running
+from gatewayd.daemon.reload_client import Target, endpoint, read_target, reload_running
 from tests.daemon_proc import (
     Daemon,
     Upstream,
@@ -301,6 +301,29 @@ async def test_rejected_reloads_keep_the_old_graph_serving(tmp_path, notify):
                 assert datagrams()[-1] == f"READY=1\nSTATUS=reload accepted: config {serving} unchanged"
 
 
+async def test_a_reload_that_turns_log_format_to_json_switches_every_line_after_it(tmp_path):
+    async with Upstream("A") as a:
+        port = free_port()
+        _, path = config_dir(tmp_path)
+        text = routed_config(port, a.url)
+        path.write_text(text)
+        async with Daemon(path, port, tmp_path) as gw:
+            assert (await gw.chat())[0] == 200
+            rename_save(path, text.replace("  shutdown_grace: 3s\n", "  shutdown_grace: 3s\n  log_format: json\n"))
+            assert (await gw.reload())["version"] == version_of(path, os.environ)
+            assert (await gw.chat())[0] == 200
+        lines = gw.log().rstrip("\n").split("\n")
+    assert lines[0].startswith("gatewayd serving on 127.0.0.1:")  # text, as it always was
+    assert lines[1].startswith("POST /v1/chat/completions 200 ")
+    switched = next(i for i, line in enumerate(lines) if line.startswith("{"))
+    assert all(not line.startswith("{") for line in lines[:switched])
+    records = [json.loads(line) for line in lines[switched:]]  # every line from the reload on
+    assert records[0]["event"] == "reload" and records[0]["result"] == "accepted"
+    assert all({"ts", "level", "event", "msg"} <= set(record) for record in records)
+    events = [record["event"] for record in records]
+    assert "access" in events and events[-3:] == ["stop_signal", "drain", "stopped"]
+
+
 async def test_listen_change_is_reported_and_the_rest_applied(tmp_path):
     async with Upstream("A") as a, Upstream("B") as b:
         port, other = free_port(), free_port()
@@ -389,11 +412,11 @@ async def test_a_stream_in_flight_finishes_on_its_old_upstream(tmp_path):
             assert b.calls == 2 and a.calls == 1
 
 
-async def test_cli_presents_the_app_key_and_the_api_needs_one(tmp_path):
+async def test_cli_presents_the_admin_key_and_the_api_needs_one(tmp_path):
     async with Upstream("A") as a:
         port = free_port()
         _, path = config_dir(tmp_path)
-        auth = '  auth:\n    keys:\n      - {name: ops, key: "${OPS_KEY:-unset}"}\n'
+        auth = '  auth:\n    keys:\n      - {name: ops, key: "${OPS_KEY:-unset}", role: admin}\n'
         path.write_text(routed_config(port, a.url).replace("  shutdown_grace: 3s\n", "  shutdown_grace: 3s\n" + auth))
         async with Daemon(path, port, tmp_path, env={"OPS_KEY": "k-ops"},
                           headers={"Authorization": "Bearer k-ops"}) as gw:
@@ -413,23 +436,22 @@ def test_cli_says_when_no_daemon_answers(tmp_path, capsys):
     assert "cannot reach gatewayd at 127.0.0.1:" in capsys.readouterr().err
 
 
-def test_cli_finds_the_daemon_even_in_a_broken_edit(monkeypatch):
-    monkeypatch.setenv("OPS_KEY", "k1")
-    monkeypatch.delenv("NO_SUCH_VAR", raising=False)
-    assert daemon_address("server:\n  listen: 127.0.0.1:9999\n") == ("127.0.0.1:9999", None)
+def test_cli_finds_the_daemon_even_in_a_broken_edit():
+    env = {"OPS_KEY": "k1"}
+    assert read_target("server:\n  listen: 127.0.0.1:9999\n", env) == Target("127.0.0.1:9999", None)
     broken = ('server:\n  listen: "[::1]:7000"\n  auth:\n    keys:\n      - name: x\n        key: ${OPS_KEY}\n'
-              'models: [\n')
-    assert daemon_address(broken) == ("[::1]:7000", "k1")
-    assert daemon_address("server: {auth: {keys: [{name: x, key: '${NO_SUCH_VAR:-dflt}'}]}}") == (
-        "127.0.0.1:8080", "dflt")
-    assert daemon_address("") == ("127.0.0.1:8080", None)
-    assert daemon_address("server: [\n") == ("127.0.0.1:8080", None)
+              '        role: admin\nmodels: [\n')
+    assert read_target(broken, env) == Target("[::1]:7000", "k1")
+    assert read_target("server: {auth: {keys: [{name: x, key: '${NO_SUCH_VAR:-dflt}', role: admin}]}}",
+                       env) == Target("127.0.0.1:8080", "dflt")
+    assert read_target("", env) == Target("127.0.0.1:8080", None)
+    assert read_target("server: [\n", env) == Target("127.0.0.1:8080", None)
 
 
 async def test_cli_endpoints():
-    assert endpoint("0.0.0.0:8080")[0] == "http://127.0.0.1:8080/admin/reload"
-    assert endpoint("[::]:81")[0] == "http://[::1]:81/admin/reload"
-    assert endpoint("[::1]:81")[0] == "http://[::1]:81/admin/reload"
+    assert endpoint("0.0.0.0:8080")[0] == "http://127.0.0.1:8080"
+    assert endpoint("[::]:81")[0] == "http://[::1]:81"
+    assert endpoint("[::1]:81")[0] == "http://[::1]:81"
     url, connector = endpoint("unix:/run/gatewayd.sock")
-    assert url == "http://gatewayd/admin/reload" and connector.path == "/run/gatewayd.sock"
+    assert url == "http://gatewayd" and connector.path == "/run/gatewayd.sock"
     await connector.close()

@@ -4,7 +4,9 @@ followed, and nothing a client sends can point a request (or a key) elsewhere.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import logging
 import os
 import subprocess
@@ -17,6 +19,8 @@ import pytest
 from aiohttp import web
 
 from gatewayd.daemon.config import load
+from gatewayd.daemon.reload import Reloader
+from gatewayd.daemon.sdnotify import Notifier
 from tests.fakes import Ok, Status, Stream, completion
 from tests.fakes_native import (
     AnthropicError,
@@ -127,7 +131,7 @@ async def test_canary_secrets_never_leak_even_when_upstreams_echo_them(
         version: 1
         server:
           auth:
-            keys: [{{name: canary-app, key: "${{APP_KEY}}"}}]
+            keys: [{{name: canary-app, key: "${{APP_KEY}}", role: admin}}]
         providers:
           up: {{type: openai, base_url: "{upstream.base_url}", api_key: "${{PROVIDER_KEY}}", {FAST_RETRY}}}
           filed: {{type: openai, base_url: "{upstream.base_url}", api_key_file: file-key, {FAST_RETRY}}}
@@ -258,6 +262,38 @@ def test_graph_repr_and_its_parts_show_no_secret(tmp_path):
     key = graph.providers["up"].api_key
     assert key.reveal() == PROVIDER_CANARY and f"{key}" == repr(key) == f"Secret(sha256:{key.fingerprint})"
     assert_clean("the identity", repr(graph.deployments["m"].identity) + repr(graph.providers["up"].identity))
+
+
+HASHED_KEY = "hashed-app-key-3f9c2a71"
+
+
+async def test_a_key_given_as_its_sha256_authenticates_beside_plain_keys(gateway):
+    """The config holds only the digest; the presented key is hashed and compared in constant time."""
+    digest = hashlib.sha256(HASHED_KEY.encode()).hexdigest()
+    gw = await gateway(f"""
+        version: 1
+        server:
+          auth:
+            keys:
+              - {{name: plain, key: {APP_CANARY}}}
+              - {{name: hashed, key_sha256: {digest}, allow: [chat]}}
+        providers:
+          demo: {{type: mock}}
+        models:
+          echo: {{provider: demo, model: echo}}
+        aliases:
+          chat: {{targets: [echo]}}
+    """)
+    assert HASHED_KEY not in gw.config_path.read_text()
+    for key, models in ((HASHED_KEY, {"chat"}), (APP_CANARY, {"chat", "echo"})):
+        async with gw.session.get(gw.url + "/v1/models", headers={"Authorization": f"Bearer {key}"}) as response:
+            assert response.status == 200
+            assert {entry["id"] for entry in (await response.json())["data"]} == models  # which key it was
+    for wrong in (digest, HASHED_KEY[:-1], HASHED_KEY + "x", HASHED_KEY.upper()):
+        assert (await gw.chat("chat", headers={"x-api-key": wrong})).status == 401, wrong
+    assert (await gw.chat("echo", headers={"x-api-key": HASHED_KEY})).status == 403  # its allow list holds
+    redacted = gw.runtime.redact(f"echoed {APP_CANARY} and {HASHED_KEY}")
+    assert redacted == f"echoed [redacted] and {HASHED_KEY}"  # a digest holds no key to find in text
 
 
 def test_gatewayd_check_and_explain_print_no_secret(tmp_path):
@@ -425,3 +461,104 @@ async def test_upstream_cookies_are_never_sent_back_and_provider_headers_go_once
         assert headers.getall("Authorization") == [f"Bearer {PROVIDER_CANARY}"]
         assert headers.getall("Content-Type") == ["application/json"]
         assert "Cookie" not in headers
+
+
+HEADER_CANARY = "hdr-canary-2b7e9d4c1a6f8035"
+CUSTOM_CANARY = "custom-canary-8d1f4a7c2e9b6053"
+BASIC_USER, BASIC_CANARY = "proxyuser", "basic-canary-5c3a8e1f7d2b9046"
+
+
+async def test_credentials_in_headers_and_base_url_never_leak(gateway, fake_openai, capture_everything):
+    """Every credential the config sends upstream is a secret (SPEC §8): a header value, its
+    token alone, a base_url's user:password and the Basic header it becomes."""
+    caplog = capture_everything
+    upstream = await fake_openai("A")
+    with_userinfo = upstream.base_url.replace("http://", f"http://{BASIC_USER}:{BASIC_CANARY}@")
+    gw = await gateway(f"""
+        version: 1
+        server:
+          auth: {{keys: [{{name: ops, key: {APP_CANARY}, role: admin}}]}}
+        providers:
+          bearer: {{type: openai, base_url: "{upstream.base_url}", headers: {{Authorization: "Bearer ${{HDR_KEY}}"}},
+                    {FAST_RETRY}}}
+          custom: {{type: openai, base_url: "{upstream.base_url}", headers: {{X-Custom-Key: {CUSTOM_CANARY}}},
+                    {FAST_RETRY}}}
+          basic: {{type: openai, base_url: "{with_userinfo}", {FAST_RETRY}}}
+          demo: {{type: mock}}
+        models:
+          b: {{provider: bearer, model: gpt-4o-mini}}
+          c: {{provider: custom, model: gpt-4o-mini}}
+          u: {{provider: basic, model: gpt-4o-mini}}
+          echo: {{provider: demo, model: echo}}
+        aliases:
+          chat: {{targets: [b, c, u], fallbacks: [echo]}}
+          b-chat: {{targets: [b], fallbacks: [echo]}}
+          c-chat: {{targets: [c], fallbacks: [echo]}}
+          u-chat: {{targets: [u], fallbacks: [echo]}}
+    """, env={"HDR_KEY": HEADER_CANARY})
+    auth = {"Authorization": f"Bearer {APP_CANARY}"}
+    basic = "Basic " + base64.b64encode(f"{BASIC_USER}:{BASIC_CANARY}".encode()).decode()
+    echoes = (("b-chat", f"Bearer {HEADER_CANARY}"), ("b-chat", HEADER_CANARY), ("c-chat", CUSTOM_CANARY),
+              ("u-chat", basic), ("u-chat", basic[6:]), ("u-chat", f"{BASIC_USER}:{BASIC_CANARY}"),
+              ("u-chat", BASIC_CANARY))
+    seen = Seen()
+    async with watch_events(gw, auth) as events:
+        for alias, echoed in echoes:
+            # the deployment that sent the credential answers with it in a misconfiguration (fall
+            # back), in a client error (returned as it came), then in a 200 answer
+            upstream.queue(Status(401, f"bad credential {echoed}"))
+            async with await gw.chat(alias, headers=auth) as response:
+                assert response.status == 200 and response.headers["x-gatewayd-deployment"] == "echo"
+            upstream.queue(Status(400, f"not allowed: {echoed}", type="invalid_request_error"))
+            async with await gw.chat(alias, headers=auth) as response:
+                assert response.status == 400
+                seen.add(f"400 echoing {echoed}", response.headers, await response.read())
+            upstream.queue(Ok(f"you sent {echoed}"))
+            async with await gw.chat(alias, headers=auth) as response:
+                assert response.status == 200
+                raw = await response.read()
+                assert b"[redacted]" in raw
+                seen.add(f"200 echoing {echoed}", response.headers, raw)
+        for path in ("/admin/status", "/admin/explain?model=chat", "/metrics", "/v1/models"):
+            async with gw.session.get(gw.url + path, headers=auth) as response:
+                seen.add(path, response.headers, await response.read())
+    sent = {request["headers"].get("Authorization") for request in upstream.requests}
+    assert {f"Bearer {HEADER_CANARY}", basic} <= sent  # the credentials did go upstream
+    assert any(request["headers"].get("X-Custom-Key") == CUSTOM_CANARY for request in upstream.requests)
+    canaries = (HEADER_CANARY, CUSTOM_CANARY, BASIC_CANARY, basic[6:])
+
+    def clean(where: str, text) -> None:
+        text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+        for canary in canaries:
+            assert canary not in text, f"{canary} leaked into {where}: {text[:2000]}"
+
+    for where, content in seen.items:
+        clean(where, content)
+    clean("/admin/events", b"".join(events))
+    clean("the logs", all_logged(caplog))
+    graph = gw.runtime.holder.current.graph
+    clean("the graph", repr(graph) + repr(list(graph.providers.values())) + repr(graph.deployments))
+    assert BASIC_CANARY not in graph.providers["basic"].base_url
+
+
+PASTED_KEY = "sk-proj-Wm9vQmFyQmF6UXV4MjAyNnBhc3RlZGtleQ7"  # a key pasted literally where a URL belongs
+
+
+async def test_a_key_pasted_into_the_wrong_field_shows_in_no_reload_answer_status_or_event(gateway):
+    good = "version: 1\nproviders:\n  demo: {type: mock}\nmodels:\n  echo: {provider: demo, model: echo}\n"
+    gw = await gateway(good)
+    gw.runtime.reloader = reloader = Reloader(gw.runtime, Notifier(None))
+    gw.config_path.write_text(good.replace("  demo: {type: mock}\n", "  demo: {type: mock}\n"
+                                           f"  up: {{type: openai, base_url: {PASTED_KEY}}}\n"))
+    with gw.runtime.events.subscribe() as events:
+        answer = await reloader.reload("api")
+        event = await asyncio.wait_for(events.next(), BOUND)
+    status = await gw.status()
+    assert answer["ok"] is False and "sk-p…(" in answer["error"]
+    for where, shown in (("the reload's answer", repr(answer)), ("/admin/status", repr(status)),
+                         ("the reload event", repr(event))):
+        assert PASTED_KEY not in shown and PASTED_KEY[8:24] not in shown, f"the key leaked into {where}: {shown}"
+    check = subprocess.run([str(GATEWAYD), "check", "-c", str(gw.config_path)], capture_output=True,
+                           text=True, timeout=60)
+    assert check.returncode == 1 and "sk-p…(" in check.stderr + check.stdout
+    assert PASTED_KEY not in check.stderr + check.stdout

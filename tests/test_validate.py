@@ -9,7 +9,7 @@ from textwrap import dedent
 import pytest
 
 from gatewayd.daemon.config import load
-from gatewayd.daemon.problems import ConfigError
+from gatewayd.daemon.problems import ConfigError, quoted
 
 F = "gateway.yaml"  # loaded by a relative path, so it is the FILE of every message
 
@@ -126,8 +126,8 @@ def test_missing_required_key_in_a_list_item_points_at_the_item():
         server:
           auth:
             keys:
-              - name: app
-        """) == [f"{F}:5:9: server.auth.keys[0] is missing the required key 'key'"]
+              - key: k
+        """) == [f"{F}:5:9: server.auth.keys[0] is missing the required key 'name'"]
 
 
 # --- types, enums, constants -----------------------------------------------------------------
@@ -168,6 +168,22 @@ def test_enum_without_a_close_value_has_no_suggestion():
         server:
           log_format: xml
         """) == [f"{F}:3:15: server.log_format: 'xml' is not allowed; use one of: text, json"]
+
+
+def test_role_and_metrics_take_only_their_values():
+    assert errors("""\
+        version: 1
+        server:
+          metrics: open
+          auth:
+            keys:
+              - {name: ops, key: k, role: amdin}
+              - {name: app, key_sha256: 12, role: app}
+        """) == [
+        f"{F}:3:12: server.metrics: 'open' is not allowed; use one of: auth, public",
+        f"{F}:6:35: server.auth.keys[0].role: 'amdin' is not allowed (did you mean 'admin'?); use one of: app, admin",
+        f"{F}:7:33: server.auth.keys[1].key_sha256 must be a string, found a number",
+    ]
 
 
 def test_strategy_enum_with_suggestion():
@@ -430,3 +446,189 @@ def test_a_value_from_the_environment_is_never_printed(tmp_path, monkeypatch):
     assert "sk-secret-canary-123" not in message
     assert message == ("gateway.yaml:5:15: providers.p.base_url: the value of ${OPENAI_API_KEY} is not valid: "
                        "base_url is an http:// or https:// URL without query or fragment")
+
+
+# --- a secret pasted into the wrong field is never quoted whole -------------------------------
+
+PASTED = "sk-proj-Q2xhdWRlQ29kZTIwMjZnYXRld2F5ZGRlbW9rZXk1"  # written literally, not from the environment
+MASKED = "'sk-p…("  # its first characters and its length, e.g. 'sk-p…(48 characters)'
+PROVIDERS = "providers:\n  demo: {type: mock}\n"
+MODELS = "models:\n  echo: {provider: demo, model: echo}\n"
+
+
+@pytest.mark.parametrize("config", [
+    "server: {listen: 'PASTED:8080'}\n" + PROVIDERS,  # a listen address that is not loopback (the compiler)
+    "providers:\n  p: {type: openai, base_url: PASTED}\n",  # not a URL (the schema's pattern)
+    "defaults: {timezone: PASTED}\n" + PROVIDERS,  # no such time zone (the compiler)
+    PROVIDERS + "models:\n  m: {provider: PASTED, model: x}\n",  # no such provider
+    PROVIDERS + MODELS + "aliases:\n  chat: {targets: [PASTED]}\n",  # no such model
+    PROVIDERS + MODELS + "aliases:\n  chat: {targets: [echo], fallbacks: [PASTED]}\n",
+    PROVIDERS + MODELS + "aliases:\n  chat: {targets: [echo], strategy: PASTED}\n",  # not a strategy (an enum)
+    "defaults: {retry: {attempts: PASTED}}\n" + PROVIDERS,  # a string where a number belongs: no value quoted
+], ids=["listen", "base_url", "timezone", "provider", "target", "fallback", "strategy", "attempts"])
+def test_a_literal_secret_in_the_wrong_field_is_masked_in_every_message(config):
+    problems = "\n".join(errors("version: 1\n" + config.replace("PASTED", PASTED)))
+    assert PASTED not in problems and PASTED[8:24] not in problems, problems
+    if "attempts" not in config:
+        assert MASKED in problems, problems
+
+
+@pytest.mark.parametrize("value", [
+    "sk-proj-Q2xhdWRlQ29kZTIwMjZnYXRld2F5ZGRlbW9rZXk1", "sk-ant-api03-AbCdEfGh12345678", "AKIAIOSFODNN7EXAMPLE",
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "7f3a9c2e51d84b06a1b2c3d4e5f60718",
+    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.sig", "https://host/v1?key=0123456789abcdef0123456789abcdef",
+])
+def test_values_that_could_be_keys_are_masked(value):
+    assert quoted(value) == f"'{value[:4]}…({len(value)} characters)'"
+
+
+@pytest.mark.parametrize("value", [
+    "claude-3-5-sonnet-20241022", "gpt-4o-mini-2024-07-18", "meta-llama/Meta-Llama-3.1-70B-Instruct",
+    "Qwen2_5_Coder_32B_Instruct", "text-embedding-3-large", "https://api.openai.com/v1", "Europe/Berlin",
+    "America/Argentina/Buenos_Aires", "mon-fri 09:00-17:00", "127.0.0.1:8080", "sk-test", "internationalization",
+])
+def test_names_urls_and_zones_are_quoted_as_written(value):
+    assert quoted(value) == f"'{value}'"
+
+
+# --- a key at the wrong indentation is reported once, where it belongs ------------------------
+
+INDENTED = "(check its indentation)"
+
+
+def test_a_block_dedented_out_of_its_model_is_one_error_not_a_cascade():
+    # as a model named 'windows' it would miss provider and model, with 'timezone' "like timeouts"
+    assert errors("""\
+        version: 1
+        providers:
+          demo: {type: mock}
+        models:
+          llama:
+            provider: demo
+            model: echo
+          windows:
+            only: ["mon-fri 09:00-17:00"]
+            timezone: UTC
+        """) == [f"{F}:8:3: 'windows' is indented as a key of models; it belongs under models.llama {INDENTED}"]
+
+
+def test_a_key_dedented_out_of_an_empty_block_belongs_in_it():
+    assert errors("""\
+        version: 1
+        providers:
+          demo: {type: mock}
+        models:
+          llama:
+            provider: demo
+            model: echo
+            retry:
+            attempts: 3
+        """) == [f"{F}:9:5: 'attempts' is indented as a key of models.llama; it belongs under models.llama.retry "
+                 f"{INDENTED}"]
+
+
+def test_keys_dedented_two_levels_and_several_of_one_block():
+    assert errors("""\
+        version: 1
+        providers:
+          openai:
+            type: openai
+            api_key: x
+          timeouts:
+            connect: 2s
+        models:
+          llama:
+            provider: openai
+            model: gpt-4o
+        retry:
+          attempts: 3
+        aliases:
+          chat:
+            targets: [llama]
+          fallbacks: [llama]
+          strategy: ordered
+        """) == [
+        f"{F}:6:3: 'timeouts' is indented as a key of providers; it belongs under providers.openai {INDENTED}",
+        f"{F}:12:1: 'retry' is indented as a key of the top level; it belongs under models.llama {INDENTED}",
+        f"{F}:17:3: 'fallbacks' and 'strategy' are indented as keys of aliases; they belong under aliases.chat "
+        "(check their indentation)",
+    ]
+
+
+def test_keys_indented_too_far_belong_one_level_up():
+    assert errors("""\
+        version: 1
+        providers:
+          demo: {type: mock}
+        models:
+          llama:
+            provider: demo
+            pricing:
+              input_per_mtok: 1
+              model: echo
+            retry:
+              attempts: 3
+              timeouts:
+                connect: 2s
+        aliases:
+          chat:
+            targets: [llama]
+            cheap:
+              targets: [llama]
+        """) == [  # nor is models.llama said to miss its 'model'
+        f"{F}:9:7: 'model' is indented as a key of models.llama.pricing; it belongs under models.llama {INDENTED}",
+        f"{F}:12:7: 'timeouts' is indented as a key of models.llama.retry; it belongs under models.llama {INDENTED}",
+        f"{F}:17:5: 'cheap' is indented as a key of aliases.chat; it belongs under aliases {INDENTED}",
+    ]
+
+
+def test_a_key_over_indented_under_a_value_gets_a_hint_with_the_yaml_error():
+    problems = errors("""\
+        version: 1
+        providers:
+          demo:
+            type: mock
+              reply: hi
+        """)
+    assert len(problems) == 1 and problems[0].startswith(f"{F}:5:")
+    assert "'reply' is indented deeper than 'type'" in problems[0]
+
+
+def test_a_colon_inside_a_value_gets_no_indentation_hint():
+    problems = errors("""\
+        version: 1
+        providers:
+          demo:
+            type: mock
+            reply: Note: this
+        """)
+    assert len(problems) == 1 and "indent" not in problems[0]
+
+
+def test_an_unknown_key_that_belongs_nowhere_keeps_its_suggestion():
+    assert errors("""\
+        version: 1
+        providers:
+          demo: {type: mock}
+        models:
+          llama:
+            provider: demo
+            model: echo
+            timeout: {connect: 2s}
+        """) == [f"{F}:8:5: unknown key 'timeout' in models.llama (did you mean 'timeouts'?)"]
+
+
+def test_an_entry_named_like_a_key_whose_value_does_not_fit_there_is_an_ordinary_entry():
+    assert errors("""\
+        version: 1
+        providers:
+          demo: {type: mock}
+        models:
+          llama: {provider: demo, model: echo}
+          windows:
+            provider: demo
+            model: echo
+            timeouts: {connect: 5 sec}
+        """) == [f"{F}:9:25: models.windows.timeouts.connect: '5 sec' is not valid: "
+                 "a duration is written like 250ms, 30s, 10m, 1h or 1m30s, or as a number of seconds"]

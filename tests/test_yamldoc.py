@@ -468,3 +468,16 @@ def test_every_problem_is_reported_sorted():
         (5, 1, "duplicate key 'server' (first at line 2)"),
         (6, 1, "key 'on' is read by YAML as a boolean; quote it"),
     ]
+
+
+def test_interpolate_is_one_function_for_the_loader_and_gatewayd_reload():
+    refs: dict = {}
+    env = {"A": "1", "EMPTY": ""}
+    assert yamldoc.interpolate("no reference", env) == ("no reference", [])
+    assert yamldoc.interpolate("${A}-${EMPTY:-d}-${UNSET:-u}-$${A}", env, refs) == ("1-d-u-${A}", [])
+    assert refs == {"A": "1", "EMPTY": "", "UNSET": None}
+    text, found = yamldoc.interpolate("x${MISSING}y${bad name}", env)
+    assert text == "xy"
+    assert found == ["environment variable 'MISSING' is not set (use ${MISSING:-} for an optional value)",
+                     "malformed environment reference '${bad name}' (write ${NAME} or ${NAME:-default}; "
+                     "$${ for a literal ${)"]
