@@ -96,10 +96,16 @@ def test_watchdog_and_stop_timeout():
 
 
 def test_secrets_come_from_credentials():
-    assert service("LoadCredential") == [
+    loaded = service("LoadCredential")
+    assert loaded == [
         "openai:/etc/gatewayd/credentials/openai",
         "anthropic:/etc/gatewayd/credentials/anthropic",
+        "admin-key:/etc/gatewayd/credentials/admin-key",
     ]
+    # each has a default that reads as empty (a newline, stripped), so a credential file the host
+    # lacks disables its provider rather than failing the start (systemd.exec: a SetCredential= for
+    # the same ID makes a failed load non-fatal)
+    assert service("SetCredential") == [f"{entry.partition(':')[0]}:\\n" for entry in loaded]
     assert service("DynamicUser") == ["yes"]
     assert not any("API_KEY" in v for v in service("Environment"))  # never secrets in the unit
 
@@ -108,3 +114,21 @@ def test_network_reaches_providers_and_clients():
     assert service("RestrictAddressFamilies") == ["AF_INET AF_INET6 AF_UNIX"]
     assert not service("IPAddressDeny")
     assert not service("PrivateNetwork")
+
+
+def test_the_systemd_example_config_loads_with_only_the_credential_defaults(tmp_path):
+    """What the unit hands gatewayd on a host with no key files: every credential a lone newline."""
+    from gatewayd.daemon.config import load
+
+    config = UNIT.with_name("gateway.yaml")
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for entry in service("SetCredential"):
+        name, _, default = entry.partition(":")
+        (credentials / name).write_text(default.replace("\\n", "\n"))
+    graph = load(str(config), {"CREDENTIALS_DIRECTORY": str(credentials)}).graph
+    assert {name for name, p in graph.providers.items() if p.disabled} == {"openai", "anthropic"}
+    assert graph.routes["chat"].deployments()[-1] == "echo"  # the mock still answers
+    first_line = config.read_text().splitlines()[0]
+    assert first_line == "# yaml-language-server: $schema=gateway.schema.json"
+    assert (config.parent / "gateway.schema.json").resolve() == UNIT.parent.parent / "schema" / "gateway.schema.json"
