@@ -1,0 +1,161 @@
+"""Instructions per request: what one request costs gatewayd, exactly (callgrind).
+
+    python bench/instructions.py [--requests 1000] [--warmup 100] [--gatewayd PATH]
+
+Runs `gatewayd run -c bench/gateway.bench.yaml` under
+`valgrind --tool=callgrind --separate-threads=yes`, in front of a fake upstream
+(a small aiohttp server in its own process answering the same fixed bodies as
+bench/upstream.nginx.conf), sends --warmup requests, zeroes the counters
+(`callgrind_control -z`), sends --requests sequential keep-alive requests of each
+kind (chat, stream, embeddings), dumps the counters (`callgrind_control -d`)
+after each kind and divides the main thread's instructions by the count.
+
+Times on a shared machine drift from run to run; instruction counts move by
+about 1 % (the timers fire by the clock), so two builds compare closely (run
+it once per build, on the same machine). Under valgrind a request takes ~50x
+longer, so the 10 ms deadline sweep and the 0.1 s access-log flush fire more
+often per request than at full speed: compare figures from this script with
+each other, not with the docs' "as at full speed" row.
+Needs valgrind (`apt-get install valgrind`); ports 18080, 18100, 18101 free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import http.client
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / "bench" / "gateway.bench.yaml"
+KEY = "sk-test"
+
+UPSTREAM = r'''
+import sys
+from aiohttp import web
+answer = sys.argv[1].encode()
+events = sys.argv[2].encode()
+embedding = b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3]}],' \
+            b'"model":"text-embedding-3-small","usage":{"prompt_tokens":2,"total_tokens":2}}'
+async def chat(request):
+    await request.read()
+    return web.Response(body=answer, content_type="application/json")
+async def stream(request):
+    await request.read()
+    return web.Response(body=events, content_type="text/event-stream")
+async def embeddings(request):
+    await request.read()
+    return web.Response(body=embedding, content_type="application/json")
+async def main():
+    for port, handler in ((18100, chat), (18101, stream)):
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", handler)
+        app.router.add_post("/v1/embeddings", embeddings)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+    print("ready", flush=True)
+    import asyncio
+    await asyncio.Event().wait()
+import asyncio
+asyncio.run(main())
+'''
+
+
+def fixed_bodies() -> tuple[str, str]:
+    """The JSON answer and the SSE body bench/upstream.nginx.conf returns."""
+    text = (ROOT / "bench" / "upstream.nginx.conf").read_text()
+    bodies = [part.split("';", 1)[0] for part in text.split("return 200 '")[1:]]
+    return bodies[0], bodies[1]
+
+
+def request(conn: http.client.HTTPConnection, path: str, body: dict) -> None:
+    conn.request("POST", path, json.dumps(body), {"Authorization": f"Bearer {KEY}",
+                                                  "Content-Type": "application/json"})
+    response = conn.getresponse()
+    data = response.read()
+    if response.status != 200:
+        raise SystemExit(f"{path} answered {response.status}: {data[:300]!r}")
+
+
+KINDS = {
+    "chat": ("/v1/chat/completions", {"model": "bench", "messages": [{"role": "user", "content": "hello"}]}),
+    "stream": ("/v1/chat/completions", {"model": "bench-stream", "stream": True,
+                                        "messages": [{"role": "user", "content": "hello"}]}),
+    "embeddings": ("/v1/embeddings", {"model": "bench", "input": "hello"}),
+}
+
+
+def main_thread_total(out_dir: str, pid: int) -> int:
+    """Instructions of the gateway's main thread in the newest dump (callgrind.out.PID.N-01)."""
+    dumps = glob.glob(f"{out_dir}/callgrind.out.{pid}.*-01")
+    newest = max(dumps, key=lambda path: int(path.rsplit(".", 1)[1].split("-")[0]))
+    for line in Path(newest).read_text().splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1])
+    raise SystemExit(f"no totals in {newest}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--warmup", type=int, default=100)
+    beside_python = str(Path(sys.executable).with_name("gatewayd"))
+    parser.add_argument("--gatewayd", default=shutil.which("gatewayd") or beside_python,
+                        help="the gatewayd to measure (default: the one on PATH, else beside this python)")
+    args = parser.parse_args()
+    answer, events = fixed_bodies()
+    out_dir = tempfile.mkdtemp(prefix="gatewayd-callgrind-")
+    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, answer, events], stdout=subprocess.PIPE)
+    gateway = None
+    try:
+        if upstream.stdout.readline().strip() != b"ready":
+            raise SystemExit("the fake upstream did not start")
+        gateway = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+             f"--callgrind-out-file={out_dir}/callgrind.out.%p", args.gatewayd, "run", "-c", str(CONFIG)],
+            stdout=subprocess.DEVNULL, stderr=open(f"{out_dir}/gatewayd.log", "wb"), cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", 18080, timeout=60)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline or gateway.poll() is not None:
+                raise SystemExit(f"gatewayd did not start; see {out_dir}/gatewayd.log")
+            time.sleep(0.5)
+        conn = http.client.HTTPConnection("127.0.0.1", 18080, timeout=60)
+        for kind, (path, body) in KINDS.items():
+            for _ in range(args.warmup):
+                request(conn, path, body)
+            subprocess.run(["callgrind_control", "-z", str(gateway.pid)], check=True, capture_output=True)
+            for _ in range(args.requests):
+                request(conn, path, body)
+            subprocess.run(["callgrind_control", "-d", str(gateway.pid)], check=True, capture_output=True)
+            per_request = main_thread_total(out_dir, gateway.pid) / args.requests
+            print(f"{kind}: {per_request:,.0f} instructions per request ({args.requests} requests)", flush=True)
+    finally:
+        for process in (gateway, upstream):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
