@@ -47,20 +47,17 @@ import orjson
 
 from gatewayd.adapters.base import (
     DONE_EVENT,
-    FailureClass,
     HttpAdapter,
-    Reply,
-    UpstreamError,
-    Usage,
-    classify_status,
     openai_error_body,
     parse_retry_after,
     translates_client_input,
 )
 from gatewayd.adapters.sse import read_events
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
+from gatewayd.daemon.core.replies import Reply, Usage
 
 if TYPE_CHECKING:
-    from gatewayd.daemon.graph import Deployment
+    from gatewayd.daemon.core.graph import Deployment
 
 DEFAULT_MAX_TOKENS = 4096
 DEFAULT_VERSION = "2023-06-01"

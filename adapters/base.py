@@ -1,4 +1,4 @@
-"""The one interface every provider adapter implements, and the failure taxonomy.
+"""The one interface every provider adapter implements, and the HTTP I/O they share.
 
 An adapter speaks one provider's wire format. Its translation is pure
 functions (request in, upstream JSON out; upstream JSON in, OpenAI JSON out)
@@ -6,22 +6,8 @@ tested with literal fixtures; its I/O goes through `HttpAdapter.send()`, the
 one place that talks to the network. The router sees only OpenAI-shaped
 bytes, `UpstreamError`s and the `Adapter` protocol below.
 
-Every upstream failure is classified once, where it is seen:
-
-    class        what                                    router's default reading
-    rate_limit   429                                     retry (if listed), cool down
-    overloaded   503, 529 (Anthropic overloaded_error)   retry (if listed), cool down
-    server       any other 5xx                           retry (if listed), cool down
-    timeout      connect / first byte / idle deadline    retry (if listed), cool down
-    connect      refused, reset, DNS, TLS                retry (if listed), cool down
-    auth         401, 403: deployment misconfigured      no retry, fall back, counts
-    not_found    404: wrong model or URL                 no retry, fall back, counts
-    client       400, 413, 422, other 4xx                back to the client as it came
-    protocol     malformed answer or in-band error       no retry, fall back, counts
-    redirect     3xx (redirects are never followed)      no retry, fall back, counts
-    internal     the gateway's own fault (a bug)         no retry, fall back, does not count
-
-The decision table over these classes lives in gatewayd.daemon.policy.
+Failures are classified once, where they are seen, into the taxonomy of
+gatewayd.daemon.core.failures.
 """
 
 from __future__ import annotations
@@ -30,10 +16,8 @@ import email.utils
 import functools
 import math
 import time
-from dataclasses import dataclass
 from datetime import timezone
-from enum import Enum
-from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -41,97 +25,11 @@ from aiohttp import hdrs
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
+from gatewayd.daemon.core.replies import Reply, ReplyStream, Usage
+
 if TYPE_CHECKING:
-    from gatewayd.daemon.graph import Deployment, Provider
-
-
-class FailureClass(str, Enum):
-    RATE_LIMIT = "rate_limit"
-    OVERLOADED = "overloaded"
-    SERVER = "server"
-    TIMEOUT = "timeout"
-    CONNECT = "connect"
-    AUTH = "auth"
-    NOT_FOUND = "not_found"
-    CLIENT = "client"
-    PROTOCOL = "protocol"
-    REDIRECT = "redirect"
-    INTERNAL = "internal"  # an unexpected exception of the gateway: whoever caused it, not the deployment
-
-
-def classify_status(status: int) -> FailureClass:
-    if status == 429:
-        return FailureClass.RATE_LIMIT
-    if status in (503, 529):
-        return FailureClass.OVERLOADED
-    if status >= 500:
-        return FailureClass.SERVER
-    if status in (401, 403):
-        return FailureClass.AUTH
-    if status == 404:
-        return FailureClass.NOT_FOUND
-    if 300 <= status < 400:
-        return FailureClass.REDIRECT
-    return FailureClass.CLIENT
-
-
-class UpstreamError(Exception):
-    """One failed attempt at one deployment.
-
-    `body` is an OpenAI-shaped error body, already scrubbed of secrets; it is
-    what the client receives when the failure is the client's own (400/422).
-    """
-
-    def __init__(
-        self,
-        failure: FailureClass,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-        body: bytes | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.failure = failure
-        self.message = message
-        self.status = status
-        self.retry_after = retry_after
-        self.body = body
-
-    def describe(self) -> str:
-        status = f" {self.status}" if self.status else ""
-        return f"{self.failure.value}{status}: {self.message}"
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass(slots=True)
-class Reply:
-    """A complete answer in OpenAI's shape."""
-
-    body: bytes
-    usage: Usage | None = None
-
-
-class ReplyStream(Protocol):
-    """An open stream of OpenAI `chat.completion.chunk` events.
-
-    Iterating yields complete SSE events ready to write (`b"data: {...}\\n\\n"`),
-    the final `b"data: [DONE]\\n\\n"` included. It raises `UpstreamError` on an
-    in-band error or a malformed event; when it ends without `done` set, the
-    upstream cut the stream.
-    """
-
-    usage: Usage | None
-    done: bool
-
-    def __aiter__(self) -> AsyncIterator[bytes]: ...
-
-    async def aclose(self) -> None: ...
+    from gatewayd.daemon.core.graph import Deployment, Provider
 
 
 class Adapter(Protocol):
@@ -175,7 +73,9 @@ DONE_EVENT = b"data: [DONE]\n\n"  # how every stream relayed to the client ends 
 
 
 def openai_error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
-    return orjson.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}})
+    """OpenAI's error shape, `{"error": {"message", "type", "code", "param"}}`: what the gateway's
+    own errors (http/errors.py) and the adapters' reshaped upstream errors both answer with."""
+    return orjson.dumps({"error": {"message": message, "type": type_, "code": code, "param": param}})
 
 
 def translates_client_input(provider_type: str):

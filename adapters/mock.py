@@ -17,10 +17,12 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import orjson
 
-from gatewayd.adapters.base import FailureClass, Reply, UpstreamError, Usage, openai_error_body
+from gatewayd.adapters.base import openai_error_body
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.replies import Reply, Usage
 
 if TYPE_CHECKING:
-    from gatewayd.daemon.graph import Deployment, Provider
+    from gatewayd.daemon.core.graph import Deployment, Provider
 
 EMBEDDING_DIMENSIONS = 16
 

@@ -36,19 +36,16 @@ from aiohttp.http_exceptions import LineTooLong
 
 from gatewayd.adapters.base import (
     DONE_EVENT,
-    FailureClass,
     HttpAdapter,
-    Reply,
-    UpstreamError,
-    Usage,
-    classify_status,
     openai_error_body,
     parse_retry_after,
     translates_client_input,
 )
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
+from gatewayd.daemon.core.replies import Reply, Usage
 
 if TYPE_CHECKING:
-    from gatewayd.daemon.graph import Deployment
+    from gatewayd.daemon.core.graph import Deployment
 
 OPTION_KEYS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
 ERROR_TYPES = {

@@ -16,20 +16,13 @@ import aiohttp
 import msgspec
 import orjson
 
-from gatewayd.adapters.base import (
-    DONE_EVENT,
-    FailureClass,
-    HttpAdapter,
-    Reply,
-    UpstreamError,
-    Usage,
-    openai_error_body,
-    usage_from_openai,
-)
+from gatewayd.adapters.base import DONE_EVENT, HttpAdapter, openai_error_body, usage_from_openai
 from gatewayd.adapters.sse import read_events
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.replies import Reply, Usage
 
 if TYPE_CHECKING:
-    from gatewayd.daemon.graph import Deployment, Provider
+    from gatewayd.daemon.core.graph import Deployment, Provider
 
 
 MAX_NESTING = 254  # levels of arrays and objects orjson writes; it reads up to 1024

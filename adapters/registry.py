@@ -11,7 +11,7 @@ from gatewayd.adapters.ollama import OllamaAdapter
 from gatewayd.adapters.openai import AzureOpenAIAdapter, OpenAIAdapter
 
 if TYPE_CHECKING:
-    from gatewayd.daemon.graph import Provider
+    from gatewayd.daemon.core.graph import Provider
 
 ADAPTER_TYPES = {
     "openai": OpenAIAdapter,

@@ -15,7 +15,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp.http_exceptions import LineTooLong
 
-from gatewayd.adapters.base import FailureClass, UpstreamError
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 
 
 def parse_field(line: bytes) -> tuple[bytes, bytes]:

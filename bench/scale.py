@@ -4,7 +4,7 @@
 Measures, on generated configs with N = 10 and N = 1000 models and aliases:
 
 1. compile time: `gatewayd check -c FILE` wall time (best of 3) and the
-   in-process `gatewayd.daemon.config.load()` time (best of 5), split into
+   in-process `gatewayd.daemon.config.load.load()` time (best of 5), split into
    parse / validate / compile / version id;
 2. hot reload under load: the daemon serves 16 closed-loop clients on the
    N=1000 config; phase (a) without reloads, phase (b) with POST /admin/reload
@@ -129,9 +129,9 @@ def write_atomic(path: Path, text: str) -> None:
 # In-process timing of config.load() and its pieces, run by the daemon's own Python.
 LOAD_TIMER = r"""
 import gc, json, os, sys, threading, time
-from gatewayd.daemon import compile as C, config
-from gatewayd.daemon.yamldoc import load_document
-from gatewayd.daemon.validate import validate
+from gatewayd.daemon.config import compile as C, load as loading
+from gatewayd.daemon.config.yamldoc import load_document
+from gatewayd.daemon.config.validate import validate
 repeat = int(sys.argv[1])
 spent = {}
 def timed(owner, name, key):
@@ -154,7 +154,7 @@ for path in sys.argv[2:]:
     for _ in range(repeat):
         spent.clear()
         t0 = time.perf_counter()
-        loaded = config.load(path)
+        loaded = loading.load(path)
         total = time.perf_counter() - t0
         t = time.perf_counter(); doc = load_document(path, os.environ); parse = time.perf_counter() - t
         t = time.perf_counter(); validate(doc); val = time.perf_counter() - t
@@ -185,7 +185,7 @@ for path in sys.argv[2:]:
     thread = threading.Thread(target=ticker)
     thread.start()
     time.sleep(0.05)
-    config.load(path)
+    loading.load(path)
     stop.set()
     thread.join()
     gc.callbacks.remove(on_gc)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from datetime import datetime, timezone
 from importlib import metadata
 
-from gatewayd.daemon.config import find_config, load
-from gatewayd.daemon.explain import UnknownRoute, explain_plan, format_plan
-from gatewayd.daemon.problems import ConfigError
+from gatewayd.daemon.config.load import find_config, load
+from gatewayd.daemon.core.problems import ConfigError
+from gatewayd.daemon.routing.explain import UnknownRoute, explain_plan, format_plan, parse_instant
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,13 +58,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_instant(text: str | None) -> datetime:
-    if not text:
-        return datetime.now(timezone.utc)
-    instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return instant if instant.tzinfo else instant.replace(tzinfo=timezone.utc)
-
-
 def cmd_explain(args: argparse.Namespace) -> int:
     try:
         at = parse_instant(args.at)
@@ -86,7 +78,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    from gatewayd.daemon.schema import schema_text
+    from gatewayd.daemon.config.schemadoc import schema_text
 
     sys.stdout.write(schema_text())
     return 0

@@ -50,14 +50,14 @@ from typing import TYPE_CHECKING
 
 from watchfiles import awatch
 
-from gatewayd.daemon.config import load
-from gatewayd.daemon.graph import Graph
-from gatewayd.daemon.problems import ConfigError, Problem
-from gatewayd.daemon.runtime import Snapshot, close_when_drained
-from gatewayd.daemon.yamldoc import load_document
+from gatewayd.daemon.config.load import load, secret_files
+from gatewayd.daemon.config.yamldoc import load_document
+from gatewayd.daemon.core.graph import Graph
+from gatewayd.daemon.core.problems import ConfigError, Problem
+from gatewayd.daemon.routing.snapshot import Snapshot, close_when_drained
 
 if TYPE_CHECKING:
-    from gatewayd.daemon.app import Runtime
+    from gatewayd.daemon.http.runtime import Runtime
     from gatewayd.daemon.sdnotify import Notifier
 
 log = logging.getLogger("gatewayd")
@@ -97,7 +97,8 @@ class Reloader:
         self._loop = loop
         loop.add_signal_handler(signal.SIGHUP, self.ask, "signal")  # before any await: no gap
         try:
-            self._secrets = secret_files(load_document(self.path, os.environ).data, self.path)
+            data = load_document(self.path, os.environ).data
+            self._secrets = tuple(secret_files(data, self.path, os.environ).values())
         except ConfigError:
             pass  # the running graph loaded it a moment ago; a watch on the config itself still works
         self._aim()
@@ -190,7 +191,7 @@ class Reloader:
                 return result
             loaded = await asyncio.to_thread(load, self.path)
             graph = loaded.graph
-            secrets = secret_files(loaded.document.data, self.path)
+            secrets = tuple(secret_files(loaded.document.data, self.path, os.environ).values())
             env_names = tuple(sorted(loaded.document.env_refs))
             # The digests were taken before the load: if the file changed in between, the next
             # reload sees a difference and loads again, never the reverse. A file that now names
@@ -347,13 +348,3 @@ def inputs_of(path: str, env_names: tuple[str, ...], secrets: tuple[Path, ...]) 
     except OSError:
         return None
     return file_digest, tuple((name, os.environ.get(name)) for name in env_names), secret_digests
-
-
-def secret_files(data, config_path: str) -> tuple[Path, ...]:
-    """The api_key_file paths a document names, resolved as config.read_secrets resolves them."""
-    base = os.environ.get("CREDENTIALS_DIRECTORY") or str(Path(config_path).resolve().parent)
-    providers = data.get("providers") if isinstance(data, dict) else None
-    if not isinstance(providers, dict):
-        return ()
-    return tuple(Path(base, raw["api_key_file"]) for raw in providers.values()
-                 if isinstance(raw, dict) and isinstance(raw.get("api_key_file"), str))

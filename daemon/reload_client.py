@@ -31,9 +31,9 @@ import aiohttp
 import yaml
 
 from gatewayd.daemon import runfile
-from gatewayd.daemon.config import find_config
-from gatewayd.daemon.problems import ConfigError
-from gatewayd.daemon.yamldoc import interpolate
+from gatewayd.daemon.config.load import find_config
+from gatewayd.daemon.config.yamldoc import interpolate
+from gatewayd.daemon.core.problems import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
 TIMEOUT = 30.0

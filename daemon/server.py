@@ -35,11 +35,13 @@ import sys
 from aiohttp import web
 
 from gatewayd.daemon import runfile
-from gatewayd.daemon.app import Runtime, create_app
-from gatewayd.daemon.config import Loaded, find_config, load
-from gatewayd.daemon.httpserver import GatewayServer
-from gatewayd.daemon.logformat import LineHandler, configure_logging
-from gatewayd.daemon.problems import ConfigError
+from gatewayd.daemon.config.load import Loaded, find_config, load
+from gatewayd.daemon.core.problems import ConfigError
+from gatewayd.daemon.http.app import create_app
+from gatewayd.daemon.http.connection import GatewayServer
+from gatewayd.daemon.http.runtime import Runtime
+from gatewayd.daemon.observe.logformat import LineHandler, configure_logging
+from gatewayd.daemon.reload import Reloader
 from gatewayd.daemon.sdnotify import Notifier
 
 log = logging.getLogger("gatewayd")
@@ -75,11 +77,7 @@ def on_stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> Non
         loop.add_signal_handler(sig, received, sig)
 
 
-async def start_reloader(runtime: Runtime, notifier: Notifier, loop: asyncio.AbstractEventLoop):
-    try:
-        from gatewayd.daemon.reload import Reloader
-    except ImportError:  # a build without hot reload still serves
-        return None
+async def start_reloader(runtime: Runtime, notifier: Notifier, loop: asyncio.AbstractEventLoop) -> Reloader:
     reloader = Reloader(runtime, notifier)
     runtime.reloader = reloader
     await reloader.start(loop)
@@ -175,7 +173,7 @@ def run(config: str | None) -> int:
         log.warning("warning: %s", warning, extra={"event": "config_warning"})
     try:
         import uvloop
-    except ImportError:  # optional (the `fast` extra): the standard loop serves too
+    except ImportError:  # not installed where uvloop has no build (Windows): the standard loop serves
         loop_factory = None
     else:
         loop_factory = uvloop.new_event_loop

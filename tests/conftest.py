@@ -11,9 +11,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import RawTestServer
 
-from gatewayd.daemon.app import Runtime, create_app
-from gatewayd.daemon.config import load
-from gatewayd.daemon.httpserver import GatewayServer
+from gatewayd.daemon.config.load import load
+from gatewayd.daemon.http.app import create_app
+from gatewayd.daemon.http.connection import GatewayServer
+from gatewayd.daemon.http.runtime import Runtime
 from tests.fakes import FakeOpenAI
 
 
@@ -61,7 +62,7 @@ class GatewayTestServer(RawTestServer):
 @pytest.fixture
 async def gateway(tmp_path):
     """Factory: `gw = await gateway(yaml_text, env={})` runs the real app on 127.0.0.1,
-    on the daemon's own low-level server (daemon/httpserver.py, as server.py runs it; the
+    on the daemon's own low-level server (daemon/http/connection.py, as server.py runs it; the
     test server cancels handlers whose client went away, as the daemon does)."""
     sessions = []
     runtimes = []

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.daemon import accesslog
-from gatewayd.daemon.accesslog import (
+from gatewayd.daemon.observe import accesslog
+from gatewayd.daemon.observe.accesslog import (
     ERROR_LIMIT,
     MODEL_LIMIT,
     TEXT_VALUES_KEPT,

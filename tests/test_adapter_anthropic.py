@@ -14,8 +14,8 @@ from gatewayd.adapters.anthropic import (
     from_upstream,
     to_upstream,
 )
-from gatewayd.adapters.base import FailureClass, UpstreamError
-from gatewayd.daemon.graph import (
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.graph import (
     Backoff,
     CooldownPolicy,
     Deployment,

@@ -9,7 +9,6 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gatewayd.adapters.base import FailureClass, UpstreamError
 from gatewayd.adapters.ollama import (
     OllamaAdapter,
     StreamTranslator,
@@ -18,7 +17,8 @@ from gatewayd.adapters.ollama import (
     from_upstream,
     to_upstream,
 )
-from gatewayd.daemon.graph import (
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.graph import (
     Backoff,
     CooldownPolicy,
     Deployment,

@@ -18,9 +18,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.adapters.base import MAX_ERROR_BODY, FailureClass, UpstreamError, Usage, usage_from_openai
+from gatewayd.adapters.base import MAX_ERROR_BODY, usage_from_openai
 from gatewayd.adapters.openai import OpenAIAdapter, check_chunk, from_upstream, glance
-from gatewayd.daemon.graph import (
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.graph import (
     Backoff,
     CooldownPolicy,
     Deployment,
@@ -29,6 +30,7 @@ from gatewayd.daemon.graph import (
     RetryPolicy,
     Timeouts,
 )
+from gatewayd.daemon.core.replies import Usage
 from tests.fakes import Large, Raw, eventually
 
 ANSWER = (b'{"id":"chatcmpl-1","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini",'

@@ -20,9 +20,9 @@ import orjson
 import pytest
 from yarl import URL
 
-from gatewayd.daemon.api import OpenAIHandlers
-from gatewayd.daemon.app import healthz
-from gatewayd.daemon.routes import Routes
+from gatewayd.daemon.http.api import OpenAIHandlers
+from gatewayd.daemon.http.app import healthz
+from gatewayd.daemon.http.paths import Routes
 from tests.fakes import Large, eventually, fakes, gateway_config
 from tests.fakes_native import BoundedGateways
 

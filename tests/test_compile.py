@@ -1,4 +1,4 @@
-"""The compiler (daemon/compile.py): its rules with exact locations, warnings, plan
+"""The compiler (daemon/config/compile.py): its rules with exact locations, warnings, plan
 flattening, policy merging, the frozen graph, version ids and identities."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gatewayd.daemon import schema
-from gatewayd.daemon.config import load
-from gatewayd.daemon.graph import Candidate, Graph, Route, Tier
-from gatewayd.daemon.problems import ConfigError
-from gatewayd.daemon.units import size_bytes
+from gatewayd.daemon.config import schemadoc
+from gatewayd.daemon.config.load import load
+from gatewayd.daemon.config.units import size_bytes
+from gatewayd.daemon.core.graph import Candidate, Graph, Route, Tier
+from gatewayd.daemon.core.problems import ConfigError
 
 F = "gateway.yaml"  # loaded by a relative path, so it is the FILE of every message
 
@@ -276,8 +276,8 @@ def test_role_and_metrics_default_to_the_schemas_defaults():
         server:
           auth: {keys: [{name: app, key: app-key}]}
         """)
-    assert schema.default("appKey", "role") == "app" and not graph.server.keys[0].admin
-    assert schema.default("server", "metrics") == "auth" == graph.server.metrics
+    assert schemadoc.default("appKey", "role") == "app" and not graph.server.keys[0].admin
+    assert schemadoc.default("server", "metrics") == "auth" == graph.server.metrics
     assert not graph.server.hashed_keys  # then a request never hashes what it presents
 
 
@@ -792,7 +792,7 @@ def test_when_with_4xx_strings_and_connect():
 
 
 def test_schema_defaults_apply_when_nothing_is_set():
-    from gatewayd.daemon.units import seconds
+    from gatewayd.daemon.config.units import seconds
 
     graph = compiled("""\
         version: 1
@@ -804,35 +804,35 @@ def test_schema_defaults_apply_when_nothing_is_set():
     policy = graph.deployments["m"].policy
     file_schema = json.loads(resources.files("gatewayd.schema").joinpath("gateway.schema.json")
                              .read_text("utf-8"))
-    assert schema.schema() == file_schema  # schema.default reads schema/gateway.schema.json
+    assert schemadoc.schema() == file_schema  # schema.default reads schema/gateway.schema.json
 
     for key in ("connect", "first_byte", "idle", "total"):
-        assert getattr(policy.timeouts, key) == seconds(schema.default("timeouts", key))
-    assert policy.retry.attempts == schema.default("retry", "attempts")
-    assert policy.retry.retry_after_max == seconds(schema.default("retry", "retry_after_max"))
+        assert getattr(policy.timeouts, key) == seconds(schemadoc.default("timeouts", key))
+    assert policy.retry.attempts == schemadoc.default("retry", "attempts")
+    assert policy.retry.retry_after_max == seconds(schemadoc.default("retry", "retry_after_max"))
     backoff = policy.retry.backoff
-    assert backoff.initial == seconds(schema.default("retry", "backoff", "initial"))
-    assert backoff.max == seconds(schema.default("retry", "backoff", "max"))
-    assert backoff.multiplier == schema.default("retry", "backoff", "multiplier")
-    assert backoff.jitter == schema.default("retry", "backoff", "jitter")
-    assert schema.default("retry", "when") == [429, "5xx", "timeout", "connect"]
+    assert backoff.initial == seconds(schemadoc.default("retry", "backoff", "initial"))
+    assert backoff.max == seconds(schemadoc.default("retry", "backoff", "max"))
+    assert backoff.multiplier == schemadoc.default("retry", "backoff", "multiplier")
+    assert backoff.jitter == schemadoc.default("retry", "backoff", "jitter")
+    assert schemadoc.default("retry", "when") == [429, "5xx", "timeout", "connect"]
     assert policy.retry.retry_statuses == {429, *range(500, 600)}
     assert (policy.retry.retry_timeout, policy.retry.retry_connect) == (True, True)
     cooldown = policy.cooldown
-    assert cooldown.failures == schema.default("cooldown", "failures")
-    assert cooldown.initial == seconds(schema.default("cooldown", "initial"))
-    assert cooldown.multiplier == schema.default("cooldown", "multiplier")
-    assert cooldown.max == seconds(schema.default("cooldown", "max"))
+    assert cooldown.failures == schemadoc.default("cooldown", "failures")
+    assert cooldown.initial == seconds(schemadoc.default("cooldown", "initial"))
+    assert cooldown.multiplier == schemadoc.default("cooldown", "multiplier")
+    assert cooldown.max == seconds(schemadoc.default("cooldown", "max"))
 
     server = graph.server
-    assert server.listen == schema.default("server", "listen")
-    assert server.shutdown_grace == seconds(schema.default("server", "shutdown_grace"))
-    assert server.read_timeout == seconds(schema.default("server", "read_timeout"))
-    assert server.log_format == schema.default("server", "log_format")
-    assert server.max_body == 8 * 1024 * 1024 and schema.default("server", "max_body") == "8MiB"
+    assert server.listen == schemadoc.default("server", "listen")
+    assert server.shutdown_grace == seconds(schemadoc.default("server", "shutdown_grace"))
+    assert server.read_timeout == seconds(schemadoc.default("server", "read_timeout"))
+    assert server.log_format == schemadoc.default("server", "log_format")
+    assert server.max_body == 8 * 1024 * 1024 and schemadoc.default("server", "max_body") == "8MiB"
     provider = graph.providers["p"]
-    assert provider.max_connections == schema.default("provider", "max_connections")
-    assert provider.options["reply"] == schema.default("provider", "reply")
+    assert provider.max_connections == schemadoc.default("provider", "max_connections")
+    assert provider.options["reply"] == schemadoc.default("provider", "reply")
     assert graph.aliases == ()
 
 
@@ -841,7 +841,7 @@ def test_alias_strategy_defaults_to_the_schemas():
         aliases:
           chat: {targets: [gpt]}
         """))
-    assert graph.routes["chat"].tiers[0].strategy == schema.default("alias", "strategy")
+    assert graph.routes["chat"].tiers[0].strategy == schemadoc.default("alias", "strategy")
 
 
 # --- immutability ----------------------------------------------------------------------------
@@ -988,7 +988,7 @@ models:
 
 def test_max_upstream_body_goes_into_every_provider_and_its_pools_identity():
     default = compiled(BASE)
-    assert default.server.max_upstream_body == size_bytes(schema.default("server", "max_upstream_body"))
+    assert default.server.max_upstream_body == size_bytes(schemadoc.default("server", "max_upstream_body"))
     assert {p.max_upstream_body for p in default.providers.values()} == {64 * 1024 * 1024}
     bounded = compiled(BASE + "server: {max_upstream_body: 2MiB}\n")
     assert bounded.server.max_upstream_body == 2 * 1024 * 1024

@@ -1,4 +1,4 @@
-"""The loading pipeline (daemon/config.py): secret files, environment references, and bad
+"""The loading pipeline (daemon/config/load.py): secret files, environment references, and bad
 inputs of every kind, each a located ConfigError and never any other exception."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from textwrap import dedent
 
 import pytest
 
-from gatewayd.daemon.config import find_config, load
-from gatewayd.daemon.problems import ConfigError
+from gatewayd.daemon.config.load import find_config, load
+from gatewayd.daemon.core.problems import ConfigError
 
 ANTHROPIC_FROM_FILE = """\
     version: 1

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from gatewayd.daemon.deadlines import Deadlines
+from gatewayd.daemon.routing.deadlines import Deadlines
 
 TICK = 0.01
 

@@ -1,4 +1,4 @@
-"""The event bus (daemon/events.py) and GET /admin/events on the real app."""
+"""The event bus (daemon/observe/events.py) and GET /admin/events on the real app."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 
 import orjson
 
-from gatewayd.daemon.events import EventBus
+from gatewayd.daemon.observe.events import EventBus
 from tests.fakes import Ok, Status
 
 SECRET = "sk-events-secret-9999"

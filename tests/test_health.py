@@ -1,12 +1,12 @@
-"""The cooldown state machine (daemon/health.py, SPEC §3 step 9) and HealthBook,
+"""The cooldown state machine (daemon/state/health.py, SPEC §3 step 9) and HealthBook,
 keyed by deployment identity. Every time is an explicit monotonic `now`."""
 
 from __future__ import annotations
 
 import pytest
 
-from gatewayd.adapters.base import FailureClass, UpstreamError
-from gatewayd.daemon.graph import (
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.graph import (
     Backoff,
     CooldownPolicy,
     Deployment,
@@ -16,7 +16,7 @@ from gatewayd.daemon.graph import (
     Secret,
     Timeouts,
 )
-from gatewayd.daemon.health import LATENCY_SMOOTHING, Health, HealthBook
+from gatewayd.daemon.state.health import LATENCY_SMOOTHING, Health, HealthBook
 
 N = 3
 INITIAL = 30.0

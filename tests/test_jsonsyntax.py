@@ -1,4 +1,4 @@
-"""How a malformed request body is explained (daemon/jsonsyntax.py): where, as line and
+"""How a malformed request body is explained (daemon/http/jsonsyntax.py): where, as line and
 column in characters, and what is wrong there, in the gateway's own words."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gatewayd.daemon.jsonsyntax import explain_invalid_json
+from gatewayd.daemon.http.jsonsyntax import explain_invalid_json
 
 
 def explained(body: bytes) -> str:

@@ -1,4 +1,4 @@
-"""The daemon's log lines (daemon/logformat.py): text as always, or one JSON object per line,
+"""The daemon's log lines (daemon/observe/logformat.py): text as always, or one JSON object per line,
 following a format read per record, and in order with the batched access lines."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from datetime import datetime, timedelta
 import orjson
 import pytest
 
-from gatewayd.daemon.accesslog import AccessLog, AccessRecord
-from gatewayd.daemon.logformat import JsonFormatter, LineHandler, configure_logging, iso_utc
+from gatewayd.daemon.observe.accesslog import AccessLog, AccessRecord
+from gatewayd.daemon.observe.logformat import JsonFormatter, LineHandler, configure_logging, iso_utc
 
 
 def record(msg: str = "gatewayd serving on %s", *args, name: str = "gatewayd", level: int = logging.INFO,

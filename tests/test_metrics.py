@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from gatewayd.daemon.metrics import STATES
+from gatewayd.daemon.observe.metrics import STATES
 from gatewayd.daemon.reload import Reloader
 from gatewayd.daemon.sdnotify import Notifier
 from tests.fakes import Ok, Status, Stream, completion

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from gatewayd.daemon.config import load
-from gatewayd.daemon.problems import ConfigError
+from gatewayd.daemon.config.load import load
+from gatewayd.daemon.core.problems import ConfigError
 from gatewayd.daemon.reload_client import Target, endpoint, read_target, reload_running
 from tests.daemon_proc import (
     Daemon,

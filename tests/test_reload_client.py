@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gatewayd.daemon.config import load
-from gatewayd.daemon.problems import ConfigError
+from gatewayd.daemon.config.load import load
+from gatewayd.daemon.core.problems import ConfigError
 from gatewayd.daemon.reload_client import ADMIN_KEY_VARIABLE, Target, addresses, read_target
 from tests.daemon_proc import Daemon, Upstream, config_dir, free_port, routed_config, write_in_place
 

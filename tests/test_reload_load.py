@@ -11,7 +11,7 @@ import re
 import time
 from collections import Counter
 
-from gatewayd.daemon.config import load
+from gatewayd.daemon.config.load import load
 from tests.daemon_proc import Daemon, Upstream, config_dir, free_port, read_stream, rename_save, routed_config
 
 CLIENTS = 20

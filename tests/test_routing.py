@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 import openai
 import pytest
 
-from gatewayd.daemon.config import load
+from gatewayd.daemon.config.load import load
 from tests.fakes import Hang, Ok, Raw, Status, completion, deployment_status, eventually, fakes, gateway_config
 
 CHAT_PATH = "/v1/chat/completions"

@@ -18,7 +18,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from gatewayd.daemon.config import load
+from gatewayd.daemon.config.load import load
 from gatewayd.daemon.reload import Reloader
 from gatewayd.daemon.sdnotify import Notifier
 from tests.fakes import Ok, Status, Stream, completion

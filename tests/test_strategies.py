@@ -1,4 +1,4 @@
-"""Ordering a tier's candidates by its strategy (daemon/strategies.py)."""
+"""Ordering a tier's candidates by its strategy (daemon/routing/strategies.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from collections import Counter
 
 import pytest
 
-from gatewayd.daemon.graph import Candidate, Tier
-from gatewayd.daemon.health import Health
-from gatewayd.daemon.strategies import Strategies
+from gatewayd.daemon.core.graph import Candidate, Tier
+from gatewayd.daemon.routing.strategies import Strategies
+from gatewayd.daemon.state.health import Health
 
 STRATEGIES = ["ordered", "round-robin", "weighted", "least-busy", "lowest-latency"]
 

@@ -118,7 +118,7 @@ def test_network_reaches_providers_and_clients():
 
 def test_the_systemd_example_config_loads_with_only_the_credential_defaults(tmp_path):
     """What the unit hands gatewayd on a host with no key files: every credential a lone newline."""
-    from gatewayd.daemon.config import load
+    from gatewayd.daemon.config.load import load
 
     config = UNIT.with_name("gateway.yaml")
     credentials = tmp_path / "credentials"

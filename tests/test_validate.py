@@ -1,4 +1,4 @@
-"""Schema errors as located problems (daemon/validate.py): each kind of error, its exact
+"""Schema errors as located problems (daemon/config/validate.py): each kind of error, its exact
 `FILE:LINE:COL: message`, pointing at the offending key or value itself."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from textwrap import dedent
 
 import pytest
 
-from gatewayd.daemon.config import load
-from gatewayd.daemon.problems import ConfigError, quoted
+from gatewayd.daemon.config.load import load
+from gatewayd.daemon.core.problems import ConfigError, quoted
 
 F = "gateway.yaml"  # loaded by a relative path, so it is the FILE of every message
 

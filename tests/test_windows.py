@@ -1,4 +1,4 @@
-"""Tests for daemon/windows.py: window syntax, evaluation, DST behaviour, properties."""
+"""Tests for daemon/core/windows.py: window syntax, evaluation, DST behaviour, properties."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.daemon.windows import (
+from gatewayd.daemon.core.windows import (
     WindowRange,
     Windows,
     WindowSyntaxError,

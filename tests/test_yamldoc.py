@@ -1,4 +1,4 @@
-"""Tests for daemon/yamldoc.py (located YAML loading) and daemon/problems.py.
+"""Tests for daemon/config/yamldoc.py (located YAML loading) and daemon/core/problems.py.
 
 Every problem is asserted with its exact line and column: pointing at the
 right spot is the whole point of the module.
@@ -11,9 +11,9 @@ import textwrap
 import pytest
 import yaml
 
-from gatewayd.daemon import yamldoc
-from gatewayd.daemon.problems import ConfigError, Problem, suggest
-from gatewayd.daemon.yamldoc import Document, Mark, load_document, parse_document
+from gatewayd.daemon.config import yamldoc
+from gatewayd.daemon.config.yamldoc import Document, Mark, load_document, parse_document
+from gatewayd.daemon.core.problems import ConfigError, Problem, suggest
 
 FILE = "gatewayd.yaml"
 

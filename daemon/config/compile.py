@@ -1,0 +1,480 @@
+"""The compiler: a pure function from a validated document to an immutable `Graph`.
+
+`compile_graph(document, secrets)` does no I/O: secret files have been read by
+the loader (daemon/config/load.py) and arrive as `secrets`. It enforces every rule
+of the config language that a schema cannot express, reporting each problem at
+the node that causes it, and flattens every alias into its plan of tiers.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import ipaddress
+import re
+from types import MappingProxyType
+from typing import Any, Mapping
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import orjson
+
+from gatewayd.daemon.config import schemadoc
+from gatewayd.daemon.config.units import seconds, size_bytes
+from gatewayd.daemon.config.yamldoc import Document
+from gatewayd.daemon.core.graph import (
+    AppKey,
+    Backoff,
+    Candidate,
+    CooldownPolicy,
+    Deployment,
+    Graph,
+    Policy,
+    Pricing,
+    Provider,
+    RetryPolicy,
+    Route,
+    Secret,
+    ServerSettings,
+    Tier,
+    Timeouts,
+    fingerprint,
+)
+from gatewayd.daemon.core.problems import ConfigError, Problem, quoted, suggest
+from gatewayd.daemon.core.windows import Windows, WindowSyntaxError, load_zone, parse_window
+
+DEFAULT_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "ollama": "http://127.0.0.1:11434",
+    "mock": "mock://local",
+}
+TYPE_ONLY_KEYS = {
+    "api_version": "azure-openai",
+    "anthropic_version": "anthropic",
+    "reply": "mock",
+    "latency": "mock",
+    "fail_rate": "mock",
+}
+POLICY_KEYS = ("timeouts", "retry", "cooldown")
+HEX_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")
+
+
+class Compiler:
+    """Holds the document and the problems found while one graph is compiled."""
+
+    def __init__(self, document: Document, secrets: Mapping[str, str]) -> None:
+        self.doc = document
+        self.data: dict = document.data
+        self.secrets = secrets
+        self.errors: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def error(self, path: tuple, message: str, *, key: bool = False) -> None:
+        mark = self.doc.key_mark(path) if key else self.doc.mark(path)
+        self.errors.append(Problem(self.doc.path, mark.line, mark.column, message))
+
+    def warn(self, path: tuple, message: str) -> None:
+        mark = self.doc.key_mark(path)
+        self.warnings.append(Problem(self.doc.path, mark.line, mark.column, message))
+
+    # -- policy ---------------------------------------------------------------
+
+    def policy(self, *layers: Mapping[str, Any]) -> Policy:
+        """Merge policy keys, later layers winning key by key (defaults < provider < model)."""
+
+        def pick(section: str, key: str, sub: str | None = None) -> Any:
+            for layer in reversed(layers):
+                value = layer.get(section, {}).get(key)
+                if sub is not None:
+                    value = value.get(sub) if isinstance(value, dict) else None
+                if value is not None:
+                    return value
+            if sub is None:
+                return schemadoc.default(section, key)
+            return schemadoc.definition(section)["properties"][key]["properties"][sub]["default"]
+
+        timeouts = Timeouts(*(seconds(pick("timeouts", k)) for k in ("connect", "first_byte", "idle", "total")))
+        backoff = Backoff(
+            seconds(pick("retry", "backoff", "initial")), seconds(pick("retry", "backoff", "max")),
+            float(pick("retry", "backoff", "multiplier")), pick("retry", "backoff", "jitter"),
+        )
+        statuses: set[int] = set()
+        when = pick("retry", "when")
+        for item in when:
+            text = str(item)
+            if text.endswith("xx"):
+                first = int(text[0]) * 100
+                statuses.update(range(first, first + 100))
+            elif text.isdigit():
+                statuses.add(int(text))
+        retry = RetryPolicy(
+            int(pick("retry", "attempts")), backoff, frozenset(statuses),
+            "timeout" in when, "connect" in when, seconds(pick("retry", "retry_after_max")),
+        )
+        cooldown = CooldownPolicy(
+            int(pick("cooldown", "failures")), seconds(pick("cooldown", "initial")),
+            float(pick("cooldown", "multiplier")), seconds(pick("cooldown", "max")),
+        )
+        return Policy(timeouts, retry, cooldown)
+
+    # -- sections -------------------------------------------------------------
+
+    def server(self) -> ServerSettings:
+        raw = self.data.get("server") or {}
+
+        def get(key: str) -> Any:
+            return raw.get(key, schemadoc.default("server", key))
+
+        listen = get("listen")
+        keys = None
+        auth = raw.get("auth")
+        if auth is not None:
+            keys_list = []
+            seen: dict[str, int] = {}
+            for index, entry in enumerate(auth.get("keys", [])):
+                path = ("server", "auth", "keys", index)
+                if entry["name"] in seen:
+                    self.error(path + ("name",), f"app key name '{entry['name']}' is used twice "
+                               f"(first at keys[{seen[entry['name']]}])")
+                seen[entry["name"]] = index
+                key = self.app_key(path, entry)
+                if key is not None:
+                    keys_list.append(key)
+            keys = tuple(keys_list)
+        if keys is None and not is_loopback(listen):
+            self.error(("server", "listen"), f"listen address {quoted(listen)} is not loopback: "
+                       "add server.auth with keys, or listen on 127.0.0.1, [::1] or a unix socket")
+        return ServerSettings(
+            listen=listen, shutdown_grace=seconds(get("shutdown_grace")),
+            max_body=size_bytes(get("max_body")), log_format=get("log_format"),
+            keys=keys, read_timeout=seconds(get("read_timeout")), metrics=get("metrics"),
+            max_upstream_body=size_bytes(get("max_upstream_body")),
+        )
+
+    def app_key(self, path: tuple, entry: Mapping[str, Any]) -> AppKey | None:
+        """One `server.auth.keys` entry: exactly one of `key` and `key_sha256`, neither empty."""
+        name = entry["name"]
+        allow = frozenset(entry["allow"]) if "allow" in entry else None
+        admin = entry.get("role", schemadoc.default("appKey", "role")) == "admin"
+        if "key" in entry and "key_sha256" in entry:
+            self.error(path + ("key_sha256",), f"app key '{name}': give either key or key_sha256, not both",
+                       key=True)
+            return None
+        if "key_sha256" in entry:
+            digest = entry["key_sha256"]
+            if not HEX_SHA256.fullmatch(digest):
+                # the value is not shown: a key pasted here by mistake must not reach a log
+                self.error(path + ("key_sha256",), f"app key '{name}': key_sha256 must be 64 hex digits, "
+                           "the SHA-256 of the key (`gatewayd hash-key` prints it)")
+                return None
+            return AppKey.from_sha256(name, digest, allow, admin)
+        if "key" not in entry:
+            self.error(path, f"app key '{name}' needs key (the key itself) or key_sha256 (its SHA-256, "
+                       "from `gatewayd hash-key`)")
+            return None
+        if not entry["key"]:
+            self.error(path + ("key",), f"app key '{name}' is empty; set the variable it names or remove the entry")
+            return None
+        return AppKey.plain(name, Secret(entry["key"]), allow, admin)
+
+    def providers(self, max_upstream_body: int) -> dict[str, Provider]:
+        providers = {}
+        for name, raw in (self.data.get("providers") or {}).items():
+            path = ("providers", name)
+            type_ = raw["type"]
+            for key, only in TYPE_ONLY_KEYS.items():
+                if key in raw and type_ != only:
+                    self.error(path + (key,), f"key '{key}' applies only to {only} providers, "
+                               f"and '{name}' is {type_}", key=True)
+            if "api_key" in raw and "api_key_file" in raw:
+                self.error(path + ("api_key_file",), "give either api_key or api_key_file, not both", key=True)
+            base_url = raw.get("base_url") or DEFAULT_BASE_URLS.get(type_)
+            if base_url is None:
+                self.error(path, f"provider '{name}' ({type_}) needs base_url, "
+                           "e.g. https://RESOURCE.openai.azure.com", key=True)
+                continue
+            key: Secret | None = None
+            disabled = None
+            if "api_key" in raw or "api_key_file" in raw:
+                value = self.secrets.get(name, raw.get("api_key", ""))
+                if value:
+                    key = Secret(value)
+                else:
+                    source = "api_key_file" if "api_key_file" in raw else "api_key"
+                    disabled = f"its {source} resolved to an empty value"
+                    self.warn(path, f"provider '{name}' is disabled: {disabled}; "
+                              "its models are left out of every plan")
+            options = {k: raw[k] for k in TYPE_ONLY_KEYS if k in raw}
+            if type_ == "mock":
+                options = {"reply": raw.get("reply", schemadoc.default("provider", "reply")),
+                           "latency": seconds(raw.get("latency", 0)),
+                           "fail_rate": float(raw.get("fail_rate", 0))}
+            base_url, headers = with_userinfo_as_header(base_url, raw.get("headers") or {})
+            providers[name] = Provider(
+                name=name, type=type_, base_url=base_url.rstrip("/"), api_key=key,
+                headers=tuple(sorted(headers.items())),
+                max_connections=raw.get("max_connections", schemadoc.default("provider", "max_connections")),
+                options=MappingProxyType(options), disabled=disabled, max_upstream_body=max_upstream_body,
+            )
+        return providers
+
+    def default_zone(self) -> str | None:
+        """`defaults.timezone`, checked once whether or not any model has windows."""
+        name = (self.data.get("defaults") or {}).get("timezone", schemadoc.default("defaults", "timezone"))
+        try:
+            load_zone(name)
+        except WindowSyntaxError as exc:
+            self.error(("defaults", "timezone"), str(exc))
+            return None
+        return name
+
+    def windows(self, path: tuple, raw: Mapping[str, Any], default_zone: str | None) -> Windows | None:
+        zone_name = raw.get("timezone") or default_zone
+        ok = zone_name is not None  # a bad default zone is reported once, by default_zone()
+        if "timezone" in raw:
+            try:
+                load_zone(zone_name)
+            except WindowSyntaxError as exc:
+                self.error(path + ("timezone",), str(exc))
+                ok = False
+        parsed: dict[str, list] = {"only": [], "except": []}
+        for part in ("only", "except"):
+            for index, text in enumerate(raw.get(part, [])):
+                try:
+                    parsed[part].append(parse_window(text))
+                except WindowSyntaxError as exc:
+                    self.error(path + (part, index), str(exc))
+                    ok = False
+        if not ok:
+            return None
+        return Windows.build(tuple(parsed["only"]), tuple(parsed["except"]), zone_name)
+
+    def deployments(self, providers: Mapping[str, Provider]) -> dict[str, Deployment]:
+        defaults = self.data.get("defaults") or {}
+        raw_providers = self.data.get("providers") or {}
+        deployments = {}
+        default_zone = self.default_zone()
+        for name, raw in (self.data.get("models") or {}).items():
+            path = ("models", name)
+            provider = providers.get(raw["provider"])
+            if provider is None:
+                if raw["provider"] not in raw_providers:  # else: the provider's own error is reported
+                    self.error(path + ("provider",), f"model '{name}' names provider {quoted(raw['provider'])}, "
+                               f"which is not defined{suggest(raw['provider'], raw_providers)}")
+                continue
+            windows = self.windows(path + ("windows",), raw["windows"], default_zone) if "windows" in raw else None
+            pricing = None
+            if "pricing" in raw:
+                pricing = Pricing(float(raw["pricing"].get("input_per_mtok", 0)),
+                                  float(raw["pricing"].get("output_per_mtok", 0)))
+            deployments[name] = Deployment(
+                name=name, provider=provider, model=raw["model"],
+                policy=self.policy(defaults, raw_providers[raw["provider"]], raw),
+                windows=windows, pricing=pricing,
+            )
+        return deployments
+
+    def check_aliases(self) -> None:
+        models = self.data.get("models") or {}
+        aliases = self.data.get("aliases") or {}
+        names = list(models) + list(aliases)
+        for name, raw in aliases.items():
+            path = ("aliases", name)
+            if name in models:
+                self.error(path, f"'{name}' is both a model and an alias; rename one of them", key=True)
+            for index, target in enumerate(raw["targets"]):
+                target_name = target if isinstance(target, str) else target["model"]
+                tpath = path + ("targets", index) + (() if isinstance(target, str) else ("model",))
+                if target_name in aliases and target_name not in models:
+                    self.error(tpath, f"target '{target_name}' is an alias; targets name models "
+                               "(put aliases in fallbacks)")
+                elif target_name not in models:
+                    self.error(tpath, f"target {quoted(target_name)} is not a defined model"
+                               f"{suggest(target_name, models)}")
+            for index, fallback in enumerate(raw.get("fallbacks", [])):
+                if fallback not in models and fallback not in aliases:
+                    self.error(path + ("fallbacks", index), f"fallback {quoted(fallback)} is neither a model "
+                               f"nor an alias{suggest(fallback, names)}")
+        self.check_cycles(aliases)
+
+    def check_cycles(self, aliases: Mapping[str, Any]) -> None:
+        """Report each fallback cycle once, at the fallback entry that closes it.
+
+        Iterative depth-first search: a chain of thousands of aliases must not
+        exhaust Python's recursion limit.
+        """
+        done: set[str] = set()
+        reported: set[frozenset[str]] = set()
+        for root in aliases:
+            if root in done:
+                continue
+            trail = [root]  # the aliases on the current path
+            on_trail = {root}
+            cursors = [0]  # next fallback index to look at, per trail entry
+            while trail:
+                name = trail[-1]
+                fallbacks = aliases[name].get("fallbacks", [])
+                index = cursors[-1]
+                if index >= len(fallbacks):
+                    done.add(name)
+                    on_trail.discard(trail.pop())
+                    cursors.pop()
+                    continue
+                cursors[-1] += 1
+                fallback = fallbacks[index]
+                if fallback not in aliases or fallback in done:
+                    continue
+                if fallback in on_trail:
+                    cycle = trail[trail.index(fallback):] + [fallback]
+                    if frozenset(cycle) not in reported:
+                        reported.add(frozenset(cycle))
+                        self.error(("aliases", name, "fallbacks", index), f"fallback cycle: {' -> '.join(cycle)}")
+                    continue
+                trail.append(fallback)
+                on_trail.add(fallback)
+                cursors.append(0)
+
+    # -- plans ----------------------------------------------------------------
+
+    def routes(self, deployments: Mapping[str, Deployment]) -> dict[str, Route]:
+        aliases = self.data.get("aliases") or {}
+        routes: dict[str, Route] = {}
+        for name in deployments:
+            routes[name] = Route(name, "model", (Tier("ordered", (Candidate(name),), name),))
+        plans = self.plans(aliases, deployments)
+        for name in aliases:  # in the order the file lists them
+            if name in plans:
+                routes[name] = Route(name, "alias", plans[name])
+        for name, route in routes.items():
+            # a model's own disabled provider is already reported; an alias left empty is news
+            if route.kind == "alias" and all(deployments[d].disabled for d in route.deployments()):
+                self.warn(("aliases", name), f"alias '{name}' has no usable deployment "
+                          "(every provider it uses is disabled)")
+        return routes
+
+    def plans(self, aliases: Mapping[str, Any], deployments: Mapping) -> dict[str, tuple[Tier, ...]]:
+        """Each alias flattened into tiers: its targets, then each fallback expanded in order.
+
+        Aliases are expanded children first, each once, and each plan is
+        deduplicated as it is built, so shared fallbacks cost linear time and a
+        long chain needs no recursion. The alias graph is acyclic here.
+        """
+        plans: dict[str, tuple[Tier, ...]] = {}
+        for root in aliases:
+            if root in deployments:
+                continue  # reported: a name is both a model and an alias
+            stack = [root]
+            while stack:
+                name = stack[-1]
+                if name in plans:
+                    stack.pop()
+                    continue
+                pending = [f for f in aliases[name].get("fallbacks", [])
+                           if f in aliases and f not in deployments and f not in plans]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                stack.pop()
+                raw = aliases[name]
+                candidates = []
+                for target in raw["targets"]:
+                    target_name, weight = ((target, 1.0) if isinstance(target, str)
+                                           else (target["model"], float(target.get("weight", 1))))
+                    if target_name in deployments:
+                        candidates.append(Candidate(target_name, weight))
+                strategy = raw.get("strategy", schemadoc.default("alias", "strategy"))
+                tiers = [Tier(strategy, tuple(candidates), name)]
+                for fallback in raw.get("fallbacks", []):
+                    if fallback in deployments:
+                        tiers.append(Tier("ordered", (Candidate(fallback),), fallback))
+                    elif fallback in plans:
+                        tiers.extend(plans[fallback])
+                plans[name] = dedup(tiers)
+        return plans
+
+
+def dedup(tiers: list[Tier]) -> tuple[Tier, ...]:
+    """Keep each deployment at its first position; drop tiers left empty."""
+    seen: set[str] = set()
+    result = []
+    for tier in tiers:
+        kept = []
+        for candidate in tier.candidates:
+            if candidate.deployment not in seen:
+                seen.add(candidate.deployment)
+                kept.append(candidate)
+        if len(kept) == len(tier.candidates):
+            result.append(tier)  # unchanged: share it with the plan it came from (memory stays linear)
+        elif kept:
+            result.append(Tier(tier.strategy, tuple(kept), tier.origin))
+    return tuple(result)
+
+
+def with_userinfo_as_header(base_url: str, headers: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """A base_url's `user:password@` moved into the `Authorization: Basic` header it stands for
+    (unless the headers already set one), so that the URL a graph shows, logs and keys its
+    pools by holds no credential, and the header is redacted like every other."""
+    headers = dict(headers)
+    try:
+        parts = urlsplit(base_url)
+        has_userinfo = parts.username is not None or parts.password is not None
+    except ValueError:  # not a URL the adapter could use either; the schema says what is wrong
+        return base_url, headers
+    if not has_userinfo:
+        return base_url, headers
+    if not any(name.lower() == "authorization" for name in headers):
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])), headers
+
+
+def is_loopback(listen: str) -> bool:
+    if listen.startswith("unix:"):
+        return True
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def version_id(data: Mapping[str, Any], secrets: Mapping[str, str]) -> str:
+    """A short id of the resolved configuration; secrets enter only as fingerprints."""
+    redacted = orjson.loads(orjson.dumps(data))
+    for provider in (redacted.get("providers") or {}).values():
+        if "api_key" in provider:
+            provider["api_key"] = fingerprint(provider["api_key"])
+    for entry in ((redacted.get("server") or {}).get("auth") or {}).get("keys", []):
+        if "key" in entry:  # a key_sha256 is no secret: it enters as written
+            entry["key"] = fingerprint(entry["key"])
+    canonical = orjson.dumps(
+        {"config": redacted, "secret_files": {k: fingerprint(v) for k, v in sorted(secrets.items())}},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).hexdigest()[:12]
+
+
+def compile_graph(document: Document, secrets: Mapping[str, str] | None = None) -> Graph:
+    """Compile a schema-valid document; raise ConfigError with every problem found."""
+    secrets = secrets or {}
+    compiler = Compiler(document, secrets)
+    server = compiler.server()
+    providers = compiler.providers(server.max_upstream_body)
+    deployments = compiler.deployments(providers)
+    compiler.check_aliases()
+    if compiler.errors:
+        raise ConfigError(sorted(compiler.errors, key=lambda p: (p.line, p.column)))
+    routes = compiler.routes(deployments)
+    return Graph(
+        version=version_id(document.data, secrets),
+        source=document.path,
+        server=server,
+        providers=MappingProxyType(providers),
+        deployments=MappingProxyType(deployments),
+        routes=MappingProxyType(routes),
+        aliases=tuple(name for name, r in routes.items() if r.kind == "alias"),
+        default_policy=compiler.policy(document.data.get("defaults") or {}),
+        warnings=tuple(str(w) for w in sorted(compiler.warnings, key=lambda p: (p.line, p.column))),
+    )

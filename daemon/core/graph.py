@@ -1,0 +1,277 @@
+"""The compiled routing graph: immutable values that a request reads without locks.
+
+`compile()` (daemon/config/compile.py) builds one `Graph` from a validated document.
+Nothing in a published graph is ever mutated; runtime state (cooldowns,
+counters, latency averages, connection pools) lives elsewhere, keyed by the
+stable identities defined here (`Deployment.identity`, `Provider.identity`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterable, Mapping
+
+from gatewayd.daemon.core.windows import Windows
+
+EMPTY_MAPPING: Mapping = MappingProxyType({})
+# the schema's default of server.max_upstream_body, for graph values built without the compiler (tests)
+DEFAULT_MAX_UPSTREAM_BODY = 64 * 1024 * 1024
+
+
+class Secret:
+    """A credential value that never prints itself.
+
+    `repr()` and `str()` show only a short fingerprint, so a graph, a
+    deployment or an exception that carries one can be logged safely.
+    """
+
+    __slots__ = ("_value", "_bytes", "fingerprint")
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        self._bytes = value.encode("utf-8", "surrogateescape")  # app keys are compared as bytes on every request
+        self.fingerprint = fingerprint(value)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def reveal_bytes(self) -> bytes:
+        return self._bytes
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.fingerprint == self.fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
+
+    def __repr__(self) -> str:
+        return f"Secret(sha256:{self.fingerprint})"
+
+    __str__ = __repr__
+
+
+# Characters a form must have to be redacted: a shorter one would blank out ordinary words in
+# every answer. A header value may be no credential at all (`X-Title: MyApp`), so it needs more.
+KEY_AT_LEAST = 4
+HEADER_AT_LEAST = 8
+
+
+def redaction_forms(credentials: Iterable[str], at_least: int = KEY_AT_LEAST) -> tuple[str, ...]:
+    """Each credential as sent, and the parts an upstream may quote back alone: the token of
+    `Bearer TOKEN`, and for `Basic BASE64` the decoded `user:password` and the password."""
+    forms: set[str] = set()
+    for value in credentials:
+        forms.add(value)
+        scheme, _, token = value.strip().partition(" ")
+        token = token.strip()
+        if not token:
+            continue
+        forms.add(token)
+        if scheme.lower() == "basic":
+            try:
+                pair = base64.b64decode(token, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                continue
+            forms.update((pair, pair.partition(":")[2]))
+    return tuple(sorted((f for f in forms if len(f) >= at_least), key=len, reverse=True))
+
+
+def fingerprint(value: str) -> str:
+    """A short, non-reversible identifier of a secret (first 12 hex digits of SHA-256)."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float
+    first_byte: float
+    idle: float
+    total: float
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float
+    max: float
+    multiplier: float
+    jitter: str  # "full" | "equal" | "none"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int
+    backoff: Backoff
+    retry_statuses: frozenset[int]  # HTTP statuses named in `when` (5xx expanded)
+    retry_timeout: bool  # `timeout` in `when`
+    retry_connect: bool  # `connect` in `when`
+    retry_after_max: float
+
+
+@dataclass(frozen=True, slots=True)
+class CooldownPolicy:
+    failures: int
+    initial: float
+    multiplier: float
+    max: float
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    timeouts: Timeouts
+    retry: RetryPolicy
+    cooldown: CooldownPolicy
+
+
+@dataclass(frozen=True, slots=True)
+class Provider:
+    name: str
+    type: str  # openai | azure-openai | anthropic | ollama | mock
+    base_url: str
+    api_key: Secret | None  # None: send no credential (local servers need none)
+    headers: tuple[tuple[str, str], ...] = field(repr=False)  # values may carry credentials
+    max_connections: int
+    options: Mapping[str, object]  # type-specific keys (api_version, anthropic_version, reply, latency, fail_rate)
+    disabled: str | None = None  # why it is disabled, or None when usable
+    # server.max_upstream_body, compiled into each provider: its adapter reads no answer past it
+    max_upstream_body: int = DEFAULT_MAX_UPSTREAM_BODY
+    # every credential this provider sends, in each form an upstream may echo it: what adapters
+    # and logs replace with [redacted], longest first
+    redactions: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        forms = set(redaction_forms((value for _name, value in self.headers), HEADER_AT_LEAST))
+        if self.api_key:
+            forms.update(redaction_forms((self.api_key.reveal(),)))
+        object.__setattr__(self, "redactions", tuple(sorted(forms, key=len, reverse=True)))
+
+    @property
+    def identity(self) -> tuple:
+        """What a connection pool is keyed by: it survives reloads while this is unchanged."""
+        key = self.api_key.fingerprint if self.api_key else None
+        headers = tuple((name, fingerprint(value)) for name, value in self.headers)
+        return (self.type, self.base_url, key, headers, self.max_connections,
+                tuple(sorted((k, repr(v)) for k, v in self.options.items())), self.max_upstream_body)
+
+
+@dataclass(frozen=True, slots=True)
+class Pricing:
+    input_per_mtok: float
+    output_per_mtok: float
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """A model deployment: one provider plus one upstream model, with its policy."""
+
+    name: str
+    provider: Provider
+    model: str  # the upstream model (Azure: the deployment name)
+    policy: Policy
+    windows: Windows | None = None
+    pricing: Pricing | None = None
+    # Runtime state (cooldown, failures, latency) is keyed by this, not by the name (SPEC §3).
+    # Derived once here: every request looks its deployments' health up by it.
+    identity: tuple = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        provider = self.provider
+        key = provider.api_key.fingerprint if provider.api_key else None
+        # headers may carry the credential (a base_url's user:password becomes one)
+        headers = tuple((name, fingerprint(value)) for name, value in provider.headers)
+        object.__setattr__(self, "identity", (provider.type, provider.base_url, self.model, key, headers))
+
+    @property
+    def disabled(self) -> str | None:
+        return self.provider.disabled
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    deployment: str  # name of a Deployment in Graph.deployments
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    strategy: str  # ordered | round-robin | weighted | least-busy | lowest-latency
+    candidates: tuple[Candidate, ...]
+    origin: str  # the alias (or model) this tier came from
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """What a requested `model` name resolves to: the flattened plan of tiers."""
+
+    name: str
+    kind: str  # "alias" | "model"
+    tiers: tuple[Tier, ...]
+
+    def deployments(self) -> tuple[str, ...]:
+        return tuple(c.deployment for t in self.tiers for c in t.candidates)
+
+
+@dataclass(frozen=True, slots=True)
+class AppKey:
+    """An app key, given as the key itself (`key:`) or as its SHA-256 (`key_sha256:`).
+
+    A presented key is compared with `expected`: as it is for a plain key, hashed first
+    for a hashed one. Both are derived once here: every request compares them.
+    """
+
+    name: str
+    expected: bytes = field(repr=False)  # the key's bytes, or its SHA-256 digest when `hashed`
+    hashed: bool
+    allow: frozenset[str] | None  # None: every alias and model
+    admin: bool = False  # role: admin, the only keys that reach /admin/* (and /metrics unless public)
+    key: Secret | None = None  # the key itself, for redaction; None when only its digest is known
+
+    @classmethod
+    def plain(cls, name: str, key: Secret, allow: frozenset[str] | None, admin: bool = False) -> AppKey:
+        return cls(name, key.reveal_bytes(), False, allow, admin, key)
+
+    @classmethod
+    def from_sha256(cls, name: str, hex_digest: str, allow: frozenset[str] | None, admin: bool = False) -> AppKey:
+        return cls(name, bytes.fromhex(hex_digest), True, allow, admin)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    listen: str  # "host:port" or "unix:/path"
+    shutdown_grace: float
+    max_body: int
+    log_format: str  # text | json
+    keys: tuple[AppKey, ...] | None  # None: no auth
+    read_timeout: float = 60.0
+    metrics: str = "auth"  # auth: /metrics needs an admin key when keys are configured; public: no key
+    max_upstream_body: int = DEFAULT_MAX_UPSTREAM_BODY  # the largest upstream answer read (Provider has it too)
+    # whether a presented key must be hashed (some key is given as key_sha256): without such
+    # keys a request never pays for the hash
+    hashed_keys: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hashed_keys", any(key.hashed for key in self.keys or ()))
+
+
+@dataclass(frozen=True, slots=True)
+class Graph:
+    """One compiled configuration. Built by `compile()`, never mutated after."""
+
+    version: str
+    source: str  # the config file's path
+    server: ServerSettings
+    providers: Mapping[str, Provider]
+    deployments: Mapping[str, Deployment]
+    routes: Mapping[str, Route]  # aliases and models, by the name apps send
+    aliases: tuple[str, ...]
+    default_policy: Policy  # `defaults:` merged over the schema's defaults; bounds a request's total
+    warnings: tuple[str, ...] = field(default=())

@@ -1,0 +1,73 @@
+"""Why each candidate of a plan is in or out at a given instant.
+
+Shared by `gatewayd explain` and `GET /admin/explain`; the daemon passes its
+live health so cooldowns show too.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable
+
+from gatewayd.daemon.core.graph import Deployment, Graph
+from gatewayd.daemon.core.problems import suggest
+
+# deployment -> a reason it is out right now (cooldown), or None
+HealthProbe = Callable[[Deployment], str | None]
+
+
+class UnknownRoute(LookupError):
+    pass
+
+
+def out_reason(deployment: Deployment, at: datetime, health: HealthProbe | None = None) -> str | None:
+    if deployment.disabled:
+        return f"provider '{deployment.provider.name}' disabled: {deployment.disabled}"
+    if deployment.windows is not None:
+        reason = deployment.windows.explain(at)
+        if reason:
+            return reason
+    return health(deployment) if health else None
+
+
+def explain_plan(graph: Graph, name: str, at: datetime, health: HealthProbe | None = None) -> dict:
+    route = graph.routes.get(name)
+    if route is None:
+        raise UnknownRoute(f"'{name}' is neither an alias nor a model{suggest(name, graph.routes)}")
+    tiers = []
+    for tier in route.tiers:
+        candidates = []
+        for candidate in tier.candidates:
+            deployment = graph.deployments[candidate.deployment]
+            reason = out_reason(deployment, at, health)
+            candidates.append({
+                "model": deployment.name, "provider": deployment.provider.name,
+                "upstream_model": deployment.model, "weight": candidate.weight,
+                "in": reason is None, "why": reason,
+            })
+        tiers.append({"from": tier.origin, "strategy": tier.strategy, "candidates": candidates})
+    return {"model": name, "kind": route.kind, "at": at.isoformat(), "config": graph.version, "tiers": tiers}
+
+
+def format_plan(plan: dict) -> str:
+    lines = [f"{plan['kind']} '{plan['model']}' at {plan['at']} (config {plan['config']})"]
+    position = 0
+    for number, tier in enumerate(plan["tiers"], 1):
+        lines.append(f"  tier {number} from '{tier['from']}' ({tier['strategy']}):")
+        for candidate in tier["candidates"]:
+            position += 1
+            weight = f" weight {candidate['weight']:g}" if tier["strategy"] == "weighted" else ""
+            state = "in " if candidate["in"] else "out"
+            why = f" — {candidate['why']}" if candidate["why"] else ""
+            lines.append(f"    {position}. [{state}] {candidate['model']} "
+                         f"({candidate['provider']}/{candidate['upstream_model']}){weight}{why}")
+    return "\n".join(lines)
+
+
+def parse_instant(text: str | None) -> datetime:
+    """An ISO 8601 instant (`Z` for UTC; no offset reads as UTC); now when `text` is empty.
+    Raises ValueError for anything else."""
+    if not text:
+        return datetime.now(timezone.utc)
+    instant = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return instant if instant.tzinfo else instant.replace(tzinfo=timezone.utc)

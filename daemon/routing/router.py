@@ -1,0 +1,299 @@
+"""The router: delivers one request to the best usable deployment (SPEC §3).
+
+`Router.route()` walks the plan of the request's graph snapshot: drops
+candidates that are disabled, outside their windows or cooling down, orders
+each tier by its strategy, and tries candidates in order, retrying and falling
+back as `policy.decide` says. It returns an `Outcome` (a complete reply, or an
+open stream whose first event has arrived) or raises `RoutingFailed`.
+
+Streams: retries and fallbacks happen only until the first event is in hand;
+after that the HTTP layer relays and reports the end through `finish_stream`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.graph import Deployment, Route
+from gatewayd.daemon.core.replies import Reply, ReplyStream
+from gatewayd.daemon.routing.deadlines import Deadlines
+from gatewayd.daemon.routing.retry import Action, decide
+from gatewayd.daemon.routing.strategies import Strategies
+from gatewayd.daemon.state.health import Health, HealthBook, wall
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.routing.snapshot import Snapshot
+
+log = logging.getLogger("gatewayd")
+
+
+class RoutingObserver:
+    """Hooks for metrics and events; the base class ignores everything."""
+
+    def attempt_failed(self, deployment: str, error: UpstreamError) -> None:
+        pass
+
+    def fell_back(self, route: str, deployment: str, error: UpstreamError) -> None:
+        pass
+
+
+@dataclass(slots=True)
+class Outcome:
+    deployment: Deployment
+    health: Health
+    attempts: int
+    reply: Reply | None = None
+    stream: ReplyStream | None = None
+    events: object = None  # the stream's async iterator, already advanced past `first`
+    first: bytes | None = None  # the stream's first event
+    latency: float = 0.0  # seconds from sending to the answer (a stream's first event)
+
+
+class InFlightStream:
+    """A relayed stream that counts in `Health.inflight` until it is closed, so that
+    least-busy sees the streams being relayed, not only the requests still starting."""
+
+    __slots__ = ("_stream", "_health")
+
+    def __init__(self, stream: ReplyStream, health: Health) -> None:
+        self._stream: ReplyStream = stream
+        self._health: Health | None = health
+        health.inflight += 1
+
+    @property
+    def usage(self):
+        return self._stream.usage
+
+    @property
+    def done(self) -> bool:
+        return self._stream.done
+
+    def __aiter__(self):
+        return self._stream.__aiter__()
+
+    async def aclose(self) -> None:
+        if self._health is not None:
+            self._health.inflight -= 1
+            self._health = None
+        await self._stream.aclose()
+
+
+@dataclass(slots=True)
+class RoutingFailed(Exception):
+    """Routing ended without an answer; `status` and `body` say what the client gets."""
+
+    status: int
+    code: str
+    message: str
+    attempts: int
+    retry_after: float | None = None
+    upstream_body: bytes | None = None  # a client error passed through as it came
+    deployment: str | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Trip:
+    """One request's way through its plan: what it has tried and why candidates were out."""
+
+    route: str
+    operation: str
+    body: dict
+    deadline: float  # monotonic: the request's total deadline
+    attempts: int = 0
+    capable: int = 0  # candidates whose provider type can serve this operation at all
+    now_wall: datetime | None = None
+    reasons: dict[str, str] = field(default_factory=dict)
+    rate_limited: list[bool] = field(default_factory=list)
+    cooldown_ends: list[float] = field(default_factory=list)
+    last_error: UpstreamError | None = None
+
+
+class Router:
+    def __init__(self, health: HealthBook, strategies: Strategies | None = None,
+                 observer: RoutingObserver | None = None, deadlines: Deadlines | None = None) -> None:
+        self.health = health
+        self.strategies = strategies or Strategies()
+        self.observer = observer or RoutingObserver()
+        self.deadlines = deadlines or Deadlines()
+
+    async def route(self, snapshot: Snapshot, route: Route, operation: str, body: dict) -> Outcome:
+        deployments = snapshot.graph.deployments
+        deadline = time.monotonic() + snapshot.graph.default_policy.timeouts.total
+        trip = Trip(route.name, operation, body, deadline)
+
+        def health_of(candidate) -> Health:
+            return self.health.get(deployments[candidate.deployment])
+
+        for tier in route.tiers:
+            for candidate in self.strategies.order(tier, health_of):
+                deployment = deployments[candidate.deployment]
+                adapter = snapshot.adapters[deployment.provider.name]
+                admitted = self.admit(trip, deployment, adapter)
+                if admitted is not None:
+                    outcome = await self.try_deployment(trip, deployment, adapter, *admitted)
+                    if outcome is not None:
+                        return outcome
+        if trip.capable == 0 and trip.reasons:  # no deployment of this route can do it at all: the request's fault
+            raise RoutingFailed(400, "unsupported_operation",
+                                f"'{route.name}' has no deployment that serves {operation}: " + describe(trip.reasons),
+                                trip.attempts, reasons=trip.reasons)
+        raise self.exhausted(trip)
+
+    def admit(self, trip: Trip, deployment: Deployment, adapter) -> tuple[Health, bool] | None:
+        """The deployment's health and whether this request is its half-open probe, or None
+        (the reason noted in `trip`) when it cannot be used now (SPEC §3, step 4)."""
+        name = deployment.name
+        if trip.operation not in adapter.capabilities:  # "chat", "stream", "embeddings"
+            trip.reasons[name] = f"provider type {deployment.provider.type} cannot serve {trip.operation}"
+            return None
+        trip.capable += 1
+        if deployment.provider.disabled:
+            trip.reasons[name] = f"disabled ({deployment.provider.disabled})"
+            return None
+        if deployment.windows is not None:
+            trip.now_wall = trip.now_wall or datetime.now(timezone.utc)  # read once, and only when needed
+            if not deployment.windows.is_open(trip.now_wall):
+                trip.reasons[name] = deployment.windows.explain(trip.now_wall) or "outside its window"
+                return None
+        health = self.health.get(deployment)
+        admitted, probe = health.admit(time.monotonic())
+        if admitted:
+            return health, probe
+        if health.probing and time.monotonic() >= health.cooldown_until:
+            trip.reasons[name] = "half-open: a probe request is in flight"
+        else:
+            until = datetime.fromtimestamp(wall(health.cooldown_until), timezone.utc)
+            trip.reasons[name] = f"cooling down until {until.isoformat(timespec='seconds')}" + (
+                f" after {health.last_error}" if health.last_error else "")
+            trip.cooldown_ends.append(health.cooldown_until)
+        trip.rate_limited.append(health.last_failure is FailureClass.RATE_LIMIT)
+        return None
+
+    async def try_deployment(self, trip: Trip, deployment: Deployment, adapter, health: Health,
+                             probe: bool) -> Outcome | None:
+        """Up to `retry.attempts` tries at one deployment (SPEC §3, steps 5-7, 9). Returns the
+        outcome, or None when the deployment failed and the next candidate is due; raises
+        RoutingFailed when the request ends here (a client error, the total deadline)."""
+        name, policy = deployment.name, deployment.policy
+        error: UpstreamError | None = None
+        deadline_hit = False  # the request's total deadline cut the last attempt short
+        settled = False  # the attempt's verdict is booked (success or failure)
+        try:
+            for attempt in range(1, policy.retry.attempts + 1):
+                remaining = trip.deadline - time.monotonic()
+                if remaining <= 0:
+                    raise self.timed_out(trip, name)
+                trip.attempts += 1
+                error = None
+                began = time.monotonic()
+                first_byte = min(policy.timeouts.first_byte, policy.timeouts.total)
+                total_bound = remaining < first_byte  # this attempt ends with the request's deadline
+                health.inflight += 1
+                try:
+                    outcome = await self.attempt(adapter, deployment, trip.operation, trip.body,
+                                                 min(first_byte, remaining))
+                except UpstreamError as exc:
+                    error = exc
+                except TimeoutError:
+                    deadline_hit = total_bound
+                    error = UpstreamError(FailureClass.TIMEOUT, "no answer before the request's total "
+                                          "deadline (timeouts.total)" if total_bound else
+                                          "no answer within the first-byte deadline")
+                except Exception as exc:  # an adapter bug: not a 500, and not the deployment's failure
+                    log.exception("the %s adapter failed unexpectedly", deployment.provider.type,
+                                  extra={"event": "adapter_error", "deployment": deployment.name})
+                    error = UpstreamError(FailureClass.INTERNAL, f"internal adapter error ({type(exc).__name__})")
+                finally:
+                    health.inflight -= 1
+                if error is None:
+                    outcome.deployment, outcome.health, outcome.attempts = deployment, health, trip.attempts
+                    outcome.latency = time.monotonic() - began
+                    if outcome.stream is None:
+                        health.succeed(outcome.latency)
+                    else:  # in flight at its deployment until the relay closes it
+                        outcome.stream = InFlightStream(outcome.stream, health)
+                    settled = True  # a stream's verdict comes in finish_stream
+                    return outcome
+                self.observer.attempt_failed(name, error)
+                decision = decide(error, policy.retry, attempt)
+                if decision.action is Action.RETURN:
+                    raise RoutingFailed(error.status or 400, "upstream_client_error", error.message, trip.attempts,
+                                        upstream_body=error.body, deployment=name)
+                if decision.action is Action.RETRY and time.monotonic() + decision.delay < trip.deadline:
+                    await asyncio.sleep(decision.delay)
+                    continue
+                break
+            assert error is not None
+            if decision.counts:
+                health.fail(error, policy.cooldown, time.monotonic())
+                settled = True
+        finally:
+            if probe and not settled:
+                health.abandon_probe()
+        trip.reasons[name] = error.describe()
+        if deadline_hit:
+            raise self.timed_out(trip, name)
+        if health.cooldown_until > time.monotonic():  # it started cooling: its end is known
+            trip.cooldown_ends.append(health.cooldown_until)
+        trip.rate_limited.append(error.failure is FailureClass.RATE_LIMIT)
+        trip.last_error = error
+        self.observer.fell_back(trip.route, name, error)
+        return None
+
+    async def attempt(self, adapter, deployment: Deployment, operation: str, body: dict,
+                      first_byte: float) -> Outcome:
+        with self.deadlines.bound(first_byte):
+            if operation == "chat":
+                return Outcome(deployment, None, 0, reply=await adapter.chat(deployment, body))  # type: ignore[arg-type]
+            if operation == "embeddings":
+                return Outcome(deployment, None, 0, reply=await adapter.embeddings(deployment, body))  # type: ignore[arg-type]
+            stream = await adapter.stream(deployment, body)
+            try:
+                events = stream.__aiter__()
+                first = await events.__anext__()
+            except StopAsyncIteration:
+                await stream.aclose()
+                raise UpstreamError(FailureClass.PROTOCOL, "upstream stream ended before its first event") from None
+            except BaseException:
+                await stream.aclose()
+                raise
+            return Outcome(deployment, None, 0, stream=stream, events=events, first=first)  # type: ignore[arg-type]
+
+    def timed_out(self, trip: Trip, name: str) -> RoutingFailed:
+        trip.reasons.setdefault(name, "the request's total deadline passed")
+        return RoutingFailed(504, "timeout", "the request's total deadline (timeouts.total) passed: "
+                             + describe(trip.reasons), trip.attempts, reasons=trip.reasons)
+
+    def exhausted(self, trip: Trip) -> RoutingFailed:
+        status = 429 if trip.rate_limited and all(trip.rate_limited) else 503
+        retry_after = None
+        if trip.cooldown_ends:
+            retry_after = max(1.0, math.ceil(min(trip.cooldown_ends) - time.monotonic()))
+        elif trip.last_error is not None and trip.last_error.retry_after is not None:
+            retry_after = max(1.0, math.ceil(trip.last_error.retry_after))
+        message = "no deployment available: " + (describe(trip.reasons) if trip.reasons else "the plan is empty")
+        return RoutingFailed(status, "no_deployment_available", message, trip.attempts,
+                             retry_after=retry_after, reasons=trip.reasons)
+
+    def finish_stream(self, outcome: Outcome, error: UpstreamError | None) -> None:
+        """Book the end of a relayed stream against its deployment."""
+        health = outcome.health
+        if error is None:
+            health.succeed(outcome.latency)
+        elif error.failure is FailureClass.INTERNAL:
+            health.abandon_probe()
+        else:
+            health.fail(error, outcome.deployment.policy.cooldown, time.monotonic())
+
+
+def describe(reasons: dict[str, str]) -> str:
+    return "; ".join(f"{name}: {why}" for name, why in reasons.items())
+
