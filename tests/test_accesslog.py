@@ -18,28 +18,28 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.daemon.observe import accesslog
 from gatewayd.daemon.observe.accesslog import (
     ERROR_LIMIT,
     MODEL_LIMIT,
     TEXT_VALUES_KEPT,
     TEXT_VALUES_UP_TO,
     AccessRecord,
+    TextValues,
     clip,
     json_line,
     text_line,
-    text_value,
 )
 
 FIELD_NAMES = [f.name for f in fields(AccessRecord)]
+values = TextValues()  # the memo under test, emptied around each test
 NOW = 1712345678.123456
 
 
 @pytest.fixture(autouse=True)
 def fresh_memo():
-    accesslog._text_values.clear()
+    values.known.clear()
     yield
-    accesslog._text_values.clear()
+    values.known.clear()
 
 
 @pytest.fixture
@@ -116,9 +116,9 @@ records = st.builds(
 @given(records)
 def test_text_line_matches_the_reference_and_again_from_the_memo(record):
     expected = reference_text_line(record)
-    assert text_line(record) == expected
-    assert text_line(record) == expected  # now the model and key names are remembered
-    assert len(accesslog._text_values) <= TEXT_VALUES_KEPT
+    assert text_line(record, values) == expected
+    assert text_line(record, values) == expected  # now the model and key names are remembered
+    assert len(values.known) <= TEXT_VALUES_KEPT
 
 
 @settings(max_examples=300, deadline=None)
@@ -136,21 +136,21 @@ def test_json_line_matches_the_reference(record):
 
 def test_text_line_of_a_served_request():
     record = served()
-    assert text_line(record) == (
+    assert text_line(record, values) == (
         "POST /v1/chat/completions 200 model=bench deployment=bench-model attempts=1 latency_ms=1.2 ttfb_ms=1.2"
         " prompt_tokens=9 completion_tokens=12 key=bench config=3f2a9c1b7d4e")
     record.cost, record.key = 0.000123, None
-    assert text_line(record) == (
+    assert text_line(record, values) == (
         "POST /v1/chat/completions 200 model=bench deployment=bench-model attempts=1 latency_ms=1.2 ttfb_ms=1.2"
         " prompt_tokens=9 completion_tokens=12 cost=0.000123 config=3f2a9c1b7d4e")
 
 
 def test_text_line_leaves_out_what_is_not_set():
-    assert text_line(AccessRecord("GET", "/v1/models", 200, latency_ms=0.05)) == (
+    assert text_line(AccessRecord("GET", "/v1/models", 200, latency_ms=0.05), values) == (
         "GET /v1/models 200 attempts=0 latency_ms=0.1")
     failed = AccessRecord("POST", "/v1/chat/completions", 404, model="nope", latency_ms=0.321, key="app",
                           error="the model 'nope' does not exist", config="v1")
-    assert text_line(failed) == (
+    assert text_line(failed, values) == (
         "POST /v1/chat/completions 404 model=nope attempts=0 latency_ms=0.3 key=app config=v1"
         ' error="the model \'nope\' does not exist"')
 
@@ -190,28 +190,28 @@ def test_json_line_clips_model_and_error(frozen_time):
     ("\u2028", '"\\u2028"'),
 ])
 def test_text_value_bare_or_quoted(value, written):
-    assert text_value(value) == written
-    assert text_value(value) == written  # from the memo
+    assert values(value) == written
+    assert values(value) == written  # from the memo
 
 
 def test_an_unsafe_name_twice_is_quoted_once_and_the_same():
     name = 'evil" status=200\nPOST'
-    first = text_value(name)
+    first = values(name)
     assert first == json.dumps(name)
-    assert text_value(name) is first  # remembered, not quoted again
+    assert values(name) is first  # remembered, not quoted again
     record = AccessRecord("POST", "/v1/chat/completions", 404, model=name, key=name)
     expected = f"POST /v1/chat/completions 404 model={first} attempts=0 latency_ms=0.0 key={first}"
-    assert text_line(record) == text_line(record) == expected
+    assert text_line(record, values) == text_line(record, values) == expected
 
 
 def test_a_name_longer_than_the_clip_limit_is_clipped_then_quoted_the_same_every_time():
     name = "é" * (MODEL_LIMIT + 44)
     expected = json.dumps("é" * MODEL_LIMIT + "...[truncated 44 characters]")
     record = AccessRecord("POST", "/v1/chat/completions", 404, model=name)
-    lines = {text_line(record) for _ in range(3)}
+    lines = {text_line(record, values) for _ in range(3)}
     assert lines == {f"POST /v1/chat/completions 404 model={expected} attempts=0 latency_ms=0.0"}
-    assert name not in accesslog._text_values  # never remembered unclipped
-    assert all(len(value) <= TEXT_VALUES_UP_TO for value in accesslog._text_values)
+    assert name not in values.known  # never remembered unclipped
+    assert all(len(value) <= TEXT_VALUES_UP_TO for value in values.known)
 
 
 def test_a_remembered_model_name_is_one_clipping_leaves_alone():
@@ -221,22 +221,22 @@ def test_a_remembered_model_name_is_one_clipping_leaves_alone():
     record = AccessRecord("POST", "/v1/chat/completions", 200, model=long_key, key=long_key)
     clipped = json.dumps(clip(long_key, MODEL_LIMIT))
     for _ in range(2):
-        assert text_line(record) == (
+        assert text_line(record, values) == (
             f"POST /v1/chat/completions 200 model={clipped} attempts=0 latency_ms=0.0 key={long_key}")
 
 
 def test_only_short_values_are_remembered():
-    assert text_value("s" * TEXT_VALUES_UP_TO) == "s" * TEXT_VALUES_UP_TO
-    assert text_value("l" * (TEXT_VALUES_UP_TO + 1)) == "l" * (TEXT_VALUES_UP_TO + 1)
-    assert set(accesslog._text_values) == {"s" * TEXT_VALUES_UP_TO}
+    assert values("s" * TEXT_VALUES_UP_TO) == "s" * TEXT_VALUES_UP_TO
+    assert values("l" * (TEXT_VALUES_UP_TO + 1)) == "l" * (TEXT_VALUES_UP_TO + 1)
+    assert set(values.known) == {"s" * TEXT_VALUES_UP_TO}
 
 
 def test_the_memo_stays_bounded_and_right_after_it_is_emptied():
     assert TEXT_VALUES_KEPT <= 1024  # at most a few megabytes, whatever names clients send
     names = [f"model {i}" for i in range(3 * 1024 + 7)]  # every one unsafe: a space
     for name in names:
-        assert text_value(name) == json.dumps(name)
-        assert len(accesslog._text_values) <= TEXT_VALUES_KEPT
-    assert 0 < len(accesslog._text_values) <= TEXT_VALUES_KEPT
+        assert values(name) == json.dumps(name)
+        assert len(values.known) <= TEXT_VALUES_KEPT
+    assert 0 < len(values.known) <= TEXT_VALUES_KEPT
     for name in (names[0], names[-1], "bench"):  # forgotten, remembered, new
-        assert text_value(name) == reference_text_value(name)
+        assert values(name) == reference_text_value(name)

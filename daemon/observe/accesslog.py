@@ -50,56 +50,64 @@ def clip(value: str, limit: int) -> str:
     return value if len(value) <= limit else f"{value[:limit]}...[truncated {len(value) - limit} characters]"
 
 
-# What `text_value` made of each short value it has seen. The same few model and
-# key names come back on nearly every request, so the checks (and json.dumps for
-# the odd one) run once per name, not once per line. Clients choose model names,
-# so the memo is bounded: only values up to TEXT_VALUES_UP_TO characters are
-# kept, and it is emptied when TEXT_VALUES_KEPT are held.
 TEXT_VALUES_KEPT = 1024
 TEXT_VALUES_UP_TO = 128  # at most MODEL_LIMIT: a remembered model name is one clipping leaves alone
-_text_values: dict[str, str] = {}
 
 
-def text_value(value: str) -> str:
-    """A bare word when safe, else a JSON string (quotes, backslashes, control and non-ASCII escaped)."""
-    known = _text_values.get(value)
-    if known is not None:
-        return known
-    if (value and value.isascii() and value.isprintable()
-            and " " not in value and '"' not in value and "\\" not in value):
-        written = value
-    else:
-        written = json.dumps(value)
-    if type(value) is str and len(value) <= TEXT_VALUES_UP_TO:
-        if len(_text_values) >= TEXT_VALUES_KEPT:
-            _text_values.clear()
-        _text_values[value] = written
-    return written
+class TextValues:
+    """Values as a text line writes them: a bare word when safe, else a JSON string (quotes,
+    backslashes, control and non-ASCII escaped), remembered per value.
+
+    The same few model and key names come back on nearly every request, so the checks (and
+    json.dumps for the odd one) run once per name, not once per line. Clients choose model
+    names, so the memo is bounded: only values up to TEXT_VALUES_UP_TO characters are kept,
+    and it is emptied when TEXT_VALUES_KEPT are held. Each AccessLog owns one.
+    """
+
+    __slots__ = ("known",)
+
+    def __init__(self) -> None:
+        self.known: dict[str, str] = {}
+
+    def __call__(self, value: str) -> str:
+        known = self.known.get(value)
+        if known is not None:
+            return known
+        if (value and value.isascii() and value.isprintable()
+                and " " not in value and '"' not in value and "\\" not in value):
+            written = value
+        else:
+            written = json.dumps(value)
+        if type(value) is str and len(value) <= TEXT_VALUES_UP_TO:
+            if len(self.known) >= TEXT_VALUES_KEPT:
+                self.known.clear()
+            self.known[value] = written
+        return written
 
 
-def text_line(r: AccessRecord) -> str:
+def text_line(r: AccessRecord, values: TextValues) -> str:
     """`METHOD PATH STATUS name=value ...`, every field that is set, in a fixed order.
 
     Written field by field rather than by reflection: this runs once per request.
     One f-string, each optional field in it either empty or ` name=value`, builds
     the line without intermediate lines; a known model or key name is one dict
-    lookup (the memo `text_value` keeps) without a call. Names of deployments,
+    lookup (the memo `values` keeps) without a call. Names of deployments,
     keys and versions come from the config, whose names are plain words; only
-    what a client chose goes through `text_value`, the model clipped first.
+    what a client chose goes through `values`, the model clipped first.
     """
     model, deployment, ttfb, prompt, completion, cost, key, config, error = (
         r.model, r.deployment, r.ttfb_ms, r.prompt_tokens, r.completion_tokens, r.cost, r.key, r.config, r.error)
-    known = _text_values.get
+    known = values.known.get
     return (
         f"{r.method} {r.path} {r.status}"
-        f"{'' if model is None else f' model={known(model) or text_value(clip(model, MODEL_LIMIT))}'}"
+        f"{'' if model is None else f' model={known(model) or values(clip(model, MODEL_LIMIT))}'}"
         f"{'' if deployment is None else f' deployment={deployment}'}"
         f" attempts={r.attempts} latency_ms={r.latency_ms:.1f}"
         f"{'' if ttfb is None else f' ttfb_ms={ttfb:.1f}'}"
         f"{'' if prompt is None else f' prompt_tokens={prompt}'}"
         f"{'' if completion is None else f' completion_tokens={completion}'}"
         f"{'' if cost is None else f' cost={cost:.6f}'}"
-        f"{'' if key is None else f' key={known(key) or text_value(key)}'}"
+        f"{'' if key is None else f' key={known(key) or values(key)}'}"
         f"{'' if config is None else f' config={config}'}"
         f"{'' if error is None else f' error={json.dumps(clip(error, ERROR_LIMIT))}'}"
     )
@@ -160,6 +168,7 @@ class AccessLog:
         self._pending: list[str] = []
         self._timer: asyncio.TimerHandle | None = None
         self._writer: int | None = None  # the thread that emits (the event loop's)
+        self._text_values = TextValues()
 
     def write_to(self, stream) -> None:
         self._stream = stream
@@ -175,9 +184,9 @@ class AccessLog:
     def emit(self, record: AccessRecord, log_format: str) -> None:
         if self._stream is None:
             if log.isEnabledFor(logging.INFO):
-                log.info(json_line(record) if log_format == "json" else text_line(record))
+                log.info(json_line(record) if log_format == "json" else text_line(record, self._text_values))
             return
-        self._pending.append(json_line(record) if log_format == "json" else text_line(record))
+        self._pending.append(json_line(record) if log_format == "json" else text_line(record, self._text_values))
         if len(self._pending) >= self.BATCH_LINES:
             self.flush()
         elif self._timer is None:
