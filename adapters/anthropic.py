@@ -39,18 +39,24 @@ deployment's account is unusable); an in-band stream `error` event is
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
 
+from gatewayd.adapters.base import DONE_EVENT as DONE_EVENT  # re-exported: how this module's streams end
 from gatewayd.adapters.base import (
-    DONE_EVENT,
+    ChunkTranslator,
     HttpAdapter,
+    ProviderType,
+    TranslatedStream,
+    TypeKey,
+    expect_stream,
     openai_error_body,
-    parse_retry_after,
+    openai_usage,
     translates_client_input,
+    upstream_json,
+    usage_chunk,
+    wants_usage,
 )
 from gatewayd.adapters.sse import read_events
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
@@ -260,8 +266,7 @@ def to_upstream(body: dict, model: str) -> bytes:
 def _usage(usage: dict) -> dict:
     cache_read = usage.get("cache_read_input_tokens") or 0
     prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0) + cache_read
-    completion = usage.get("output_tokens") or 0
-    out = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    out = openai_usage(prompt, usage.get("output_tokens") or 0)
     if cache_read:
         out["prompt_tokens_details"] = {"cached_tokens": cache_read}
     return out
@@ -315,7 +320,7 @@ def error_from_upstream(status: int | None, payload, retry_after: float | None =
                          body=openai_error_body(message, type_, code))
 
 
-class StreamTranslator:
+class StreamTranslator(ChunkTranslator):
     """Anthropic stream events in, OpenAI chat.completion.chunk dicts out. Pure: no I/O."""
 
     def __init__(self, include_usage: bool = False, created: int | None = None) -> None:
@@ -343,10 +348,7 @@ class StreamTranslator:
         """One SSE event (name, data) in; the OpenAI chunks it becomes out."""
         if self.done:
             return []
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise _protocol("malformed stream event from upstream") from None
+        payload = upstream_json(data, "malformed stream event from upstream")
         if not isinstance(payload, dict):
             raise _protocol("malformed stream event from upstream")
         kind = payload.get("type") or event.decode("ascii", "replace")
@@ -388,11 +390,7 @@ class StreamTranslator:
             return [self._chunk({}, FINISH_REASONS.get(reason, "stop"))] if reason else []
         if kind == "message_stop":
             self.done = True
-            if not self.include_usage:
-                return []
-            chunk = self._chunk({})
-            chunk["choices"], chunk["usage"] = [], _usage(self._usage)
-            return [chunk]
+            return [usage_chunk(self._chunk({}), _usage(self._usage))] if self.include_usage else []
         if kind == "error":
             error = error_from_upstream(None, event)
             if error.failure not in (FailureClass.OVERLOADED, FailureClass.SERVER, FailureClass.RATE_LIMIT):
@@ -400,42 +398,7 @@ class StreamTranslator:
             raise error
         return []  # ping, content_block_stop, and event types added later
 
-    def events(self, event: bytes, data: bytes) -> list[bytes]:
-        """Like `feed`, as SSE events ready to write, `data: [DONE]` after message_stop."""
-        was_done = self.done
-        out = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in self.feed(event, data)]
-        if self.done and not was_done:
-            out.append(DONE_EVENT)
-        return out
-
-
-class AnthropicStream:
-    def __init__(self, response: aiohttp.ClientResponse, scrub, include_usage: bool, max_event: int) -> None:
-        self._response = response
-        self._scrub = scrub
-        self._max_event = max_event
-        self.translator = StreamTranslator(include_usage)
-
-    @property
-    def usage(self) -> Usage | None:
-        return self.translator.usage
-
-    @property
-    def done(self) -> bool:
-        return self.translator.done
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for event, data in read_events(self._response.content, self._max_event):
-                for out in self.translator.events(event, self._scrub(data)):
-                    yield out
-                if self.translator.done:
-                    return
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(FailureClass.CONNECT, f"upstream stream broke: {exc}") from None
-
-    async def aclose(self) -> None:
-        self._response.close() if not self.done else self._response.release()
+    chunks = feed  # what ChunkTranslator.events writes as SSE events
 
 
 class AnthropicAdapter(HttpAdapter):
@@ -445,35 +408,28 @@ class AnthropicAdapter(HttpAdapter):
         version = str(self.provider.options.get("anthropic_version") or DEFAULT_VERSION)
         return {"x-api-key": key, "anthropic-version": version} if key else {"anthropic-version": version}
 
-    def error_from_status(self, status: int, headers, raw: bytes) -> UpstreamError:
-        try:
-            payload = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            payload = None
-        return error_from_upstream(status, payload, parse_retry_after(headers.get("Retry-After")))
+    def error_from_answer(self, status: int, payload: Any, raw: bytes, retry_after: float | None) -> UpstreamError:
+        return error_from_upstream(status, payload, retry_after)
 
     async def chat(self, deployment: Deployment, body: dict) -> Reply:
         url = self.join(self.provider.base_url, "/v1/messages")
         raw = await self.fetch(deployment, url, to_upstream({**body, "stream": False}, deployment.model))
-        try:
-            payload = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise _protocol("upstream answer is not JSON") from None
-        answer = from_upstream(payload)
+        answer = from_upstream(upstream_json(raw, "upstream answer is not JSON"))
         usage = answer["usage"]
         return Reply(orjson.dumps(answer), Usage(usage["prompt_tokens"], usage["completion_tokens"]))
 
-    async def stream(self, deployment: Deployment, body: dict) -> AnthropicStream:
+    async def stream(self, deployment: Deployment, body: dict) -> TranslatedStream:
         url = self.join(self.provider.base_url, "/v1/messages")
         response = await self.send(deployment, url, to_upstream({**body, "stream": True}, deployment.model))
-        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
-            response.close()
-            raise _protocol("upstream did not answer with an event stream")
-        options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        return AnthropicStream(response, self.scrub, include_usage, self._max_answer)
+        expect_stream(response, "text/event-stream", "an event stream")
+        translator = StreamTranslator(wants_usage(body))
+        return TranslatedStream(response, self.scrub, self._max_answer, translator, read_events)
 
     async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
         message = "provider type anthropic has no embeddings API"
         raise UpstreamError(FailureClass.CLIENT, message, status=400,
                             body=openai_error_body(message, "invalid_request_error", "unsupported_operation"))
+
+
+ANTHROPIC = ProviderType("anthropic", AnthropicAdapter, base_url="https://api.anthropic.com",
+                         keys={"anthropic_version": TypeKey()})

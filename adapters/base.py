@@ -16,12 +16,15 @@ import email.utils
 import functools
 import math
 import time
+from dataclasses import dataclass, field
 from datetime import timezone
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Protocol, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Literal, Mapping, Protocol, TypeVar
 
 import aiohttp
 import orjson
 from aiohttp import hdrs
+from aiohttp.http_exceptions import LineTooLong
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -45,6 +48,33 @@ class Adapter(Protocol):
     def embeddings(self, deployment: Deployment, body: dict) -> Awaitable[Reply]: ...
 
     async def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TypeKey:
+    """A provider key that one type alone takes, and how the compiler reads it into
+    `Provider.options` (the keys every provider takes are the compiler's own)."""
+
+    reads_as: Literal["text", "duration", "number"] = "text"  # as written; in seconds; as a float
+    # when the config leaves it out: True fills in the schema's default, so the adapter reads
+    # it as it is; False leaves it out, and the adapter supplies its own default
+    schema_default: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderType:
+    """What a provider type's module declares, for `registry.py` to list: the adapter class
+    that speaks it, its default `base_url` (None: the config must give one, and
+    `base_url_example` shows what one looks like), and the keys only it takes."""
+
+    name: str  # as the config's `type` says it
+    adapter: Callable[[Provider], Adapter]
+    base_url: str | None = None
+    base_url_example: str | None = None
+    keys: Mapping[str, TypeKey] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -153,12 +183,148 @@ def usage_from_openai(payload: dict) -> Usage | None:
     return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
+def openai_usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    """An answer's `usage` in OpenAI's shape."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def upstream_json(data: bytes, malformed: str) -> Any:
+    """`data` parsed as JSON; text that is not JSON is the upstream's protocol failure, `malformed`."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(FailureClass.PROTOCOL, malformed) from None
+
+
+def json_or_none(raw: bytes) -> Any:
+    """An error answer's body as JSON, or None: an upstream in trouble may answer HTML, or nothing."""
+    try:
+        return orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
+        return None
+
+
+# --- streams ---------------------------------------------------------------------------------
+
+def wants_usage(body: dict) -> bool:
+    """Whether the client asked for a last chunk with the usage (`stream_options.include_usage`).
+    Adapters that translate a stream add that chunk themselves: their upstreams never see the option."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and bool(options.get("include_usage"))
+
+
+def usage_chunk(chunk: dict, usage: dict) -> dict:
+    """The chunk `include_usage` asks for last: the stream's `chunk` fields, no choices, the usage."""
+    return {**chunk, "choices": [], "usage": usage}
+
+
+def expect_stream(response: aiohttp.ClientResponse, content_type: str, what: str) -> None:
+    """Raise unless `response` is a stream of `content_type` (`what`, in words): an upstream that
+    answered a stream request with anything else broke the protocol; that answer is never read."""
+    if not response.headers.get("Content-Type", "").startswith(content_type):
+        response.close()
+        raise UpstreamError(FailureClass.PROTOCOL, f"upstream did not answer with {what}")
+
+
+def stream_broke(exc: BaseException) -> UpstreamError:
+    """A stream's connection failed while it was read: the upstream may have died mid-answer."""
+    return UpstreamError(FailureClass.CONNECT, f"upstream stream broke: {exc}")
+
+
+async def read_lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[tuple[bytes, bytes]]:
+    """The lines of an NDJSON stream, as `(b"", line)`: a stream reader yields `(event type, data)`
+    pieces (see sse.read_events), and NDJSON's carry no type. A line larger than `limit` bytes is
+    the upstream's protocol failure, a broken connection a connect failure."""
+    readline = content.readline
+    try:
+        while line := await readline(max_line_length=limit):
+            yield b"", line
+    except (aiohttp.ClientError, OSError) as exc:
+        raise stream_broke(exc) from None
+    except LineTooLong:
+        raise UpstreamError(FailureClass.PROTOCOL, f"an upstream stream line is larger than {limit} bytes "
+                                                   "(server.max_upstream_body)") from None
+
+
+class UpstreamStream:
+    """An upstream's open stream relayed as OpenAI events (a `ReplyStream`): what every streaming
+    adapter shares.
+
+    A subclass's `__aiter__` reads `response.content` through a bounded reader (`read_events`,
+    `read_lines`), passes each piece through `scrub` before it is relayed or quoted in an error,
+    and keeps `usage` and `done` current. `aclose` hands the connection back to the pool once
+    the upstream ended its stream, and closes it otherwise: the rest would never be read.
+    """
+
+    usage: Usage | None = None
+    done: bool = False
+
+    def __init__(self, response: aiohttp.ClientResponse, scrub: Callable[[bytes], bytes], max_read: int) -> None:
+        self.response = response
+        self.scrub = scrub
+        self.max_read = max_read  # server.max_upstream_body: no line or event is held past it
+
+    async def aclose(self) -> None:
+        self.response.close() if not self.done else self.response.release()
+
+
+class ChunkTranslator:
+    """Base of a pure translator from a provider's stream to OpenAI's: `chunks(event, data)` turns
+    one piece into `chat.completion.chunk` dicts, and sets `usage` as it learns it and `done` at
+    the upstream's end."""
+
+    usage: Usage | None = None
+    done: bool = False
+
+    def chunks(self, event: bytes, data: bytes) -> list[dict]:
+        raise NotImplementedError
+
+    def events(self, event: bytes, data: bytes) -> list[bytes]:
+        """Like `chunks`, as SSE events ready to write, `data: [DONE]` after the last."""
+        was_done = self.done
+        out = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in self.chunks(event, data)]
+        if self.done and not was_done:
+            out.append(DONE_EVENT)
+        return out
+
+
+class TranslatedStream(UpstreamStream):
+    """A stream in a provider's own format: each piece `read` yields goes through `translator`,
+    which holds the usage and knows when the upstream is done."""
+
+    def __init__(self, response: aiohttp.ClientResponse, scrub: Callable[[bytes], bytes], max_read: int,
+                 translator: ChunkTranslator,
+                 read: Callable[[aiohttp.StreamReader, int], AsyncIterator[tuple[bytes, bytes]]]) -> None:
+        super().__init__(response, scrub, max_read)
+        self.translator = translator
+        self.read = read
+
+    @property
+    def usage(self) -> Usage | None:  # type: ignore[override]
+        return self.translator.usage
+
+    @property
+    def done(self) -> bool:  # type: ignore[override]
+        return self.translator.done
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        translator, scrub = self.translator, self.scrub
+        async for event, data in self.read(self.response.content, self.max_read):
+            for out in translator.events(event, scrub(data)):
+                yield out
+            if translator.done:
+                return
+
+
 class HttpAdapter:
     """Common I/O for adapters that talk HTTP: one connection pool per provider.
 
-    Subclasses supply `auth_headers()` and the translation; this class owns the
-    aiohttp session, never follows redirects, classifies transport failures and
-    error statuses, and scrubs the provider's key out of anything it passes on.
+    Subclasses supply `auth_headers()` and the translation, and where they differ from
+    OpenAI's, `error_from_answer()` (their error bodies) and `sign()` (a signature per
+    request); this class owns the aiohttp session, never follows redirects, classifies
+    transport failures and error statuses, and scrubs the provider's key out of anything
+    it passes on.
     """
 
     capabilities: frozenset[str] = frozenset()
@@ -180,9 +346,21 @@ class HttpAdapter:
         self._timeouts: dict[float, aiohttp.ClientTimeout] = {}  # by connect timeout
         self._max_answer = provider.max_upstream_body
         self._urls: dict[str, URL] = {}  # parsed once per URL string
+        # decided once, not per request: only an adapter that overrides `sign` signs
+        self._signs = type(self).sign is not HttpAdapter.sign
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {}
+
+    def sign(self, method: str, url: URL, headers: CIMultiDictProxy[str], body: bytes) -> Mapping[str, str]:
+        """The headers to send with one request, for a provider that authenticates each request by
+        a signature over it (Bedrock's SigV4): `url` is the final URL as it is sent, `headers` the
+        provider's prebuilt ones (aiohttp adds only Host and Content-Length, from `url` and `body`).
+
+        Overriding it is what makes an adapter sign: `send` calls it only then, so this
+        identity is what every other adapter gets, at the cost of one test per request.
+        """
+        return headers
 
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -228,9 +406,10 @@ class HttpAdapter:
             if len(self._urls) >= MAX_CACHED_URLS:  # deployments come and go across reloads
                 self._urls.clear()
             target = self._urls[url] = URL(url)
+        headers = self._headers if not self._signs else self.sign("POST", target, self._headers, payload)
         try:
             response = await self.session().post(
-                target, data=payload, headers=self._headers, allow_redirects=False, timeout=timeout,
+                target, data=payload, headers=headers, allow_redirects=False, timeout=timeout,
             )
         except aiohttp.ServerTimeoutError as exc:
             raise UpstreamError(FailureClass.TIMEOUT, f"connect timed out: {exc}") from None
@@ -267,22 +446,20 @@ class HttpAdapter:
         return read(self.scrub(raw))
 
     def error_from_status(self, status: int, headers, raw: bytes) -> UpstreamError:
-        """Turn an upstream error answer into an UpstreamError with an OpenAI-shaped body."""
-        failure = classify_status(status)
+        """Turn an upstream error answer (its body scrubbed) into an UpstreamError with an
+        OpenAI-shaped body: the body is read as JSON here, once, for `error_from_answer`."""
+        return self.error_from_answer(status, json_or_none(raw), raw, parse_retry_after(headers.get("Retry-After")))
+
+    def error_from_answer(self, status: int, payload: Any, raw: bytes, retry_after: float | None) -> UpstreamError:
+        """An error answer of this provider's (`payload`: its JSON, None when it is not JSON).
+        OpenAI's shape, `{"error": {"message": ...}}`, goes on as it came; anything else gets one of ours."""
         message = f"upstream answered HTTP {status}"
         body = raw
-        try:
-            payload = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            payload = None
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
             message = str(payload["error"].get("message") or message)
         else:
             body = openai_error_body(message, "upstream_error", None)
-        return UpstreamError(
-            failure, message, status=status,
-            retry_after=parse_retry_after(headers.get("Retry-After")), body=body,
-        )
+        return UpstreamError(classify_status(status), message, status=status, retry_after=retry_after, body=body)
 
     @staticmethod
     def join(base_url: str, path: str) -> str:

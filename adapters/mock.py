@@ -17,7 +17,15 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 import orjson
 
-from gatewayd.adapters.base import openai_error_body
+from gatewayd.adapters.base import (
+    DONE_EVENT,
+    ProviderType,
+    TypeKey,
+    openai_error_body,
+    openai_usage,
+    usage_chunk,
+    wants_usage,
+)
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Reply, Usage
 
@@ -58,8 +66,7 @@ def prompt_tokens(body: dict) -> int:
 
 
 def completion(deployment: Deployment, body: dict, text: str) -> dict:
-    usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": count_tokens(text)}
-    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    usage = openai_usage(prompt_tokens(body), count_tokens(text))
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
         "model": deployment.model,
@@ -95,13 +102,11 @@ class MockStream:
         for index, word in enumerate(words):
             yield chunk(base, {"content": word if index == 0 else " " + word})
         yield chunk(base, {}, "stop")
-        options = self._body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            usage = {"prompt_tokens": self.usage.prompt_tokens, "completion_tokens": self.usage.completion_tokens,
-                     "total_tokens": self.usage.prompt_tokens + self.usage.completion_tokens}
-            yield b"data: " + orjson.dumps({**base, "choices": [], "usage": usage}) + b"\n\n"
+        if wants_usage(self._body):
+            usage = openai_usage(self.usage.prompt_tokens, self.usage.completion_tokens)
+            yield b"data: " + orjson.dumps(usage_chunk(base, usage)) + b"\n\n"
         self.done = True
-        yield b"data: [DONE]\n\n"
+        yield DONE_EVENT
 
     async def aclose(self) -> None:
         return None
@@ -147,3 +152,10 @@ class MockAdapter:
 
     async def close(self) -> None:
         return None
+
+
+MOCK = ProviderType("mock", MockAdapter, base_url="mock://local", keys={
+    "reply": TypeKey(schema_default=True),
+    "latency": TypeKey("duration", schema_default=True),
+    "fail_rate": TypeKey("number", schema_default=True),
+})

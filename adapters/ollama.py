@@ -26,20 +26,24 @@ import secrets
 import struct
 import time
 import urllib.parse
-from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import orjson
-from aiohttp.http_exceptions import LineTooLong
 
 from gatewayd.adapters.base import (
-    DONE_EVENT,
+    ChunkTranslator,
     HttpAdapter,
+    ProviderType,
+    TranslatedStream,
+    expect_stream,
     openai_error_body,
-    parse_retry_after,
+    openai_usage,
+    read_lines,
     translates_client_input,
+    upstream_json,
+    usage_chunk,
+    wants_usage,
 )
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
 from gatewayd.daemon.core.replies import Reply, Usage
@@ -205,10 +209,7 @@ def finish_reason(done_reason: str | None, tool_calls: bool) -> str:
 
 
 def usage_from(payload: dict) -> dict:
-    prompt = int(payload.get("prompt_eval_count") or 0)
-    completion = int(payload.get("eval_count") or 0)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion}
+    return openai_usage(int(payload.get("prompt_eval_count") or 0), int(payload.get("eval_count") or 0))
 
 
 def check_payload(payload, *, retryable: bool = False) -> dict:
@@ -241,7 +242,7 @@ def from_upstream(payload: dict, requested_model: str) -> dict:
     }
 
 
-class StreamTranslator:
+class StreamTranslator(ChunkTranslator):
     """Ollama NDJSON lines in, OpenAI `chat.completion.chunk` dicts out."""
 
     def __init__(self, model: str, include_usage: bool = False) -> None:
@@ -261,10 +262,7 @@ class StreamTranslator:
         line = line.strip()
         if not line or self.done:
             return []
-        try:
-            payload = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(FailureClass.PROTOCOL, "malformed stream line") from None
+        payload = upstream_json(line, "malformed stream line")
         message = check_payload(payload, retryable=not self.started).get("message") or {}
         if self.created is None:
             self.created = created_from(payload.get("created_at"))
@@ -285,8 +283,11 @@ class StreamTranslator:
             reason = finish_reason(payload.get("done_reason"), self.tool_calls > 0)
             chunks.append(self.chunk({}, reason))
             if self.include_usage:
-                chunks.append({**self.chunk({}), "choices": [], "usage": usage})
+                chunks.append(usage_chunk(self.chunk({}), usage))
         return chunks
+
+    def chunks(self, _event: bytes, line: bytes) -> list[dict]:  # an NDJSON line has no event type
+        return self.feed(line)
 
 
 # -- embeddings --------------------------------------------------------------
@@ -320,46 +321,15 @@ def embed_from_upstream(payload: dict, requested_model: str,
 
 # -- I/O ---------------------------------------------------------------------
 
-class OllamaStream:
-    def __init__(self, response: aiohttp.ClientResponse, scrub, translator: StreamTranslator, max_line: int):
-        self._response, self._scrub, self._translator = response, scrub, translator
-        self._max_line = max_line
-        self.usage: Usage | None = None
-        self.done = False
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        readline = self._response.content.readline
-        try:
-            while line := await readline(max_line_length=self._max_line):
-                for chunk in self._translator.feed(self._scrub(line)):
-                    yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-                if self._translator.done:
-                    self.usage, self.done = self._translator.usage, True
-                    yield DONE_EVENT
-                    return
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(FailureClass.CONNECT, f"upstream stream broke: {exc}") from None
-        except LineTooLong:
-            raise UpstreamError(FailureClass.PROTOCOL, f"an upstream stream line is larger than {self._max_line} "
-                                "bytes (server.max_upstream_body)") from None
-
-    async def aclose(self) -> None:
-        self._response.close() if not self.done else self._response.release()
-
-
 class OllamaAdapter(HttpAdapter):
     capabilities = frozenset({"chat", "stream", "embeddings"})
 
     def auth_headers(self, key: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {key}"} if key else {}  # an Ollama behind a proxy
 
-    def error_from_status(self, status: int, headers, raw: bytes) -> UpstreamError:
+    def error_from_answer(self, status: int, payload: Any, raw: bytes, retry_after: float | None) -> UpstreamError:
         failure = classify_status(status)
         message = f"upstream answered HTTP {status}"
-        try:
-            payload = orjson.loads(raw) if raw else None
-        except orjson.JSONDecodeError:
-            payload = None
         error = payload.get("error") if isinstance(payload, dict) else None
         if isinstance(error, dict):
             error = error.get("message")
@@ -368,15 +338,11 @@ class OllamaAdapter(HttpAdapter):
         not_found = failure is FailureClass.NOT_FOUND and "model" in message
         body = openai_error_body(message, ERROR_TYPES.get(failure, "server_error"),
                                  "model_not_found" if not_found else None)
-        return UpstreamError(failure, message, status=status,
-                             retry_after=parse_retry_after(headers.get("Retry-After")), body=body)
+        return UpstreamError(failure, message, status=status, retry_after=retry_after, body=body)
 
     async def _post(self, deployment: Deployment, path: str, payload: bytes) -> dict:
         raw = await self.fetch(deployment, self.join(self.provider.base_url, path), payload)
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not JSON") from None
+        return upstream_json(raw, "upstream answer is not JSON")
 
     async def chat(self, deployment: Deployment, body: dict) -> Reply:
         request = to_upstream({**body, "stream": False}, deployment.model)
@@ -386,16 +352,12 @@ class OllamaAdapter(HttpAdapter):
         usage = Usage(tokens["prompt_tokens"], tokens["completion_tokens"])
         return Reply(orjson.dumps(answer), usage)
 
-    async def stream(self, deployment: Deployment, body: dict) -> OllamaStream:
+    async def stream(self, deployment: Deployment, body: dict) -> TranslatedStream:
         response = await self.send(deployment, self.join(self.provider.base_url, "/api/chat"),
                                    to_upstream({**body, "stream": True}, deployment.model))
-        if not response.headers.get("Content-Type", "").startswith("application/x-ndjson"):
-            response.close()
-            raise UpstreamError(FailureClass.PROTOCOL, "upstream did not answer with NDJSON")
-        options = body.get("stream_options")
-        include_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        return OllamaStream(response, self.scrub,
-                            StreamTranslator(body.get("model") or deployment.model, include_usage), self._max_answer)
+        expect_stream(response, "application/x-ndjson", "NDJSON")
+        translator = StreamTranslator(body.get("model") or deployment.model, wants_usage(body))
+        return TranslatedStream(response, self.scrub, self._max_answer, translator, read_lines)
 
     async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
         request = embed_to_upstream(body, deployment.model)
@@ -403,3 +365,6 @@ class OllamaAdapter(HttpAdapter):
         answer = embed_from_upstream(
             payload, body.get("model") or deployment.model, body.get("encoding_format"))
         return Reply(orjson.dumps(answer), Usage(answer["usage"]["prompt_tokens"], 0))
+
+
+OLLAMA = ProviderType("ollama", OllamaAdapter, base_url="http://127.0.0.1:11434")

@@ -12,11 +12,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Literal
 from urllib.parse import quote
 
-import aiohttp
 import msgspec
 import orjson
 
-from gatewayd.adapters.base import DONE_EVENT, HttpAdapter, openai_error_body, usage_from_openai
+from gatewayd.adapters.base import (
+    DONE_EVENT,
+    HttpAdapter,
+    ProviderType,
+    TypeKey,
+    UpstreamStream,
+    expect_stream,
+    openai_error_body,
+    upstream_json,
+    usage_from_openai,
+)
 from gatewayd.adapters.sse import read_events
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Reply, Usage
@@ -85,10 +94,7 @@ def from_upstream(raw: bytes) -> Reply:
     usage = glance(raw)
     if usage is not False:
         return Reply(raw, usage)
-    try:
-        payload = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not JSON") from None
+    payload = upstream_json(raw, "upstream answer is not JSON")
     if not isinstance(payload, dict):
         raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a JSON object")
     if "error" in payload and isinstance(payload["error"], dict):
@@ -107,10 +113,7 @@ def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
     usage = glance(data)
     if usage is not False:
         return b"data: " + data + b"\n\n", usage
-    try:
-        payload = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(FailureClass.PROTOCOL, "malformed stream event from upstream") from None
+    payload = upstream_json(data, "malformed stream event from upstream")
     if not isinstance(payload, dict):
         raise UpstreamError(FailureClass.PROTOCOL, "malformed stream event from upstream")
     error = payload.get("error")
@@ -120,30 +123,20 @@ def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
     return b"data: " + data + b"\n\n", usage_from_openai(payload)
 
 
-class OpenAIStream:
-    def __init__(self, response: aiohttp.ClientResponse, scrub, max_event: int) -> None:
-        self._response = response
-        self._scrub = scrub
-        self._max_event = max_event
-        self.usage: Usage | None = None
-        self.done = False
+class OpenAIStream(UpstreamStream):
+    """Relays each event as it came, once `check_chunk` has read it."""
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        try:
-            async for _event, data in read_events(self._response.content, self._max_event):
-                event, usage = check_chunk(self._scrub(data))  # scrubbed before an error can quote it
-                if usage is not None:
-                    self.usage = usage
-                if event is None:
-                    self.done = True
-                    yield DONE_EVENT
-                    return
-                yield event
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(FailureClass.CONNECT, f"upstream stream broke: {exc}") from None
-
-    async def aclose(self) -> None:
-        self._response.close() if not self.done else self._response.release()
+        scrub = self.scrub
+        async for _event, data in read_events(self.response.content, self.max_read):
+            event, usage = check_chunk(scrub(data))
+            if usage is not None:
+                self.usage = usage
+            if event is None:
+                self.done = True
+                yield DONE_EVENT
+                return
+            yield event
 
 
 class OpenAIAdapter(HttpAdapter):
@@ -169,9 +162,7 @@ class OpenAIAdapter(HttpAdapter):
             deployment, self.url(deployment, "chat/completions"),
             to_upstream({**body, "stream": True}, deployment.model),
         )
-        if not response.headers.get("Content-Type", "").startswith("text/event-stream"):
-            response.close()
-            raise UpstreamError(FailureClass.PROTOCOL, "upstream did not answer with an event stream")
+        expect_stream(response, "text/event-stream", "an event stream")
         return OpenAIStream(response, self.scrub, self._max_answer)
 
 
@@ -189,3 +180,8 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     def url(self, deployment: Deployment, operation: str) -> str:
         return self.join(self.provider.base_url, f"/openai/deployments/{deployment.model}/{operation}"
                                                  f"?api-version={self._api_version}")
+
+
+OPENAI = ProviderType("openai", OpenAIAdapter, base_url="https://api.openai.com/v1")
+AZURE_OPENAI = ProviderType("azure-openai", AzureOpenAIAdapter, base_url_example="https://RESOURCE.openai.azure.com",
+                            keys={"api_version": TypeKey()})

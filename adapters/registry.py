@@ -1,26 +1,31 @@
-"""Which adapter class speaks which provider type."""
+"""Which provider types exist: each type's module declares its `ProviderType` (its adapter,
+default base_url and the keys only it takes), and this table lists them. A new provider type is
+its module, one entry here and its keys in schema/gateway.schema.json; the compiler and the
+adapter pool read everything else from here."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Mapping
 
-from gatewayd.adapters.anthropic import AnthropicAdapter
-from gatewayd.adapters.base import Adapter
-from gatewayd.adapters.mock import MockAdapter
-from gatewayd.adapters.ollama import OllamaAdapter
-from gatewayd.adapters.openai import AzureOpenAIAdapter, OpenAIAdapter
+from gatewayd.adapters.anthropic import ANTHROPIC
+from gatewayd.adapters.base import Adapter, ProviderType
+from gatewayd.adapters.mock import MOCK
+from gatewayd.adapters.ollama import OLLAMA
+from gatewayd.adapters.openai import AZURE_OPENAI, OPENAI
 
 if TYPE_CHECKING:
     from gatewayd.daemon.core.graph import Provider
 
-ADAPTER_TYPES = {
-    "openai": OpenAIAdapter,
-    "azure-openai": AzureOpenAIAdapter,
-    "anthropic": AnthropicAdapter,
-    "ollama": OllamaAdapter,
-    "mock": MockAdapter,
-}
+PROVIDER_TYPES: Mapping[str, ProviderType] = MappingProxyType(
+    {kind.name: kind for kind in (OPENAI, AZURE_OPENAI, ANTHROPIC, OLLAMA, MOCK)})
+
+# each type-only key and the types that take it: given to any other type, it is a config error
+TYPE_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    key: tuple(kind.name for kind in PROVIDER_TYPES.values() if key in kind.keys)
+    for key in dict.fromkeys(key for kind in PROVIDER_TYPES.values() for key in kind.keys)
+})
 
 
 def create_adapter(provider: Provider) -> Adapter:
-    return ADAPTER_TYPES[provider.type](provider)
+    return PROVIDER_TYPES[provider.type].adapter(provider)

@@ -5,7 +5,8 @@ field (b"" when absent) and `data` the joined `data:` lines as raw bytes, so an
 OpenAI-compatible stream can be relayed byte for byte. Comments (`:` lines,
 keep-alives) are skipped. See the WHATWG HTML spec, "Server-sent events",
 for the field grammar. No line and no event larger than the caller's limit
-(`server.max_upstream_body`) is held: one is the upstream's protocol failure.
+(`server.max_upstream_body`) is held: one is the upstream's protocol failure,
+and a connection that breaks while it is read a connect failure.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import AsyncIterator
 import aiohttp
 from aiohttp.http_exceptions import LineTooLong
 
+from gatewayd.adapters.base import stream_broke
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 
 
@@ -32,7 +34,7 @@ def event_too_large(limit: int) -> UpstreamError:
 
 async def read_events(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[tuple[bytes, bytes]]:
     """The events of `content`; an event (or one line) larger than `limit` bytes raises a
-    protocol UpstreamError."""
+    protocol UpstreamError, a broken connection a connect one."""
     event = b""
     data: list[bytes] = []
     size = 0  # of an event's data lines, counted from its second one (one line is bounded already)
@@ -42,6 +44,8 @@ async def read_events(content: aiohttp.StreamReader, limit: int) -> AsyncIterato
             raw = await readline(max_line_length=limit)
         except LineTooLong:
             raise event_too_large(limit) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise stream_broke(exc) from None
         if not raw:
             break
         line = raw.rstrip(b"\r\n")

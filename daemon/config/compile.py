@@ -13,11 +13,13 @@ import hashlib
 import ipaddress
 import re
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
+from gatewayd.adapters.base import ProviderType
+from gatewayd.adapters.registry import PROVIDER_TYPES, TYPE_KEYS
 from gatewayd.daemon.config import schemadoc
 from gatewayd.daemon.config.units import seconds, size_bytes
 from gatewayd.daemon.config.yamldoc import Document
@@ -42,19 +44,9 @@ from gatewayd.daemon.core.graph import (
 from gatewayd.daemon.core.problems import ConfigError, Problem, quoted, suggest
 from gatewayd.daemon.core.windows import Windows, WindowSyntaxError, load_zone, parse_window
 
-DEFAULT_BASE_URLS = {
-    "openai": "https://api.openai.com/v1",
-    "anthropic": "https://api.anthropic.com",
-    "ollama": "http://127.0.0.1:11434",
-    "mock": "mock://local",
-}
-TYPE_ONLY_KEYS = {
-    "api_version": "azure-openai",
-    "anthropic_version": "anthropic",
-    "reply": "mock",
-    "latency": "mock",
-    "fail_rate": "mock",
-}
+# how a provider type's own keys are read, by what its module declares (adapters/base.TypeKey)
+TYPE_KEY_READERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
+    {"text": lambda value: value, "duration": seconds, "number": float})
 POLICY_KEYS = ("timeouts", "retry", "cooldown")
 HEX_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")
 
@@ -182,16 +174,17 @@ class Compiler:
         for name, raw in (self.data.get("providers") or {}).items():
             path = ("providers", name)
             type_ = raw["type"]
-            for key, only in TYPE_ONLY_KEYS.items():
-                if key in raw and type_ != only:
-                    self.error(path + (key,), f"key '{key}' applies only to {only} providers, "
+            for key, types in TYPE_KEYS.items():
+                if key in raw and type_ not in types:
+                    self.error(path + (key,), f"key '{key}' applies only to {' and '.join(types)} providers, "
                                f"and '{name}' is {type_}", key=True)
             if "api_key" in raw and "api_key_file" in raw:
                 self.error(path + ("api_key_file",), "give either api_key or api_key_file, not both", key=True)
-            base_url = raw.get("base_url") or DEFAULT_BASE_URLS.get(type_)
+            kind = PROVIDER_TYPES[type_]
+            base_url = raw.get("base_url") or kind.base_url
             if base_url is None:
-                self.error(path, f"provider '{name}' ({type_}) needs base_url, "
-                           "e.g. https://RESOURCE.openai.azure.com", key=True)
+                example = f", e.g. {kind.base_url_example}" if kind.base_url_example else ""
+                self.error(path, f"provider '{name}' ({type_}) needs base_url{example}", key=True)
                 continue
             key: Secret | None = None
             disabled = None
@@ -204,11 +197,7 @@ class Compiler:
                     disabled = f"its {source} resolved to an empty value"
                     self.warn(path, f"provider '{name}' is disabled: {disabled}; "
                               "its models are left out of every plan")
-            options = {k: raw[k] for k in TYPE_ONLY_KEYS if k in raw}
-            if type_ == "mock":
-                options = {"reply": raw.get("reply", schemadoc.default("provider", "reply")),
-                           "latency": seconds(raw.get("latency", 0)),
-                           "fail_rate": float(raw.get("fail_rate", 0))}
+            options = self.type_options(kind, raw)
             base_url, headers = with_userinfo_as_header(base_url, raw.get("headers") or {})
             providers[name] = Provider(
                 name=name, type=type_, base_url=base_url.rstrip("/"), api_key=key,
@@ -217,6 +206,19 @@ class Compiler:
                 options=MappingProxyType(options), disabled=disabled, max_upstream_body=max_upstream_body,
             )
         return providers
+
+    def type_options(self, kind: ProviderType, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """A provider's `options`: the keys only its type takes, read as its module declares."""
+        options = {}
+        for key, spec in kind.keys.items():
+            if key in raw:
+                value = raw[key]
+            elif spec.schema_default:
+                value = schemadoc.default("provider", key)
+            else:
+                continue  # the adapter has its own default
+            options[key] = TYPE_KEY_READERS[spec.reads_as](value)
+        return options
 
     def default_zone(self) -> str | None:
         """`defaults.timezone`, checked once whether or not any model has windows."""
