@@ -1,38 +1,30 @@
-"""Hot reload (SPEC §5): four triggers feed one reload task; publishing is one assignment.
+"""Hot reload (SPEC §5): four triggers feed one reload task, which runs one reload at a time.
 
-Triggers. The folder watcher (a file event), SIGHUP, `POST /admin/reload` and
-`gatewayd reload` (which calls that endpoint) all call `Reloader.ask`; nothing
-else ever reloads. One task runs the reloads, one at a time. Whatever is asked
-while a reload runs becomes ONE more reload afterwards, of the file as it is
-then: requests coalesce, they never queue up. `request()` waits for the result
-of a reload that starts after it was asked, so a caller sees its own edit.
+Triggers. The folder watch (`watch.FolderWatch`, on a file event), SIGHUP,
+`POST /admin/reload` and `gatewayd reload` (which calls that endpoint) all call
+`Reloader.ask`; nothing else ever reloads. One task runs the reloads, one at a
+time. Whatever is asked while a reload runs becomes ONE more reload afterwards,
+of the file as it is then: requests coalesce, they never queue up. `request()`
+waits for the result of a reload that starts after it was asked, so a caller
+sees its own edit.
 
-Why the folder is watched, not the file. Editors save by writing a temporary
-file and renaming it over the config, and Kubernetes updates a ConfigMap
-volume by re-pointing the `..data` symlink at a fresh directory; either way
-the inode a watch on "the file" was attached to is gone, and no further event
-would come. A watch on the folder sees the new name appear. Events are kept
-only for the names that matter: the config's name, `..data`, the resolved
-target of the config path (whose folder is watched too when it lies outside),
-and api_key_file secrets in those folders. After a reload the set is
-recomputed, and the watch restarts when its folders changed.
-
-Debounce, bounded. watchfiles groups raw events (a 50 ms step, at most
-400 ms); the reload task then waits until no relevant event came for 150 ms,
-so a file being written is not read half-way, but never longer than 1 s after
-the first event of a burst (`DELAYS`): a file rewritten every 300 ms, or
+Debounce, bounded. Each trigger has a quiet time and a longest wait (`DELAYS`):
+the reload starts once no request of that trigger came for its quiet time, but
+never later than its longest wait after the burst's first request. A file event
+(already grouped by the watch) waits 150 ms of quiet, so a file being written
+is not read half-way, and at most 1 s: a file rewritten every 300 ms, or
 continuously, still serves its latest content within 2 s. SIGHUP bursts get a
 short quiet window (100 ms, at most 500 ms); API and CLI requests start at once.
 
-One publish. A reload reads, validates, resolves secrets and compiles (in a
-thread: `config.load` touches only files), builds the new Snapshot around the
-graph (adapters reused by provider identity), and only then publishes it with
-the single assignment `holder.current = new`. A request reads the holder once,
-so it finishes on the snapshot it started with; the old snapshot is marked
-retired and the pools of providers that left close when its last request ends.
-Any failure before that assignment leaves the old snapshot serving: there is
-nothing to roll back. A resolved config identical to the running one (same
-`graph.version`) publishes nothing.
+One reload. It first digests what the serving config was made of (the file,
+the environment values it references, its secret files): identical inputs need
+no parsing at all. Otherwise it reads, validates, resolves secrets and compiles
+(in a thread: `config.load` touches only files); a resolved config identical to
+the running one (same `graph.version`) publishes nothing; any other is handed
+to `Runtime.install`, the one publisher. Any failure leaves the old snapshot
+serving: there is nothing to roll back. Every reload is then reported the same
+way: its result (`last_result()`, the `request()` answer), the log, /metrics,
+the event bus, and systemd's RELOADING=1 / READY=1 with STATUS=.
 """
 
 from __future__ import annotations
@@ -48,13 +40,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from watchfiles import awatch
-
 from gatewayd.daemon.config.load import load, secret_files
 from gatewayd.daemon.config.yamldoc import load_document
-from gatewayd.daemon.core.graph import Graph
 from gatewayd.daemon.core.problems import ConfigError, Problem
-from gatewayd.daemon.routing.snapshot import Snapshot, close_when_drained
+from gatewayd.daemon.watch import FolderWatch
 
 if TYPE_CHECKING:
     from gatewayd.daemon.http.runtime import Runtime
@@ -64,11 +53,12 @@ log = logging.getLogger("gatewayd")
 
 # trigger -> (quiet time wanted after its last request, longest wait after its first), seconds
 DELAYS = {"file": (0.15, 1.0), "signal": (0.1, 0.5), "api": (0.0, 0.0), "cli": (0.0, 0.0)}
-WATCH_STEP_MS, WATCH_DEBOUNCE_MS = 50, 400
 PRIORITY = ("cli", "api", "signal", "file")  # the trigger a coalesced reload is reported under
 
 
 class Reloader:
+    """The one reload task, the triggers that ask it, and the result of its last reload."""
+
     def __init__(self, runtime: Runtime, notifier: Notifier) -> None:
         self.runtime = runtime
         self.notifier = notifier
@@ -81,15 +71,12 @@ class Reloader:
         self._running: list[asyncio.Future] = []  # those the reload under way answers
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._rewatch = asyncio.Event()  # stops the current watch so it restarts on new folders
         self._secrets: tuple[Path, ...] = ()
         self._env_names: tuple[str, ...] = ()  # the environment variables the config references
         self._inputs: tuple | None = None  # digests of what the serving config was loaded from
-        self._interest: set[tuple[str, str]] = set()
-        self._folders: tuple[str, ...] = ()
+        self.watch = FolderWatch(self.path, lambda: self.ask("file"))
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._closers: set[asyncio.Task] = set()
+        self._task: asyncio.Task | None = None
 
     # -- triggers -------------------------------------------------------------
 
@@ -101,25 +88,21 @@ class Reloader:
             self._secrets = tuple(secret_files(data, self.path, os.environ).values())
         except ConfigError:
             pass  # the running graph loaded it a moment ago; a watch on the config itself still works
-        self._aim()
-        self._tasks = [loop.create_task(self._run(), name="gatewayd-reload"),
-                       loop.create_task(self._watch(), name="gatewayd-watch")]
+        self.watch.aim(self._secrets)
+        self._task = loop.create_task(self._run(), name="gatewayd-reload")
+        self.watch.start(loop)
 
     async def stop(self) -> None:
         self._stopping.set()
-        self._rewatch.set()  # the watch thread sees it within one step
         if self._loop is not None:
             self._loop.remove_signal_handler(signal.SIGHUP)
-        reload_task, watch_task = self._tasks or (None, None)
-        if reload_task is not None:
-            reload_task.cancel()
-            await asyncio.wait([reload_task, watch_task], timeout=2)
-            watch_task.cancel()
-            await asyncio.wait([watch_task], timeout=1)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(asyncio.wait([self._task], timeout=2), self.watch.stop())
         for waiter in self._waiters + self._running:
             if not waiter.done():
                 waiter.set_result(self._failure("api", "gatewayd is shutting down; nothing was reloaded"))
-        # pools still draining keep closing while the server drains (see _close_later)
+        # pools still draining keep closing while the server drains (see Runtime.install)
 
     def ask(self, trigger: str) -> None:
         """Ask for a reload; a burst of asks becomes one reload."""
@@ -174,7 +157,7 @@ class Reloader:
             self._running = []
 
     async def reload(self, trigger: str) -> dict:
-        """One reload: load, build, publish (or keep serving the old snapshot); never raises."""
+        """One reload: load, compare, install (or keep serving the old snapshot); never raises."""
         started, at = time.perf_counter(), datetime.now(timezone.utc)
         self.notifier.reloading()
         old = self.runtime.holder.current
@@ -184,7 +167,7 @@ class Reloader:
         try:
             inputs = await asyncio.to_thread(inputs_of, self.path, self._env_names, self._secrets)
             if inputs is not None and inputs == self._inputs:  # nothing it is made of changed: no work
-                self._aim()
+                self.watch.aim(self._secrets)
                 result = self._result(trigger, [], False, [], started, at)
                 self._report(result, [])
                 self._last = result
@@ -205,41 +188,23 @@ class Reloader:
                 warnings.append(f"server.listen changed from {self.listening} to {graph.server.listen}: "
                                 "restart gatewayd to apply it")
             if graph.version != old.graph.version:
-                self._publish(old, graph, self.runtime.pool.build(graph))
+                self.runtime.install(graph)
                 changed = True
+                # The new graph is long-lived: keep the cyclic collector from rescanning it (and
+                # all that came before) in every full collection, which paused serving for ~120 ms
+                # at 1,000 aliases. Freezing is the process's choice (here and in server.serve),
+                # not Runtime's: whatever else builds a Runtime keeps its collector as it was.
+                gc.freeze()
         except ConfigError as error:
             problems = list(error.problems)
         except Exception as exc:  # a bug must neither take the daemon down nor publish half a world
             log.exception("reload failed unexpectedly", extra={"event": "reload_error"})
             problems = [Problem(self.path, 1, 1, f"reload failed: {type(exc).__name__}: {exc}")]
-        self._aim()
+        self.watch.aim(self._secrets)
         result = self._result(trigger, problems, changed, warnings, started, at)
         self._report(result, problems)
         self._last = result
         return result
-
-    def _publish(self, old: Snapshot, graph: Graph, new: Snapshot) -> None:
-        runtime = self.runtime
-        runtime.holder.current = new  # THE publish: every request from here on reads `new`
-        old.retired = True
-        runtime.health.retain(d.identity for d in graph.deployments.values())
-        gone = runtime.pool.adopt(new)
-        task = asyncio.get_running_loop().create_task(self._close_later(old, gone, graph.server.shutdown_grace))
-        self._closers.add(task)
-        task.add_done_callback(self._closers.discard)
-        runtime.metrics.set_config(graph.version)
-        # The new graph is long-lived: keep the cyclic collector from rescanning it (and all that
-        # came before) in every full collection, which paused serving for ~120 ms at 1,000 aliases.
-        gc.freeze()
-
-    @staticmethod
-    async def _close_later(old: Snapshot, gone: list, timeout: float) -> None:
-        try:
-            await close_when_drained(old, gone, timeout)
-        except asyncio.CancelledError:  # the loop is closing: close the pools now, not never
-            for adapter in gone:
-                await adapter.close()
-            raise
 
     def _result(self, trigger: str, problems: list[Problem], changed: bool, warnings: list[str],
                 started: float, at: datetime) -> dict:
@@ -290,53 +255,6 @@ class Reloader:
             events.publish("reload", result=outcome, version=version, trigger=trigger, error=result["error"],
                            warnings=result["warnings"])
         self.notifier.ready(status)
-
-    # -- the folder watcher ---------------------------------------------------
-
-    def _aim(self) -> None:
-        """Recompute which folders to watch and which names in them matter."""
-        config = Path(os.path.abspath(self.path))
-        home = Path(os.path.realpath(config.parent))
-        target = Path(os.path.realpath(config))
-        folders = [str(config.parent)]
-        if not target.parent.is_relative_to(home):  # a symlink to a file elsewhere: watch there too
-            folders.append(str(target.parent))
-        interest = {(str(home), config.name), (str(home), "..data"), (str(target.parent), target.name)}
-        for secret in self._secrets:
-            interest.add((os.path.realpath(secret.parent), secret.name))
-        self._interest = interest
-        if tuple(folders) != self._folders:
-            self._folders = tuple(folders)
-            self._rewatch.set()
-
-    def _relevant(self, change, path: str) -> bool:
-        folder, name = os.path.split(path)
-        return (os.path.realpath(folder), name) in self._interest
-
-    async def _watch(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            self._rewatch.clear()
-            folders = [f for f in self._folders if os.path.isdir(f)]
-            try:
-                if not folders:
-                    raise FileNotFoundError(f"no folder to watch: {self._folders}")
-                async for _changes in awatch(*folders, watch_filter=self._relevant, recursive=False,
-                                             step=WATCH_STEP_MS, debounce=WATCH_DEBOUNCE_MS,
-                                             stop_event=self._rewatch):
-                    failures = 0
-                    self.ask("file")
-                    self._aim()  # a ..data swap moves the target: rewatch before the settle ends
-            except Exception as exc:  # the folder vanished, inotify limits: retry, SIGHUP still works
-                failures += 1
-                if failures == 1:
-                    log.warning("watching %s failed (%s); retrying, and SIGHUP still reloads",
-                                ", ".join(self._folders), exc, extra={"event": "watch_failed"})
-                try:
-                    async with asyncio.timeout(min(0.2 * failures, 2.0)):
-                        await self._stopping.wait()
-                except TimeoutError:
-                    pass
 
 
 def inputs_of(path: str, env_names: tuple[str, ...], secrets: tuple[Path, ...]) -> tuple | None:

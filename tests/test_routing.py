@@ -110,10 +110,10 @@ async def test_snapshot_current_at_arrival_serves_the_whole_request(gateway, fak
     in_flight = asyncio.create_task(call(gw))
     assert await eventually(lambda: ups["x"].calls == 1)
     gw.config_path.write_text(gateway_config(ups, aliases={"chat": {"targets": ["z"]}}))
-    snapshot = gw.runtime.pool.build(load(str(gw.config_path), {}).graph)
-    assert gw.runtime.pool.adopt(snapshot) == []  # same providers: no pool left the config
-    gw.runtime.holder.current = snapshot
-    assert snapshot.graph.version != old_version
+    old = gw.runtime.holder.current
+    snapshot = gw.runtime.install(load(str(gw.config_path), {}).graph)
+    assert gw.runtime.holder.current is snapshot and snapshot.graph.version != old_version
+    assert all(snapshot.adapters[name] is old.adapters[name] for name in ups)  # same providers, same pools
 
     status, headers, _ = await asyncio.wait_for(in_flight, 5)
     assert status == 200

@@ -24,6 +24,7 @@ def tier(strategy: str, *names: str, origin: str = "chat", weights=None) -> Tier
 
 
 def healths(**spec: dict) -> dict[str, Health]:
+    """Local health records with the given in-flight counts and latencies (as a store's `get` gives)."""
     return {name: Health(**fields) for name, fields in spec.items()}
 
 
@@ -184,8 +185,8 @@ def test_least_busy_orders_by_inflight():
     book = healths(a={"inflight": 5}, b={"inflight": 0}, c={"inflight": 2}, d={"inflight": 9})
     t = tier("least-busy", "a", "b", "c", "d")
     assert names(s.order(t, lookup(book))) == ["b", "c", "a", "d"]
-    book["b"].inflight = 3
-    book["d"].inflight = 1
+    book["b"] = Health(inflight=3)  # the counts of the next request's moment
+    book["d"] = Health(inflight=1)
     assert names(s.order(t, lookup(book))) == ["d", "c", "b", "a"]
 
 
@@ -248,3 +249,17 @@ def test_unknown_strategy_is_an_error():
     s = Strategies(random.Random(0))
     with pytest.raises(ValueError, match="fastest"):
         s.order(tier("fastest", "a", "b"), no_health)
+
+
+def test_least_busy_follows_started_and_finished():
+    s = Strategies(random.Random(0))
+    book = healths(a={}, b={}, c={})
+    t = tier("least-busy", "a", "b", "c")
+    book["a"].started()
+    book["a"].started()
+    book["b"].started()
+    assert names(s.order(t, lookup(book))) == ["c", "b", "a"]
+    book["a"].finished()
+    book["a"].finished()
+    book["c"].started()
+    assert names(s.order(t, lookup(book))) == ["a", "b", "c"]

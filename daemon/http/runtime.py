@@ -6,19 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from datetime import datetime, timezone
 
+from gatewayd.adapters.base import Adapter
 from gatewayd.daemon.config.load import Loaded
 from gatewayd.daemon.core.failures import UpstreamError
-from gatewayd.daemon.core.graph import redaction_forms
+from gatewayd.daemon.core.graph import Graph, redaction_forms
 from gatewayd.daemon.observe.accesslog import AccessLog
 from gatewayd.daemon.observe.events import EventBus
 from gatewayd.daemon.observe.metrics import Metrics
 from gatewayd.daemon.routing.router import Router, RoutingObserver
-from gatewayd.daemon.routing.snapshot import AdapterPool, Holder
-from gatewayd.daemon.routing.status import deployment_state, usable_count
-from gatewayd.daemon.state.health import Health, HealthBook, wall
+from gatewayd.daemon.routing.snapshot import AdapterPool, Holder, Snapshot, close_when_drained
+from gatewayd.daemon.routing.status import deployment_states, usable_count
+from gatewayd.daemon.state.health import LocalHealthStore
+from gatewayd.daemon.state.store import HealthView
 
 log = logging.getLogger("gatewayd")
 
@@ -60,7 +61,7 @@ class InFlight:
 
 class Runtime(RoutingObserver):
     """State that survives reloads: health by deployment identity, pools by provider
-    identity, metrics, and the holder of the serving snapshot."""
+    identity, metrics, and the holder of the serving snapshot, which `install` alone fills."""
 
     def __init__(self, loaded: Loaded, config_path: str) -> None:
         self.config_path = config_path
@@ -69,16 +70,52 @@ class Runtime(RoutingObserver):
         self.events = EventBus(redact=self.redact)
         self.requests = InFlight()
         self.stopping = asyncio.Event()  # set when shutdown begins (SIGTERM/SIGINT)
-        self.health = HealthBook(on_change=self.health_changed)
+        self.health = LocalHealthStore(on_change=self.health_changed)
         self.router = Router(self.health, observer=self)
-        self.pool = AdapterPool()
-        snapshot = self.pool.build(loaded.graph)
-        self.pool.adopt(snapshot)
-        self.holder = Holder(snapshot)
-        self.metrics.set_config(loaded.graph.version)
+        self._pool = AdapterPool()
+        self._closing: set[asyncio.Task] = set()  # pools of providers that left, closing once drained
+        self.holder = Holder()
+        self.install(loaded.graph)
         self.metrics.watch_states(self.deployment_states)
         self.metrics.watch_inflight(lambda: len(self.requests))
         self.reloader = None  # server.start_reloader sets it once the daemon listens; tests may run without
+
+    def install(self, graph: Graph) -> Snapshot:
+        """Publish `graph`, at start and on every reload: nothing else writes `holder.current`.
+
+        Building comes first, and it is the only step that may fail (an adapter for a new
+        provider identity is constructed; unchanged providers keep theirs). It changes nothing
+        that serves, so a failure here leaves the old snapshot serving with nothing to roll back.
+        Then one assignment publishes: every request from there on reads the new snapshot, and
+        one in flight finishes on the one it started with. The bookkeeping after it cannot fail:
+        health is kept for the deployment identities still configured, the metrics name the new
+        version, and the pools of providers that left close once the old snapshot's last
+        request has ended (bounded by the new `shutdown_grace`).
+        """
+        new = self._pool.build(graph)
+        old = getattr(self.holder, "current", None)  # None at the first install
+        self.holder.current = new  # THE publish
+        if old is not None:
+            old.retired = True
+        self.health.retain(d.identity for d in graph.deployments.values())
+        gone = self._pool.adopt(new)
+        if old is not None and gone:
+            self._close_later(old, gone, graph.server.shutdown_grace)
+        self.metrics.set_config(graph.version)
+        return new
+
+    def _close_later(self, old: Snapshot, gone: list[Adapter], timeout: float) -> None:
+        async def close() -> None:
+            try:
+                await close_when_drained(old, gone, timeout)
+            except asyncio.CancelledError:  # the loop is closing: close the pools now, not never
+                for adapter in gone:
+                    await adapter.close()
+                raise
+
+        task = asyncio.get_running_loop().create_task(close(), name="gatewayd-close-pools")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     # RoutingObserver
     def attempt_failed(self, deployment: str, error: UpstreamError) -> None:
@@ -91,14 +128,14 @@ class Runtime(RoutingObserver):
         self.events.publish("fallback", alias=route, **{"from": deployment}, error=error.failure.value,
                             status=error.status, detail=error.describe())
 
-    # HealthBook
-    def health_changed(self, event: str, health: Health) -> None:
-        names = self.names_of(health)
+    # the health store's on_change
+    def health_changed(self, event: str, identity: tuple, health: HealthView) -> None:
+        names = self.names_of(identity)
         if not names:  # the deployment left the config meanwhile
             return
         fields = {"deployment": names[0], "deployments": names, "last_error": health.last_error}
         if event == "cooldown_start":
-            until = datetime.fromtimestamp(wall(health.cooldown_until), timezone.utc)
+            until = datetime.fromtimestamp(health.cooldown_until, timezone.utc)
             fields["until"] = until.isoformat(timespec="milliseconds")
             fields["failure"] = health.last_failure.value if health.last_failure else None
             log.warning("cooldown: %s until %s after %s", ", ".join(names), fields["until"],
@@ -110,10 +147,10 @@ class Runtime(RoutingObserver):
                      extra={"event": "cooldown_end", "deployments": names})
         self.events.publish(event, **fields)
 
-    def names_of(self, health: Health) -> list[str]:
-        """The names of the serving graph's deployments whose identity owns `health`."""
+    def names_of(self, identity: tuple) -> list[str]:
+        """The names of the serving graph's deployments of this identity."""
         return [name for name, deployment in self.holder.current.graph.deployments.items()
-                if self.health.peek(deployment) is health]
+                if deployment.identity == identity]
 
     def redact(self, text: str) -> str:
         """`text` with every credential of the serving config replaced (defence in depth)."""
@@ -126,9 +163,7 @@ class Runtime(RoutingObserver):
         return text
 
     def deployment_states(self):
-        now = time.monotonic()
-        for name, deployment in self.holder.current.graph.deployments.items():
-            yield name, deployment_state(deployment, self.health.peek(deployment), now)
+        return deployment_states(self.holder.current, self.health)
 
     def ready(self) -> bool:
         return usable_count(self.holder.current, self.health) > 0
@@ -139,4 +174,4 @@ class Runtime(RoutingObserver):
         self.events.close()
 
     async def close(self) -> None:
-        await self.pool.close_all()
+        await self._pool.close_all()

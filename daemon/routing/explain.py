@@ -1,45 +1,48 @@
 """Why each candidate of a plan is in or out at a given instant.
 
 Shared by `gatewayd explain` and `GET /admin/explain`; the daemon passes its
-live health so cooldowns show too.
+health store so cooldowns show too. Windows are read at the instant asked
+about, health as it is now; the check is `admission.judge`, claiming nothing.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
-from typing import Callable
 
 from gatewayd.daemon.core.graph import Deployment, Graph
 from gatewayd.daemon.core.problems import suggest
-
-# deployment -> a reason it is out right now (cooldown), or None
-HealthProbe = Callable[[Deployment], str | None]
+from gatewayd.daemon.routing.admission import DISABLED, judge
+from gatewayd.daemon.state.store import HealthStore
 
 
 class UnknownRoute(LookupError):
     pass
 
 
-def out_reason(deployment: Deployment, at: datetime, health: HealthProbe | None = None) -> str | None:
-    if deployment.disabled:
+def out_reason(deployment: Deployment, at: datetime, health: HealthStore | None = None,
+               now: float | None = None) -> str | None:
+    """Why `deployment` is out at `at` (its health as at `now`, the present by default), or None."""
+    verdict = judge(deployment, health.peek(deployment) if health else None,
+                    time.time() if now is None else now, at=at)
+    if verdict.usable:
+        return None
+    if verdict.out is DISABLED:  # operators are told which provider to fix
         return f"provider '{deployment.provider.name}' disabled: {deployment.disabled}"
-    if deployment.windows is not None:
-        reason = deployment.windows.explain(at)
-        if reason:
-            return reason
-    return health(deployment) if health else None
+    return verdict.reason
 
 
-def explain_plan(graph: Graph, name: str, at: datetime, health: HealthProbe | None = None) -> dict:
+def explain_plan(graph: Graph, name: str, at: datetime, health: HealthStore | None = None) -> dict:
     route = graph.routes.get(name)
     if route is None:
         raise UnknownRoute(f"'{name}' is neither an alias nor a model{suggest(name, graph.routes)}")
+    now = time.time()
     tiers = []
     for tier in route.tiers:
         candidates = []
         for candidate in tier.candidates:
             deployment = graph.deployments[candidate.deployment]
-            reason = out_reason(deployment, at, health)
+            reason = out_reason(deployment, at, health, now)
             candidates.append({
                 "model": deployment.name, "provider": deployment.provider.name,
                 "upstream_model": deployment.model, "weight": candidate.weight,

@@ -1,10 +1,13 @@
 """The router: delivers one request to the best usable deployment (SPEC §3).
 
-`Router.route()` walks the plan of the request's graph snapshot: drops
-candidates that are disabled, outside their windows or cooling down, orders
-each tier by its strategy, and tries candidates in order, retrying and falling
-back as `policy.decide` says. It returns an `Outcome` (a complete reply, or an
-open stream whose first event has arrived) or raises `RoutingFailed`.
+`Router.route()` walks the plan of the request's graph snapshot: orders each
+tier by its strategy, drops candidates that `admission.judge` finds unusable
+(incapable, disabled, outside their windows, cooling down, half-open with a
+probe in flight), and tries the rest in order, retrying and falling back as
+`policy.decide` says; every try is booked through the deployment's
+`DeploymentHealth` from the `HealthStore`. It returns an `Outcome` (a complete
+reply, or an open stream whose first event has arrived) or raises
+`RoutingFailed`.
 
 Streams: retries and fallbacks happen only until the first event is in hand;
 after that the HTTP layer relays and reports the end through `finish_stream`.
@@ -17,16 +20,16 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import Deployment, Route
 from gatewayd.daemon.core.replies import Reply, ReplyStream
+from gatewayd.daemon.routing.admission import CAPABILITY, COOLDOWN, HALF_OPEN, Verdict, judge
 from gatewayd.daemon.routing.deadlines import Deadlines
 from gatewayd.daemon.routing.retry import Action, decide
 from gatewayd.daemon.routing.strategies import Strategies
-from gatewayd.daemon.state.health import Health, HealthBook, wall
+from gatewayd.daemon.state.store import DeploymentHealth, HealthStore
 
 if TYPE_CHECKING:
     from gatewayd.daemon.routing.snapshot import Snapshot
@@ -47,7 +50,7 @@ class RoutingObserver:
 @dataclass(slots=True)
 class Outcome:
     deployment: Deployment
-    health: Health
+    health: DeploymentHealth
     attempts: int
     reply: Reply | None = None
     stream: ReplyStream | None = None
@@ -57,15 +60,15 @@ class Outcome:
 
 
 class InFlightStream:
-    """A relayed stream that counts in `Health.inflight` until it is closed, so that
-    least-busy sees the streams being relayed, not only the requests still starting."""
+    """A relayed stream that counts as in flight at its deployment until it is closed, so
+    that least-busy sees the streams being relayed, not only the requests still starting."""
 
     __slots__ = ("_stream", "_health")
 
-    def __init__(self, stream: ReplyStream, health: Health) -> None:
+    def __init__(self, stream: ReplyStream, health: DeploymentHealth) -> None:
         self._stream: ReplyStream = stream
-        self._health: Health | None = health
-        health.inflight += 1
+        self._health: DeploymentHealth | None = health
+        health.started()
 
     @property
     def usage(self):
@@ -80,7 +83,7 @@ class InFlightStream:
 
     async def aclose(self) -> None:
         if self._health is not None:
-            self._health.inflight -= 1
+            self._health.finished()
             self._health = None
         await self._stream.aclose()
 
@@ -109,15 +112,14 @@ class Trip:
     deadline: float  # monotonic: the request's total deadline
     attempts: int = 0
     capable: int = 0  # candidates whose provider type can serve this operation at all
-    now_wall: datetime | None = None
     reasons: dict[str, str] = field(default_factory=dict)
     rate_limited: list[bool] = field(default_factory=list)
-    cooldown_ends: list[float] = field(default_factory=list)
+    cooldown_ends: list[float] = field(default_factory=list)  # wall clock
     last_error: UpstreamError | None = None
 
 
 class Router:
-    def __init__(self, health: HealthBook, strategies: Strategies | None = None,
+    def __init__(self, health: HealthStore, strategies: Strategies | None = None,
                  observer: RoutingObserver | None = None, deadlines: Deadlines | None = None) -> None:
         self.health = health
         self.strategies = strategies or Strategies()
@@ -129,16 +131,17 @@ class Router:
         deadline = time.monotonic() + snapshot.graph.default_policy.timeouts.total
         trip = Trip(route.name, operation, body, deadline)
 
-        def health_of(candidate) -> Health:
+        def health_of(candidate) -> DeploymentHealth:
             return self.health.get(deployments[candidate.deployment])
 
         for tier in route.tiers:
             for candidate in self.strategies.order(tier, health_of):
                 deployment = deployments[candidate.deployment]
                 adapter = snapshot.adapters[deployment.provider.name]
-                admitted = self.admit(trip, deployment, adapter)
-                if admitted is not None:
-                    outcome = await self.try_deployment(trip, deployment, adapter, *admitted)
+                health = self.health.get(deployment)
+                verdict = self.admit(trip, deployment, adapter, health)
+                if verdict.usable:
+                    outcome = await self.try_deployment(trip, deployment, adapter, health, verdict.probe)
                     if outcome is not None:
                         return outcome
         if trip.capable == 0 and trip.reasons:  # no deployment of this route can do it at all: the request's fault
@@ -147,37 +150,25 @@ class Router:
                                 trip.attempts, reasons=trip.reasons)
         raise self.exhausted(trip)
 
-    def admit(self, trip: Trip, deployment: Deployment, adapter) -> tuple[Health, bool] | None:
-        """The deployment's health and whether this request is its half-open probe, or None
-        (the reason noted in `trip`) when it cannot be used now (SPEC §3, step 4)."""
-        name = deployment.name
-        if trip.operation not in adapter.capabilities:  # "chat", "stream", "embeddings"
-            trip.reasons[name] = f"provider type {deployment.provider.type} cannot serve {trip.operation}"
-            return None
-        trip.capable += 1
-        if deployment.provider.disabled:
-            trip.reasons[name] = f"disabled ({deployment.provider.disabled})"
-            return None
-        if deployment.windows is not None:
-            trip.now_wall = trip.now_wall or datetime.now(timezone.utc)  # read once, and only when needed
-            if not deployment.windows.is_open(trip.now_wall):
-                trip.reasons[name] = deployment.windows.explain(trip.now_wall) or "outside its window"
-                return None
-        health = self.health.get(deployment)
-        admitted, probe = health.admit(time.monotonic())
-        if admitted:
-            return health, probe
-        if health.probing and time.monotonic() >= health.cooldown_until:
-            trip.reasons[name] = "half-open: a probe request is in flight"
-        else:
-            until = datetime.fromtimestamp(wall(health.cooldown_until), timezone.utc)
-            trip.reasons[name] = f"cooling down until {until.isoformat(timespec='seconds')}" + (
-                f" after {health.last_error}" if health.last_error else "")
-            trip.cooldown_ends.append(health.cooldown_until)
-        trip.rate_limited.append(health.last_failure is FailureClass.RATE_LIMIT)
-        return None
+    @staticmethod
+    def admit(trip: Trip, deployment: Deployment, adapter, health: DeploymentHealth) -> Verdict:
+        """May this request use `deployment` now (SPEC §3, step 4)? A half-open deployment's
+        probe is claimed for it; a candidate that is out has its reason noted in `trip`, for
+        the answer when nothing is usable (step 10)."""
+        verdict = judge(deployment, health, time.time(), trip.operation, adapter.capabilities, claim=True)
+        if verdict.usable:
+            trip.capable += 1
+            return verdict
+        if verdict.out is not CAPABILITY:
+            trip.capable += 1
+        trip.reasons[deployment.name] = verdict.reason
+        if verdict.out is COOLDOWN:
+            trip.cooldown_ends.append(verdict.cooldown_until)
+        if verdict.out in (COOLDOWN, HALF_OPEN):
+            trip.rate_limited.append(verdict.rate_limited)
+        return verdict
 
-    async def try_deployment(self, trip: Trip, deployment: Deployment, adapter, health: Health,
+    async def try_deployment(self, trip: Trip, deployment: Deployment, adapter, health: DeploymentHealth,
                              probe: bool) -> Outcome | None:
         """Up to `retry.attempts` tries at one deployment (SPEC §3, steps 5-7, 9). Returns the
         outcome, or None when the deployment failed and the next candidate is due; raises
@@ -196,7 +187,7 @@ class Router:
                 began = time.monotonic()
                 first_byte = min(policy.timeouts.first_byte, policy.timeouts.total)
                 total_bound = remaining < first_byte  # this attempt ends with the request's deadline
-                health.inflight += 1
+                health.started()
                 try:
                     outcome = await self.attempt(adapter, deployment, trip.operation, trip.body,
                                                  min(first_byte, remaining))
@@ -212,7 +203,7 @@ class Router:
                                   extra={"event": "adapter_error", "deployment": deployment.name})
                     error = UpstreamError(FailureClass.INTERNAL, f"internal adapter error ({type(exc).__name__})")
                 finally:
-                    health.inflight -= 1
+                    health.finished()
                 if error is None:
                     outcome.deployment, outcome.health, outcome.attempts = deployment, health, trip.attempts
                     outcome.latency = time.monotonic() - began
@@ -233,7 +224,7 @@ class Router:
                 break
             assert error is not None
             if decision.counts:
-                health.fail(error, policy.cooldown, time.monotonic())
+                health.fail(error, policy.cooldown, time.time())
                 settled = True
         finally:
             if probe and not settled:
@@ -241,8 +232,9 @@ class Router:
         trip.reasons[name] = error.describe()
         if deadline_hit:
             raise self.timed_out(trip, name)
-        if health.cooldown_until > time.monotonic():  # it started cooling: its end is known
-            trip.cooldown_ends.append(health.cooldown_until)
+        cooldown_until = health.view().cooldown_until
+        if cooldown_until > time.time():  # it started cooling: its end is known
+            trip.cooldown_ends.append(cooldown_until)
         trip.rate_limited.append(error.failure is FailureClass.RATE_LIMIT)
         trip.last_error = error
         self.observer.fell_back(trip.route, name, error)
@@ -276,7 +268,7 @@ class Router:
         status = 429 if trip.rate_limited and all(trip.rate_limited) else 503
         retry_after = None
         if trip.cooldown_ends:
-            retry_after = max(1.0, math.ceil(min(trip.cooldown_ends) - time.monotonic()))
+            retry_after = max(1.0, math.ceil(min(trip.cooldown_ends) - time.time()))
         elif trip.last_error is not None and trip.last_error.retry_after is not None:
             retry_after = max(1.0, math.ceil(trip.last_error.retry_after))
         message = "no deployment available: " + (describe(trip.reasons) if trip.reasons else "the plan is empty")
@@ -291,7 +283,7 @@ class Router:
         elif error.failure is FailureClass.INTERNAL:
             health.abandon_probe()
         else:
-            health.fail(error, outcome.deployment.policy.cooldown, time.monotonic())
+            health.fail(error, outcome.deployment.policy.cooldown, time.time())
 
 
 def describe(reasons: dict[str, str]) -> str:

@@ -41,12 +41,12 @@ class Snapshot:
 
 
 class Holder:
-    """The one reference to the serving snapshot; publishing is one assignment."""
+    """The one reference to the serving snapshot; publishing is one assignment, made only by
+    `Runtime.install`. Empty until the first install: reading it before then is a bug, and
+    raises AttributeError rather than serving nothing."""
 
     __slots__ = ("current",)
-
-    def __init__(self, snapshot: Snapshot) -> None:
-        self.current = snapshot
+    current: Snapshot
 
 
 class AdapterPool:

@@ -1,67 +1,47 @@
-"""The state of every deployment, as /admin/status, /readyz and /metrics show it."""
+"""The state of every deployment, as /admin/status, /readyz and the deployment-state
+gauge of /metrics show it: `admission.judge` at `now` (wall clock, the present unless a
+test gives one), claiming nothing."""
 
 from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
-from gatewayd.daemon.core.graph import Deployment
-from gatewayd.daemon.state.health import Health, HealthBook, wall
+from gatewayd.daemon.routing.admission import HALF_OPEN, iso, judge
+from gatewayd.daemon.state.store import FRESH, HealthStore
 
 if TYPE_CHECKING:
     from gatewayd.daemon.routing.snapshot import Snapshot
 
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds")
+USABLE_STATES = ("ok", HALF_OPEN)  # a half-open deployment takes its probe: the daemon is ready
 
 
-def deployment_state(deployment: Deployment, health: Health | None, now: float,
-                     at: datetime | None = None) -> str:
-    if deployment.disabled:
-        return "disabled"
-    if deployment.windows is not None and not deployment.windows.is_open(at or datetime.now(timezone.utc)):
-        return "outside_window"
-    return health.state(now) if health is not None else "ok"
+def deployment_states(snapshot: Snapshot, store: HealthStore, now: float | None = None) -> Iterator[tuple[str, str]]:
+    """(name, state) of each deployment: ok | cooldown | half_open | disabled | outside_window."""
+    now = time.time() if now is None else now
+    at = datetime.fromtimestamp(now, timezone.utc)
+    for name, deployment in snapshot.graph.deployments.items():
+        yield name, judge(deployment, store.peek(deployment), now, at=at).state
 
 
-def deployments_status(snapshot: Snapshot, book: HealthBook) -> dict[str, dict]:
+def deployments_status(snapshot: Snapshot, store: HealthStore, now: float | None = None) -> dict[str, dict]:
     """`deployments` of /admin/status, exactly the SPEC §3 fields; `last_error` comes
     from the adapters, which scrub the provider's key out of what upstreams send."""
-    now = time.monotonic()
-    at = datetime.now(timezone.utc)
+    now = time.time() if now is None else now
+    at = datetime.fromtimestamp(now, timezone.utc)
     result = {}
     for name, deployment in snapshot.graph.deployments.items():
-        health = book.peek(deployment)
-        state = deployment_state(deployment, health, now, at)
-        cooling = health is not None and health.cooldown_until > now
+        health = store.peek(deployment)
+        view = health.view() if health is not None else FRESH
         result[name] = {
-            "state": state,
-            "cooldown_until": iso(wall(health.cooldown_until)) if cooling else None,
-            "failures": health.failures if health else 0,
-            "last_error": health.last_error if health else None,
+            "state": judge(deployment, health, now, at=at).state,
+            "cooldown_until": iso(view.cooldown_until) if view.cooldown_until > now else None,
+            "failures": view.failures,
+            "last_error": view.last_error,
         }
     return result
 
 
-def usable_count(snapshot: Snapshot, book: HealthBook) -> int:
-    now = time.monotonic()
-    at = datetime.now(timezone.utc)
-    return sum(1 for d in snapshot.graph.deployments.values()
-               if deployment_state(d, book.peek(d), now, at) in ("ok", "half_open"))
-
-
-def cooldown_reason(book: HealthBook):
-    """A HealthProbe for explain: why a deployment is out right now, from live health."""
-    def probe(deployment: Deployment) -> str | None:
-        health = book.peek(deployment)
-        if health is None:
-            return None
-        now = time.monotonic()
-        if health.cooldown_until > now:
-            return f"cooling down until {iso(wall(health.cooldown_until))} after {health.last_error}"
-        if health.cooldown_until and health.probing:
-            return "half-open: a probe request is in flight"
-        return None
-    return probe
+def usable_count(snapshot: Snapshot, store: HealthStore, now: float | None = None) -> int:
+    return sum(1 for _name, state in deployment_states(snapshot, store, now) if state in USABLE_STATES)

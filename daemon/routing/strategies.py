@@ -14,7 +14,7 @@ import random
 from typing import Callable
 
 from gatewayd.daemon.core.graph import Candidate, Tier
-from gatewayd.daemon.state.health import Health
+from gatewayd.daemon.state.store import DeploymentHealth
 
 
 class Strategies:
@@ -24,7 +24,9 @@ class Strategies:
         self._counters: dict[tuple, int] = {}
         self._rng = rng or random.Random()
 
-    def order(self, tier: Tier, health_of: Callable[[Candidate], Health]) -> tuple[Candidate, ...]:
+    def order(self, tier: Tier, health_of: Callable[[Candidate], DeploymentHealth]) -> tuple[Candidate, ...]:
+        """`tier`'s candidates in the order to try them; `health_of` gives a candidate's live
+        health, read only by least-busy and lowest-latency (its `inflight` and `latency`)."""
         candidates = tier.candidates
         if len(candidates) < 2 or tier.strategy == "ordered":
             return candidates

@@ -1,5 +1,7 @@
-"""Runtime state that outlives a graph: health per deployment identity.
+"""Runtime state that outlives a graph, keyed by stable identities from `core.graph`.
 
-Mutable, keyed by stable identities from `core.graph`, and changed only through
-its own methods. May import `core`.
+Each kind of state is an interface and its local implementation, so a shared one
+(Redis, SPEC §14) can plug in without touching the router: health per deployment
+identity is `store` (the interface) and `health` (this process's). Changed only
+through its own methods. May import `core`.
 """
