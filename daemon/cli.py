@@ -1,4 +1,4 @@
-"""The `gatewayd` command: run, check, explain, reload, schema, hash-key, --version (SPEC §7, §10)."""
+"""The `gatewayd` command: run, check, explain, reload, schema, hash-key, --version."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hot reload (SPEC §5): four triggers feed one reload task, which runs one reload at a time.
+"""Hot reload: four triggers feed one reload task, which runs one reload at a time.
 
 Triggers. The folder watch (`watch.FolderWatch`, on a file event), SIGHUP,
 `POST /admin/reload` and `gatewayd reload` (which calls that endpoint) all call

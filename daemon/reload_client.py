@@ -15,7 +15,7 @@ credential systemd hands the unit (`$CREDENTIALS_DIRECTORY/admin-key`): the ways
 a key the file holds only as `key_sha256`. FILE is read with `yaml.safe_load`; when the edit
 does not parse, its `server:` block alone, and when that does not parse either, a line
 scan, best effort. Validating the edit is the daemon's job; its answer (`POST
-/admin/reload`, SPEC §4) carries every FILE:LINE:COL problem.
+/admin/reload`) carries every FILE:LINE:COL problem.
 """
 
 from __future__ import annotations

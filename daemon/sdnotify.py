@@ -1,4 +1,4 @@
-"""The sd_notify protocol (SPEC §6): datagrams of newline-separated KEY=VALUE
+"""The sd_notify protocol: datagrams of newline-separated KEY=VALUE
 fields sent to the AF_UNIX socket that systemd names in $NOTIFY_SOCKET.
 
 What the daemon sends, and when:

@@ -1,4 +1,4 @@
-"""`gatewayd run`: load the config, listen, serve, and shut down in order (SPEC §6).
+"""`gatewayd run`: load the config, listen, serve, and shut down in order.
 
 Start-up: the config is loaded and compiled before anything listens; an invalid
 one exits 1 with FILE:LINE:COL messages on stderr and no READY=1. READY=1 goes

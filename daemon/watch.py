@@ -1,4 +1,4 @@
-"""The folder watch (SPEC §5): tells the reload task when a file the config is made of changed.
+"""The folder watch: tells the reload task when a file the config is made of changed.
 
 Why the folder is watched, not the file. Editors save by writing a temporary
 file and renaming it over the config, and Kubernetes updates a ConfigMap

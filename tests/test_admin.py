@@ -1,5 +1,5 @@
-"""GET /admin/status and /admin/explain (SPEC §3, §4) on the real app, with fake upstreams,
-and who may reach the admin endpoints and /metrics (SPEC §10)."""
+"""GET /admin/status and /admin/explain on the real app, with fake upstreams,
+and who may reach the admin endpoints and /metrics."""
 
 from __future__ import annotations
 
@@ -180,7 +180,7 @@ async def test_admin_endpoints_need_a_key_and_refuse_other_origins(gateway, path
             assert response.status == 200
 
 
-# --- admin scope (SPEC §10) --------------------------------------------------------------------
+# --- admin scope --------------------------------------------------------------------
 
 APP_KEY, ADMIN_KEY = "app-key-chat-only-1", "admin-key-ops-1"
 SCOPED = f"""

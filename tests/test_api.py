@@ -2,7 +2,7 @@
 
 Auth and `allow`, error shapes, body limits and timeouts, cross-origin refusal,
 unknown paths and methods, health endpoints, the gateway's response headers,
-the mock provider, embeddings and the access log (SPEC §3, §4, §8).
+the mock provider, embeddings and the access log.
 """
 
 from __future__ import annotations
@@ -821,7 +821,7 @@ async def test_access_log_json_format(gateway, caplog):
     assert first["prompt_tokens"] == 2 and first["completion_tokens"] == 2
     assert first["method"] == "POST" and first["path"] == "/v1/chat/completions"
     assert isinstance(first["latency_ms"], float)
-    for record in records:  # as every JSON line of the daemon (SPEC §10)
+    for record in records:  # as every JSON line of the daemon
         assert record["level"] == "info" and record["event"] == "access"
         assert record["msg"] == f"{record['method']} {record['path']} {record['status']}"
         assert datetime.fromisoformat(record["ts"]).utcoffset() == timedelta(0)

@@ -1,5 +1,5 @@
 """What one client sends harms nobody else: no request, however built, changes the health of
-any deployment (SPEC §3 step 6, §8). A request the gateway cannot forward is that client's
+any deployment. A request the gateway cannot forward is that client's
 400, and no failure of the deployment (an adapter's own bug is not one either: test_hardening)."""
 
 from __future__ import annotations

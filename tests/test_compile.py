@@ -423,7 +423,7 @@ def test_bad_default_timezone_used_by_two_windowed_models_is_reported_once():
 
 
 def test_bad_default_timezone_is_an_error_even_without_windows():
-    # SPEC §2: "time zones exist"; a typo must not wait for the first windowed model to surface.
+    # Time zones must exist; a typo must not wait for the first windowed model to surface.
     assert errors("""\
         version: 1
         defaults:

@@ -1,4 +1,4 @@
-"""The cooldown state machine (daemon/state/health.py, SPEC §3 step 9) and LocalHealthStore,
+"""The cooldown state machine (daemon/state/health.py) and LocalHealthStore,
 keyed by deployment identity, through the interface of daemon/state/store.py. Every time is
 an explicit wall-clock `now`."""
 

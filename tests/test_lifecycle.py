@@ -1,4 +1,4 @@
-"""The real daemon process (SPEC §6): sd_notify, ordered and bounded shutdown, a bad first config.
+"""The real daemon process: sd_notify, ordered and bounded shutdown, a bad first config.
 
 Each test runs `python -m gatewayd.daemon.cli run -c FILE` on a free port,
 with $NOTIFY_SOCKET pointing at a datagram socket the test reads, and fake

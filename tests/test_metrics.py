@@ -1,4 +1,4 @@
-"""GET /metrics (SPEC §4): Prometheus text, parsed back with prometheus_client's parser."""
+"""GET /metrics: Prometheus text, parsed back with prometheus_client's parser."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`GET /v1/models` and `GET /v1/models/{id}` (SPEC §4, §10): what a key may use and can be served,
+"""`GET /v1/models` and `GET /v1/models/{id}`: what a key may use and can be served,
 through the official openai SDK where it fits, on the real app on 127.0.0.1."""
 
 from __future__ import annotations

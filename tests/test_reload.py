@@ -1,4 +1,4 @@
-"""Hot reload (SPEC §5) through the real daemon process: every trigger, coalescing,
+"""Hot reload through the real daemon process: every trigger, coalescing,
 rejections that keep the old graph serving, state that survives, streams in flight.
 
 Each test runs `gatewayd run` as a subprocess in front of fake OpenAI upstreams

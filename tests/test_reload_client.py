@@ -1,6 +1,6 @@
 """`gatewayd reload` (daemon/reload_client.py): it reloads the daemon that serves FILE and no
 other, finds it through the runtime file after an edit of `server.listen`, and presents an
-admin key however the file writes its keys (SPEC §10).
+admin key however the file writes its keys.
 
 The end-to-end tests run the real daemon (tests/daemon_proc.py) and the real command as
 subprocesses; each daemon's runtime file lives in the test's own RUNTIME_DIRECTORY.

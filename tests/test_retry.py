@@ -1,5 +1,5 @@
 """The failure taxonomy (adapters/base.py) and the retry decision table
-(daemon/routing/retry.py, SPEC §3 steps 5-6): classify_status, decide,
+(daemon/routing/retry.py): classify_status, decide,
 parse_retry_after and backoff_delay."""
 
 from __future__ import annotations

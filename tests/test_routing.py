@@ -1,4 +1,4 @@
-"""Routing a request (SPEC §3), end to end: the real app on 127.0.0.1 in front of
+"""Routing a request, end to end: the real app on 127.0.0.1 in front of
 fake OpenAI upstreams, driven over HTTP with aiohttp and the official `openai` SDK.
 
 Every wait is bounded; timing is asserted only as generous lower bounds where the

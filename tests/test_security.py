@@ -1,4 +1,4 @@
-"""Security end to end (SPEC §8): canary secrets never leak, upstream redirects are not
+"""Security end to end: canary secrets never leak, upstream redirects are not
 followed, and nothing a client sends can point a request (or a key) elsewhere."""
 
 from __future__ import annotations
@@ -469,7 +469,7 @@ BASIC_USER, BASIC_CANARY = "proxyuser", "basic-canary-5c3a8e1f7d2b9046"
 
 
 async def test_credentials_in_headers_and_base_url_never_leak(gateway, fake_openai, capture_everything):
-    """Every credential the config sends upstream is a secret (SPEC §8): a header value, its
+    """Every credential the config sends upstream is a secret: a header value, its
     token alone, a base_url's user:password and the Basic header it becomes."""
     caplog = capture_everything
     upstream = await fake_openai("A")

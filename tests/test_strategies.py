@@ -66,6 +66,16 @@ def test_round_robin_rotates_start():
     ]
 
 
+def test_retain_keeps_the_rotation_of_tiers_that_stay_and_forgets_the_rest():
+    s = Strategies(random.Random(0))
+    stays, leaves = tier("round-robin", "a", "b", "c"), tier("round-robin", "x", "y", origin="old")
+    s.order(stays, no_health)
+    s.order(leaves, no_health)
+    s.retain([stays])  # a reload whose graph has only `stays`
+    assert names(s.order(stays, no_health))[0] == "b"  # its rotation went on
+    assert names(s.order(leaves, no_health))[0] == "x"  # the one that left starts afresh if it returns
+
+
 def test_round_robin_spreads_first_choice_evenly():
     s = Strategies(random.Random(0))
     t = tier("round-robin", "a", "b", "c", "d")

@@ -1,4 +1,4 @@
-"""Streams through the gateway (SPEC §3 rules 7, 8 and 11): SSE relayed byte for
+"""Streams through the gateway: SSE relayed byte for
 byte, retries and fallbacks only before the first byte, failures after it ending
 the stream with an error event and no [DONE], and client disconnects reaching
 the upstream at once. The real app runs on 127.0.0.1 in front of fake upstreams.

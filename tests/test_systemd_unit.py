@@ -1,4 +1,4 @@
-"""systemd/gatewayd.service: what SPEC §6 asks of it, checked by systemd-analyze itself.
+"""systemd/gatewayd.service: what running under systemd asks of it, checked by systemd-analyze itself.
 
 systemd-analyze comes with Debian's `systemd` package; CI installs it. The
 tests fail rather than skip without it, so a missing tool cannot pass silently.

@@ -179,7 +179,7 @@ class Deployment:
     policy: Policy
     windows: Windows | None = None
     pricing: Pricing | None = None
-    # Runtime state (cooldown, failures, latency) is keyed by this, not by the name (SPEC §3).
+    # Runtime state (cooldown, failures, latency) is keyed by this, not by the name.
     # Derived once here: every request looks its deployments' health up by it.
     identity: tuple = field(init=False, repr=False, compare=False)
 

@@ -70,7 +70,7 @@ class GatewayHandler:
 
 
 def unrouted_headers(runtime: Runtime) -> dict[str, str]:
-    """What every answer carries (SPEC §3), for requests that reached no handler."""
+    """What every answer carries, for requests that reached no handler."""
     return {"x-gatewayd-deployment": "", "x-gatewayd-attempts": "0",
             "x-gatewayd-config": runtime.holder.current.graph.version}
 

@@ -1,4 +1,4 @@
-"""What `GET /v1/models` and `GET /v1/models/{id}` show an app key (SPEC §4, §10).
+"""What `GET /v1/models` and `GET /v1/models/{id}` show an app key.
 
 A name (alias or model) is listed when the key may use it (its `allow`) and
 when it can serve now or later: at least one deployment of its plan has an

@@ -1,4 +1,4 @@
-"""Operations endpoints: /metrics and /admin/* (SPEC §4, §10). When keys are configured,
+"""Operations endpoints: /metrics and /admin/*. When keys are configured,
 admin endpoints need an admin key (`role: admin`; an app key gets 403 `permission_denied`),
 and so does /metrics unless `server.metrics: public`. Secrets never appear in what they return."""
 

@@ -98,6 +98,7 @@ class Runtime(RoutingObserver):
         if old is not None:
             old.retired = True
         self.health.retain(d.identity for d in graph.deployments.values())
+        self.router.strategies.retain(tier for route in graph.routes.values() for tier in route.tiers)
         gone = self._pool.adopt(new)
         if old is not None and gone:
             self._close_later(old, gone, graph.server.shutdown_grace)

@@ -1,4 +1,4 @@
-"""The in-process event bus and `GET /admin/events` (SPEC §4), owned by the Runtime.
+"""The in-process event bus and `GET /admin/events`, owned by the Runtime.
 
 Kinds and their fields (every event also carries `kind` and `at`, ISO 8601 UTC):
 

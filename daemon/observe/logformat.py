@@ -1,4 +1,4 @@
-"""How the daemon's lines look on stderr: text or JSON, as `server.log_format` says (SPEC §10).
+"""How the daemon's lines look on stderr: text or JSON, as `server.log_format` says.
 
 Once a config is loaded, every line the daemon writes follows the serving
 graph's `server.log_format`, read again for each line, so a reload that changes

@@ -1,5 +1,5 @@
 """Is this deployment usable now, and why not: the one check behind the router,
-`explain`, `/admin/status`, `/readyz` and the deployment-state gauge (SPEC §3, step 4).
+`explain`, `/admin/status`, `/readyz` and the deployment-state gauge.
 
 `judge` looks, in this order, at:
 

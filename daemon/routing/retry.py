@@ -1,5 +1,5 @@
 """What to do after a failed attempt: a pure function of the failure's class and
-the deployment's retry policy (SPEC §3, steps 5-6), plus the backoff schedule.
+the deployment's retry policy, plus the backoff schedule.
 
     class                     action                       counts against the deployment
     client (400, 413, 422)    return to the client as is   no

@@ -1,4 +1,4 @@
-"""The router: delivers one request to the best usable deployment (SPEC §3).
+"""The router: delivers one request to the best usable deployment.
 
 `Router.route()` walks the plan of the request's graph snapshot: orders each
 tier by its strategy, drops candidates that `admission.judge` finds unusable
@@ -152,7 +152,7 @@ class Router:
 
     @staticmethod
     def admit(trip: Trip, deployment: Deployment, adapter, health: DeploymentHealth) -> Verdict:
-        """May this request use `deployment` now (SPEC §3, step 4)? A half-open deployment's
+        """May this request use `deployment` now? A half-open deployment's
         probe is claimed for it; a candidate that is out has its reason noted in `trip`, for
         the answer when nothing is usable (step 10)."""
         verdict = judge(deployment, health, time.time(), trip.operation, adapter.capabilities, claim=True)
@@ -170,7 +170,7 @@ class Router:
 
     async def try_deployment(self, trip: Trip, deployment: Deployment, adapter, health: DeploymentHealth,
                              probe: bool) -> Outcome | None:
-        """Up to `retry.attempts` tries at one deployment (SPEC §3, steps 5-7, 9). Returns the
+        """Up to `retry.attempts` tries at one deployment. Returns the
         outcome, or None when the deployment failed and the next candidate is due; raises
         RoutingFailed when the request ends here (a client error, the total deadline)."""
         name, policy = deployment.name, deployment.policy

@@ -26,7 +26,7 @@ def deployment_states(snapshot: Snapshot, store: HealthStore, now: float | None 
 
 
 def deployments_status(snapshot: Snapshot, store: HealthStore, now: float | None = None) -> dict[str, dict]:
-    """`deployments` of /admin/status, exactly the SPEC §3 fields; `last_error` comes
+    """`deployments` of /admin/status, exactly the fields docs/operations.md lists; `last_error` comes
     from the adapters, which scrub the provider's key out of what upstreams send."""
     now = time.time() if now is None else now
     at = datetime.fromtimestamp(now, timezone.utc)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import random
-from typing import Callable
+from typing import Callable, Iterable
 
 from gatewayd.daemon.core.graph import Candidate, Tier
 from gatewayd.daemon.state.store import DeploymentHealth
@@ -43,3 +43,9 @@ class Strategies:
         if tier.strategy == "lowest-latency":
             return tuple(sorted(candidates, key=lambda c: health_of(c).latency))
         raise ValueError(f"unknown strategy {tier.strategy!r}")
+
+    def retain(self, tiers: Iterable[Tier]) -> None:
+        """Keep the round-robin counters of these tiers only (a reload's), so tiers that left
+        the config do not pile up; a tier that stays keeps its place in the rotation."""
+        keep = {(tier.origin, tier.candidates) for tier in tiers}
+        self._counters = {key: count for key, count in self._counters.items() if key in keep}

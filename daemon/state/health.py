@@ -1,5 +1,5 @@
 """Health kept in this process: `LocalHealthStore` and its `Health` per deployment
-identity, the local implementation of `state.store`'s interface (SPEC §3, step 9).
+identity, the local implementation of `state.store`'s interface.
 
 Consecutive failures put a deployment in cooldown for `initial`, growing by
 `multiplier` each further time up to `max`; a 429 whose Retry-After is longer

@@ -1,4 +1,4 @@
-"""The health interface the router books against, whatever keeps the state (SPEC §3 step 9, §14).
+"""The health interface the router books against, whatever keeps the state.
 
     HealthStore        health per deployment identity: `get` (created on first use),
                        `peek` (never creates), `retain`, `subscribe`
@@ -19,8 +19,8 @@ Two kinds of listener hear what happens:
   settled try at a deployment: `failure` None and the seconds to the answer (a stream's
   first event) on success, or the failure class that counted against it (latency None).
   A try that ends without a verdict (a client error passed through, a client gone, the
-  gateway's own fault) is not an outcome. This is where a learning strategy (SPEC §15,
-  `ucb`) will take its samples; nothing subscribes yet.
+  gateway's own fault) is not an outcome. This is where a learning strategy (`ucb`) will
+  take its samples; nothing subscribes yet.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ COOLING, PROBE_IN_FLIGHT = Admission.COOLING, Admission.PROBE_IN_FLIGHT
 
 
 def admission(cooldown_until: float, probing: bool, now: float) -> Admission:
-    """The half-open state machine's answer, claiming nothing (SPEC §3, step 9)."""
+    """The half-open state machine's answer, claiming nothing."""
     if cooldown_until == 0.0:
         return ADMITTED
     if now < cooldown_until:
@@ -67,7 +67,7 @@ class HealthView:
     latency: float = 0.0  # moving average of seconds to first byte; 0 = no sample yet
 
     def state(self, now: float) -> str:
-        """ok, cooldown or half_open (SPEC §3's states that health alone decides)."""
+        """ok, cooldown or half_open."""
         if self.cooldown_until == 0.0:
             return "ok"
         return "cooldown" if now < self.cooldown_until else "half_open"
