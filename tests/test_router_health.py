@@ -24,9 +24,10 @@ from gatewayd.daemon.core.graph import (
     Timeouts,
 )
 from gatewayd.daemon.routing.explain import out_reason
-from gatewayd.daemon.routing.router import Router, RoutingFailed
+from gatewayd.daemon.routing.router import Outcome, Router, RoutingFailed
 from gatewayd.daemon.routing.status import deployments_status
 from gatewayd.daemon.state.health import LocalHealthStore
+from gatewayd.daemon.state.store import PROBE, PROBE_IN_FLIGHT
 from tests.test_health import make_provider
 
 COOL = CooldownPolicy(failures=2, initial=30.0, multiplier=2.0, max=600.0)
@@ -127,3 +128,20 @@ async def test_only_the_router_claims_the_half_open_probe(world):
     await probe
     assert health.view().state(time.time()) == "ok" and not health.view().probing
     assert deployments_status(world.snapshot, world.store)["d"]["state"] == "ok"
+
+
+def test_a_stream_that_ends_without_a_verdict_frees_the_probe_only_if_it_held_it(world):
+    store, deployment = world.store, world.deployment
+    health = store.get(deployment)
+    router = Router(store)
+    relayed = Outcome(deployment, health, 1, probe=False)  # a stream that started before the cooldown
+    now = time.time()
+    for _ in range(COOL.failures):
+        health.fail(UpstreamError(FailureClass.SERVER, "boom", status=500), COOL, now)
+    assert health.admit(now + COOL.initial + 1) is PROBE  # another request now holds the probe
+    router.abandon_stream(relayed)  # the old stream's client leaves
+    router.finish_stream(relayed, UpstreamError(FailureClass.INTERNAL, "relay bug"))
+    assert health.view().probing  # the probe is still the other request's
+    assert health.admit(now + COOL.initial + 2) is PROBE_IN_FLIGHT
+    router.abandon_stream(Outcome(deployment, health, 1, probe=True))  # the probe's own client leaves
+    assert not health.view().probing

@@ -250,7 +250,7 @@ class OpenAIHandlers:
         except (ConnectionResetError, asyncio.CancelledError) as exc:
             # the client went away (or we are shutting down): stop the upstream at once
             record.error = "client disconnected" if isinstance(exc, ConnectionResetError) else "cancelled"
-            outcome.health.abandon_probe()
+            self.runtime.router.abandon_stream(outcome)
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:

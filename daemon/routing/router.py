@@ -57,6 +57,7 @@ class Outcome:
     events: object = None  # the stream's async iterator, already advanced past `first`
     first: bytes | None = None  # the stream's first event
     latency: float = 0.0  # seconds from sending to the answer (a stream's first event)
+    probe: bool = False  # this request is its deployment's half-open probe
 
 
 class InFlightStream:
@@ -206,6 +207,7 @@ class Router:
                     health.finished()
                 if error is None:
                     outcome.deployment, outcome.health, outcome.attempts = deployment, health, trip.attempts
+                    outcome.probe = probe
                     outcome.latency = time.monotonic() - began
                     if outcome.stream is None:
                         health.succeed(outcome.latency)
@@ -281,9 +283,16 @@ class Router:
         if error is None:
             health.succeed(outcome.latency)
         elif error.failure is FailureClass.INTERNAL:
-            health.abandon_probe()
+            self.abandon_stream(outcome)
         else:
             health.fail(error, outcome.deployment.policy.cooldown, time.time())
+
+    def abandon_stream(self, outcome: Outcome) -> None:
+        """A relayed stream ended without a verdict (the client left, the gateway failed): if it
+        was its deployment's half-open probe, the next request may probe; another stream leaves
+        the probe of whichever request holds it alone."""
+        if outcome.probe:
+            outcome.health.abandon_probe()
 
 
 def describe(reasons: dict[str, str]) -> str:
