@@ -108,6 +108,17 @@ def openai_error_body(message: str, type_: str, code: str | None = None, param: 
     return orjson.dumps({"error": {"message": message, "type": type_, "code": code, "param": param}})
 
 
+MAX_NESTING = 254  # levels of arrays and objects orjson writes; it reads up to 1024
+
+
+def too_deep_to_forward() -> UpstreamError:
+    """A body that parsed but cannot be written again for the upstream (nested deeper than
+    orjson writes): the client's error, a 400, and no failure of the deployment."""
+    message = f"the request body is nested too deeply to forward (at most {MAX_NESTING} levels)"
+    return UpstreamError(FailureClass.CLIENT, message, status=400,
+                         body=openai_error_body(message, "invalid_request_error", "invalid_body"))
+
+
 def translates_client_input(provider_type: str):
     """Decorate a request translation `(body, model) -> bytes`: a field of a shape the
     translation did not expect is the client's error (a 400), never a 500 of the gateway."""
@@ -117,6 +128,8 @@ def translates_client_input(provider_type: str):
         def guarded(body: dict, model: str) -> bytes:
             try:
                 return translate(body, model)
+            except orjson.JSONEncodeError:
+                raise too_deep_to_forward() from None
             except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
                 message = (f"the request cannot be translated for provider type {provider_type}: "
                            f"a field has an unexpected shape ({exc})")

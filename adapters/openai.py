@@ -22,7 +22,7 @@ from gatewayd.adapters.base import (
     TypeKey,
     UpstreamStream,
     expect_stream,
-    openai_error_body,
+    too_deep_to_forward,
     upstream_json,
     usage_from_openai,
 )
@@ -34,21 +34,14 @@ if TYPE_CHECKING:
     from gatewayd.daemon.core.graph import Deployment, Provider
 
 
-MAX_NESTING = 254  # levels of arrays and objects orjson writes; it reads up to 1024
-
-
 def to_upstream(body: dict, model: str) -> bytes:
     """The request as the upstream expects it: the client's body with `model` replaced.
-
-    A body that parsed but cannot be written again (nested deeper than orjson writes) is the
-    client's error: a 400, and no failure of the deployment.
-    """
+    (Not `translates_client_input`: a passthrough has no shape to misread, and this runs
+    on every request, where a wrapper's frame would cost more than the `try`.)"""
     try:
         return orjson.dumps({**body, "model": model})
     except orjson.JSONEncodeError:
-        message = f"the request body is nested too deeply to forward (at most {MAX_NESTING} levels)"
-        raise UpstreamError(FailureClass.CLIENT, message, status=400,
-                            body=openai_error_body(message, "invalid_request_error", "invalid_body")) from None
+        raise too_deep_to_forward() from None
 
 
 class UsageFields(msgspec.Struct):
