@@ -266,3 +266,21 @@ async def read_stream(response: aiohttp.ClientResponse) -> tuple[str, bool]:
         assert "error" not in event, event
         content.append(event["choices"][0]["delta"].get("content") or "")
     return "".join(content), done
+
+
+async def gatewayd_reload(path: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `gatewayd reload -c PATH` with `env` over this process's environment, less the admin
+    key and the runtime and credentials folders (a test names those it wants)."""
+    theirs = ("GATEWAYD_ADMIN_KEY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY")
+    ours = {k: v for k, v in os.environ.items() if k not in theirs}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gatewayd.daemon.cli", "reload", "-c", str(path),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=path.parent,
+        env={**ours, **(env or {})})
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 40)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode, out.decode(), err.decode()

@@ -16,7 +16,6 @@ import re
 import shutil
 import signal
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tests.daemon_proc import (
     Upstream,
     config_dir,
     free_port,
+    gatewayd_reload,
     read_stream,
     rename_save,
     routed_config,
@@ -55,20 +55,6 @@ async def served_by(gw: Daemon, expected: str, timeout: float = 5.0) -> tuple[in
         answer = await gw.chat()
         return answer if answer[1] == expected else None
     return await wait_until(probe, timeout, what=f"answers {expected!r}")
-
-
-async def gatewayd_reload(path: Path, env: dict | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd.daemon.cli", "reload", "-c", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=path.parent,
-        env={**os.environ, **(env or {})})
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 40)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_edits_in_place_and_rename_saves_apply_and_identical_rewrites_do_not(tmp_path):

@@ -8,7 +8,6 @@ subprocesses; each daemon's runtime file lives in the test's own RUNTIME_DIRECTO
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ from pathlib import Path
 from gatewayd.daemon.config.load import load
 from gatewayd.daemon.core.problems import ConfigError
 from gatewayd.daemon.reload_client import ADMIN_KEY_VARIABLE, Target, addresses, read_target
-from tests.daemon_proc import Daemon, Upstream, config_dir, free_port, routed_config, write_in_place
+from tests.daemon_proc import Daemon, Upstream, config_dir, free_port, gatewayd_reload, routed_config, write_in_place
 
 OPS_KEY, APP_KEY = "ops-key-5e1d7c", "app-key-90af3b"
 FLOW_AUTH = ('  auth: {keys: [{name: app, key: "${APP_KEY}"}, '
@@ -28,22 +27,6 @@ FLOW_AUTH = ('  auth: {keys: [{name: app, key: "${APP_KEY}"}, '
 
 def with_auth(config: str, auth: str = FLOW_AUTH) -> str:
     return config.replace("  shutdown_grace: 3s\n", "  shutdown_grace: 3s\n" + auth)
-
-
-async def gatewayd_reload(path: Path, env: dict[str, str]) -> tuple[int, str, str]:
-    """Run `gatewayd reload -c PATH` with `env` over ours (no admin key, runtime or credentials folder of ours)."""
-    theirs = (ADMIN_KEY_VARIABLE, "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY")
-    ours = {k: v for k, v in os.environ.items() if k not in theirs}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd.daemon.cli", "reload", "-c", str(path),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=path.parent, env={**ours, **env})
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 40)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out.decode(), err.decode()
 
 
 def first_problem(path: Path, env: dict[str, str]) -> str:
