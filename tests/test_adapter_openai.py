@@ -282,14 +282,19 @@ async def test_an_error_answer_is_read_up_to_its_own_small_bound(upstream, statu
     assert fake.written[1] == MAX_ERROR_BODY
 
 
+async def first_event_failure(adapter, deployment) -> UpstreamError:
+    """The failure reading a new stream's first event raises (the stream closed after)."""
+    stream = await adapter.stream(deployment, CHAT)
+    try:
+        return await failure_of(anext(aiter(stream)))
+    finally:
+        await stream.aclose()
+
+
 async def test_a_stream_line_past_max_upstream_body_is_a_protocol_failure(upstream):
     adapter, deployment, fake = await upstream()
     fake.queue(Large(10 * 1024 * 1024, event_stream=True))
-    stream = await adapter.stream(deployment, CHAT)
-    try:
-        error = await failure_of(anext(aiter(stream)))
-    finally:
-        await stream.aclose()
+    error = await first_event_failure(adapter, deployment)
     assert error.failure is FailureClass.PROTOCOL
     assert "max_upstream_body" in error.message
 
@@ -305,9 +310,5 @@ async def test_a_stream_event_of_many_lines_is_bounded_as_a_whole(upstream):
         assert await anext(aiter(stream)) == b'data: {"a":\n"' + half + b'"}\n\n'
     finally:
         await stream.aclose()
-    stream = await adapter.stream(deployment, CHAT)
-    try:
-        error = await failure_of(anext(aiter(stream)))
-    finally:
-        await stream.aclose()
+    error = await first_event_failure(adapter, deployment)
     assert error.failure is FailureClass.PROTOCOL
