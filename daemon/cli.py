@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from importlib import metadata
 
 from gatewayd.daemon.config.load import find_config, load
 from gatewayd.daemon.core.problems import ConfigError
 from gatewayd.daemon.routing.explain import UnknownRoute, explain_plan, format_plan, parse_instant
+from gatewayd.daemon.runfile import gatewayd_version
 
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="gatewayd", description="A local LLM gateway daemon.")
-    top.add_argument("--version", action="version", version=f"gatewayd {metadata.version('gatewayd')}")
+    top.add_argument("--version", action="version", version=f"gatewayd {gatewayd_version()}")
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(name: str, help_text: str) -> argparse.ArgumentParser:

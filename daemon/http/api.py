@@ -21,6 +21,7 @@ from gatewayd.daemon.core.graph import Graph, ServerSettings
 from gatewayd.daemon.http import catalog
 from gatewayd.daemon.http.errors import ApiError, error_body
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
+from gatewayd.daemon.http.jsonsyntax import explain_invalid_json
 from gatewayd.daemon.http.streaming import PREPARED, SSE_HEADERS
 from gatewayd.daemon.observe.accesslog import AccessRecord
 from gatewayd.daemon.routing.router import Outcome, RoutingFailed
@@ -59,8 +60,6 @@ def parse_body(body: bytes | bytearray) -> dict:
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        from gatewayd.daemon.http.jsonsyntax import explain_invalid_json  # only a refused body needs it
-
         raise ApiError(400, "invalid_json", explain_invalid_json(body, exc)) from None
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_body", "the body must be a JSON object")
