@@ -275,3 +275,11 @@ class Graph:
     aliases: tuple[str, ...]
     default_policy: Policy  # `defaults:` merged over the schema's defaults; bounds a request's total
     warnings: tuple[str, ...] = field(default=())
+    # every credential of this config, providers' and app keys', in each form an upstream may echo
+    # it, longest first: what logs and events replace (derived once, not per line)
+    redactions: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        forms = {form for provider in self.providers.values() for form in provider.redactions}
+        forms.update(redaction_forms(key.key.reveal() for key in self.server.keys or () if key.key))
+        object.__setattr__(self, "redactions", tuple(sorted(forms, key=len, reverse=True)))

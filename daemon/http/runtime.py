@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from gatewayd.adapters.base import Adapter
 from gatewayd.daemon.config.load import Loaded
 from gatewayd.daemon.core.failures import UpstreamError
-from gatewayd.daemon.core.graph import Graph, redaction_forms
+from gatewayd.daemon.core.graph import Graph
 from gatewayd.daemon.observe.accesslog import AccessLog
 from gatewayd.daemon.observe.events import EventBus
 from gatewayd.daemon.observe.metrics import Metrics
@@ -155,10 +155,7 @@ class Runtime(RoutingObserver):
 
     def redact(self, text: str) -> str:
         """`text` with every credential of the serving config replaced (defence in depth)."""
-        graph = self.holder.current.graph
-        secrets = [form for provider in graph.providers.values() for form in provider.redactions]
-        secrets += redaction_forms(k.key.reveal() for k in graph.server.keys or () if k.key)  # key_sha256: none
-        for secret in sorted(secrets, key=len, reverse=True):
+        for secret in self.holder.current.graph.redactions:  # a key_sha256 holds no secret
             if secret in text:
                 text = text.replace(secret, "[redacted]")
         return text
