@@ -1,4 +1,4 @@
-"""Anthropic Messages API: OpenAI chat completions translated both ways.
+"""Anthropic Messages API: neutral chat requests and answers translated both ways.
 
 Wire format: POST {base_url}/v1/messages with `x-api-key: KEY` and
 `anthropic-version` (default 2023-06-01, or the provider option
@@ -19,19 +19,19 @@ Request (`to_upstream`):
   stop                         -> stop_sequences;  user -> metadata.user_id
 Dropped: n (n > 1 is refused with a 400), presence_penalty, frequency_penalty,
 logit_bias, logprobs, top_logprobs, response_format, seed, stream_options
-(read locally for `include_usage`), store, metadata, service_tier, modalities,
+(the client's codec reads `include_usage`), store, metadata, service_tier, modalities,
 audio, prediction, reasoning_effort, web_search_options, the legacy functions /
 function_call, message `name`s and tools' `strict`. Content parts other than
 text / image_url, non-function tools, tool calls or results without ids and
 tool-call arguments that are not a JSON object are refused with a 400 (`client`).
 
-Answer (`from_upstream`, `StreamTranslator`): text blocks joined into
-`content` (None when the answer is only tool calls), `tool_use` blocks ->
-`tool_calls`, thinking blocks dropped. stop_reason -> finish_reason: end_turn,
+Answer (`from_upstream`, `AnthropicStreamTranslator`): text blocks joined into
+the text (None when the answer is only tool calls), `tool_use` blocks -> tool
+calls, thinking blocks dropped. stop_reason -> finish reason: end_turn,
 stop_sequence, pause_turn -> stop; max_tokens, model_context_window_exceeded ->
 length; tool_use -> tool_calls; refusal -> content_filter. prompt_tokens
 counts input_tokens plus cache creation and cache read tokens. Error types map
-to failure classes in ERROR_TYPES (billing_error counts as `auth`: the
+to failure classes and neutral kinds in ERROR_TYPES (billing_error counts as `auth`: the
 deployment's account is unusable); an in-band stream `error` event is
 `overloaded`, `server` or `rate_limit` by its type, else `protocol`.
 """
@@ -43,26 +43,36 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from gatewayd.adapters.base import DONE_EVENT as DONE_EVENT  # re-exported: how this module's streams end
 from gatewayd.adapters.base import (
-    ChunkTranslator,
     HttpAdapter,
     ProviderType,
+    StreamTranslator,
     TranslatedStream,
     TypeKey,
     expect_stream,
-    openai_error_body,
-    openai_usage,
     translates_client_input,
+    unsupported,
     upstream_json,
-    usage_chunk,
-    wants_usage,
 )
+from gatewayd.adapters.base import client_error as base_client_error
 from gatewayd.adapters.sse import read_events
+from gatewayd.daemon.core.conversation import ToolCall
+from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
-from gatewayd.daemon.core.replies import Reply, Usage
+from gatewayd.daemon.core.replies import (
+    Answer,
+    Delta,
+    Finish,
+    Reply,
+    Start,
+    StreamEvent,
+    ToolCallDelta,
+    Usage,
+)
+from gatewayd.daemon.formats.anthropic_request import encode_chat
 
 if TYPE_CHECKING:
+    from gatewayd.daemon.core.exchange import Request
     from gatewayd.daemon.core.graph import Deployment
 
 DEFAULT_MAX_TOKENS = 4096
@@ -74,25 +84,24 @@ FINISH_REASONS = {
     "tool_use": "tool_calls", "refusal": "content_filter",
 }
 
-# Anthropic error type -> (failure class, OpenAI error type, OpenAI error code)
+# Anthropic error type -> (failure class, neutral error kind, error code)
 ERROR_TYPES = {
-    "invalid_request_error": (FailureClass.CLIENT, "invalid_request_error", None),
-    "request_too_large": (FailureClass.CLIENT, "invalid_request_error", "request_too_large"),
-    "authentication_error": (FailureClass.AUTH, "authentication_error", "invalid_api_key"),
-    "permission_error": (FailureClass.AUTH, "permission_error", None),
-    "billing_error": (FailureClass.AUTH, "billing_error", None),
-    "not_found_error": (FailureClass.NOT_FOUND, "invalid_request_error", "model_not_found"),
-    "rate_limit_error": (FailureClass.RATE_LIMIT, "rate_limit_error", "rate_limit_exceeded"),
-    "api_error": (FailureClass.SERVER, "server_error", None),
-    "timeout_error": (FailureClass.SERVER, "server_error", "timeout"),
-    "overloaded_error": (FailureClass.OVERLOADED, "server_error", "overloaded"),
+    "invalid_request_error": (FailureClass.CLIENT, "invalid_request", None),
+    "request_too_large": (FailureClass.CLIENT, "invalid_request", "request_too_large"),
+    "authentication_error": (FailureClass.AUTH, "authentication", "invalid_api_key"),
+    "permission_error": (FailureClass.AUTH, "permission", None),
+    "billing_error": (FailureClass.AUTH, "billing", None),
+    "not_found_error": (FailureClass.NOT_FOUND, "not_found", "model_not_found"),
+    "rate_limit_error": (FailureClass.RATE_LIMIT, "rate_limit", "rate_limit_exceeded"),
+    "api_error": (FailureClass.SERVER, "server", None),
+    "timeout_error": (FailureClass.SERVER, "server", "timeout"),
+    "overloaded_error": (FailureClass.OVERLOADED, "overloaded", "overloaded"),
 }
 
 
 def client_error(message: str, param: str | None = None) -> UpstreamError:
     """A request Anthropic cannot be sent: returned to the client as a 400."""
-    body = openai_error_body(message, "invalid_request_error", "invalid_request", param)
-    return UpstreamError(FailureClass.CLIENT, message, status=400, body=body)
+    return base_client_error(message, "invalid_request", param)
 
 
 # --- request ---------------------------------------------------------------------------------
@@ -263,21 +272,18 @@ def to_upstream(body: dict, model: str) -> bytes:
 
 # --- answer ----------------------------------------------------------------------------------
 
-def _usage(usage: dict) -> dict:
+def _usage(usage: dict) -> Usage:
     cache_read = usage.get("cache_read_input_tokens") or 0
     prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0) + cache_read
-    out = openai_usage(prompt, usage.get("output_tokens") or 0)
-    if cache_read:
-        out["prompt_tokens_details"] = {"cached_tokens": cache_read}
-    return out
+    return Usage(prompt, usage.get("output_tokens") or 0, cache_read)
 
 
 def _protocol(message: str) -> UpstreamError:
     return UpstreamError(FailureClass.PROTOCOL, message)
 
 
-def from_upstream(payload: dict, created: int | None = None) -> dict:
-    """An Anthropic Message as an OpenAI chat.completion."""
+def from_upstream(payload: dict, created: int | None = None) -> Answer:
+    """An Anthropic Message as a neutral answer."""
     if not isinstance(payload, dict) or payload.get("type") == "error":
         raise _protocol("upstream answer is not a message")
     content = payload.get("content")
@@ -289,63 +295,49 @@ def from_upstream(payload: dict, created: int | None = None) -> dict:
         if kind == "text":
             texts.append(block.get("text") or "")
         elif kind == "tool_use":
-            arguments = orjson.dumps(block.get("input") or {}).decode()
-            calls.append({"id": block.get("id"), "type": "function",
-                          "function": {"name": block.get("name"), "arguments": arguments}})
-    message: dict = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
-    if calls:
-        message["tool_calls"] = calls
+            calls.append(ToolCall(block.get("id"), block.get("name"), orjson.dumps(block.get("input") or {}).decode()))
     usage = payload.get("usage")
-    return {
-        "id": payload.get("id"), "object": "chat.completion",
-        "created": int(time.time()) if created is None else created, "model": payload.get("model"),
-        "choices": [{"index": 0, "message": message,
-                     "finish_reason": FINISH_REASONS.get(payload.get("stop_reason"), "stop")}],
-        "usage": _usage(usage if isinstance(usage, dict) else {}),
-    }
+    return Answer(payload.get("id"), payload.get("model"), int(time.time()) if created is None else created,
+                  "".join(texts) if texts or not calls else None,
+                  FINISH_REASONS.get(payload.get("stop_reason"), "stop"),
+                  _usage(usage if isinstance(usage, dict) else {}), tuple(calls))
 
 
-def error_from_upstream(status: int | None, payload, retry_after: float | None = None) -> UpstreamError:
-    """An Anthropic error body (or anything else that came with an error status) as an UpstreamError."""
+def error_from_upstream(status: int | None, payload, retry_after: float | None = None,
+                        raw: bytes | None = None) -> UpstreamError:
+    """An Anthropic error body (or anything else that came with an error status) as an UpstreamError;
+    `raw`, the body as it came, goes to an Anthropic client untouched."""
     error = payload.get("error") if isinstance(payload, dict) else None
     kind = error.get("type") if isinstance(error, dict) else None
     message = str(error.get("message") or kind or "") if isinstance(error, dict) else ""
     if kind in ERROR_TYPES:
-        failure, type_, code = ERROR_TYPES[kind]
+        failure, neutral, code = ERROR_TYPES[kind]
     else:
         failure = classify_status(status) if status else FailureClass.PROTOCOL
-        type_, code = ("invalid_request_error" if failure == FailureClass.CLIENT else "upstream_error"), kind
+        neutral, code = ("invalid_request" if failure == FailureClass.CLIENT else "upstream"), kind
     message = message or (f"upstream answered HTTP {status}" if status else "upstream error")
-    return UpstreamError(failure, message, status=status, retry_after=retry_after,
-                         body=openai_error_body(message, type_, code))
+    return UpstreamError(failure, message, status=status, retry_after=retry_after, kind=neutral, code=code,
+                         body=raw if error is not None else None, body_format=WireFormat.ANTHROPIC)
 
 
-class StreamTranslator(ChunkTranslator):
-    """Anthropic stream events in, OpenAI chat.completion.chunk dicts out. Pure: no I/O."""
+class AnthropicStreamTranslator(StreamTranslator):
+    """Anthropic stream events in, neutral stream events out. Pure: no I/O."""
 
-    def __init__(self, include_usage: bool = False, created: int | None = None) -> None:
-        self.include_usage = include_usage
+    def __init__(self, created: int | None = None) -> None:
         self.created = int(time.time()) if created is None else created
-        self.id = ""
-        self.model = ""
         self.usage: Usage | None = None
         self.done = False
-        self._tools: dict[int, int] = {}  # Anthropic block index -> OpenAI tool call index
+        self._tools: dict[int, int] = {}  # Anthropic block index -> the answer's tool call index
         self._blocks: set[int] = set()  # every block index started
         self._usage: dict = {}
-
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model, "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
 
     def _count(self, usage) -> None:
         if isinstance(usage, dict):
             self._usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
-            counted = _usage(self._usage)
-            self.usage = Usage(counted["prompt_tokens"], counted["completion_tokens"])
+            self.usage = _usage(self._usage)
 
-    def feed(self, event: bytes, data: bytes) -> list[dict]:
-        """One SSE event (name, data) in; the OpenAI chunks it becomes out."""
+    def feed(self, event: bytes, data: bytes) -> list[StreamEvent]:
+        """One SSE event (name, data) in; the neutral events it becomes out."""
         if self.done:
             return []
         payload = upstream_json(data, "malformed stream event from upstream")
@@ -357,48 +349,42 @@ class StreamTranslator(ChunkTranslator):
         except (AttributeError, KeyError, TypeError):
             raise _protocol(f"malformed {kind} event from upstream") from None
 
-    def _dispatch(self, kind: str, event: dict) -> list[dict]:
+    def _dispatch(self, kind: str, event: dict) -> list[StreamEvent]:
         if kind == "message_start":
             message = event["message"]
-            self.id, self.model = message.get("id") or "", message.get("model") or ""
             self._count(message.get("usage"))
-            return [self._chunk({"role": "assistant", "content": ""})]
+            return [Start(id=message.get("id") or "", model=message.get("model") or "", created=self.created)]
         if kind == "content_block_start":
             block = event["content_block"]
             self._blocks.add(event["index"])
             if block["type"] == "tool_use":
                 index = self._tools[event["index"]] = len(self._tools)
-                call = {"index": index, "id": block["id"], "type": "function",
-                        "function": {"name": block["name"], "arguments": ""}}
-                return [self._chunk({"tool_calls": [call]})]
+                return [Delta(tool_calls=(ToolCallDelta(index, "", block["id"], block["name"]),))]
             if block["type"] == "text" and block.get("text"):
-                return [self._chunk({"content": block["text"]})]
+                return [Delta(block["text"])]
             return []
         if kind == "content_block_delta":
             delta = event["delta"]
             if event["index"] not in self._blocks:
                 raise _protocol("stream delta for a content block that never started")
             if delta["type"] == "text_delta":
-                return [self._chunk({"content": delta["text"]})] if delta["text"] else []
+                return [Delta(delta["text"])] if delta["text"] else []
             if delta["type"] == "input_json_delta" and event["index"] in self._tools and delta["partial_json"]:
-                call = {"index": self._tools[event["index"]], "function": {"arguments": delta["partial_json"]}}
-                return [self._chunk({"tool_calls": [call]})]
-            return []  # thinking, signature, citation deltas and server tool input: no OpenAI counterpart
+                return [Delta(tool_calls=(ToolCallDelta(self._tools[event["index"]], delta["partial_json"]),))]
+            return []  # thinking, signature, citation deltas and server tool input: no neutral counterpart
         if kind == "message_delta":
             self._count(event.get("usage"))
             reason = event["delta"].get("stop_reason")
-            return [self._chunk({}, FINISH_REASONS.get(reason, "stop"))] if reason else []
+            return [Finish(FINISH_REASONS.get(reason, "stop"))] if reason else []
         if kind == "message_stop":
             self.done = True
-            return [usage_chunk(self._chunk({}), _usage(self._usage))] if self.include_usage else []
+            return []
         if kind == "error":
             error = error_from_upstream(None, event)
             if error.failure not in (FailureClass.OVERLOADED, FailureClass.SERVER, FailureClass.RATE_LIMIT):
                 error.failure = FailureClass.PROTOCOL
             raise error
         return []  # ping, content_block_stop, and event types added later
-
-    chunks = feed  # what ChunkTranslator.events writes as SSE events
 
 
 class AnthropicAdapter(HttpAdapter):
@@ -409,26 +395,22 @@ class AnthropicAdapter(HttpAdapter):
         return {"x-api-key": key, "anthropic-version": version} if key else {"anthropic-version": version}
 
     def error_from_answer(self, status: int, payload: Any, raw: bytes, retry_after: float | None) -> UpstreamError:
-        return error_from_upstream(status, payload, retry_after)
+        return error_from_upstream(status, payload, retry_after, raw)
 
-    async def chat(self, deployment: Deployment, body: dict) -> Reply:
+    async def chat(self, deployment: Deployment, request: Request) -> Reply:
         url = self.join(self.provider.base_url, "/v1/messages")
-        raw = await self.fetch(deployment, url, to_upstream({**body, "stream": False}, deployment.model))
+        raw = await self.fetch(deployment, url, encode_chat(request.chat(), deployment.model))
         answer = from_upstream(upstream_json(raw, "upstream answer is not JSON"))
-        usage = answer["usage"]
-        return Reply(orjson.dumps(answer), Usage(usage["prompt_tokens"], usage["completion_tokens"]))
+        return Reply(None, answer.usage, answer=answer)
 
-    async def stream(self, deployment: Deployment, body: dict) -> TranslatedStream:
+    async def stream(self, deployment: Deployment, request: Request) -> TranslatedStream:
         url = self.join(self.provider.base_url, "/v1/messages")
-        response = await self.send(deployment, url, to_upstream({**body, "stream": True}, deployment.model))
+        response = await self.send(deployment, url, encode_chat(request.chat(), deployment.model))
         expect_stream(response, "text/event-stream", "an event stream")
-        translator = StreamTranslator(wants_usage(body))
-        return TranslatedStream(response, self.scrub, self._max_answer, translator, read_events)
+        return TranslatedStream(response, self.scrub, self._max_answer, AnthropicStreamTranslator(), read_events)
 
-    async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
-        message = "provider type anthropic has no embeddings API"
-        raise UpstreamError(FailureClass.CLIENT, message, status=400,
-                            body=openai_error_body(message, "invalid_request_error", "unsupported_operation"))
+    async def embeddings(self, deployment: Deployment, request: Request) -> Reply:
+        raise unsupported("anthropic", "embeddings")
 
 
 ANTHROPIC = ProviderType("anthropic", AnthropicAdapter, base_url="https://api.anthropic.com",

@@ -1,10 +1,11 @@
 """The one interface every provider adapter implements, and the HTTP I/O they share.
 
-An adapter speaks one provider's wire format. Its translation is pure
-functions (request in, upstream JSON out; upstream JSON in, OpenAI JSON out)
-tested with literal fixtures; its I/O goes through `HttpAdapter.send()`, the
-one place that talks to the network. The router sees only OpenAI-shaped
-bytes, `UpstreamError`s and the `Adapter` protocol below.
+An adapter speaks one provider's wire format. A client of that same format has its body
+sent on and the answer's bytes relayed as they came; any other client's request is read in
+neutral terms (`Request.chat()`) and the answer given back neutral (`core/replies`), for the
+client's codec to write. The translation is pure functions tested with literal fixtures; the
+I/O goes through `HttpAdapter.send()`, the one place that talks to the network. The router
+sees only `Reply`s, `ReplyStream`s, `UpstreamError`s and the `Adapter` protocol below.
 
 Failures are classified once, where they are seen, into the taxonomy of
 gatewayd.daemon.core.failures.
@@ -28,24 +29,30 @@ from aiohttp.http_exceptions import LineTooLong
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
-from gatewayd.daemon.core.replies import Reply, ReplyStream, Usage
+from gatewayd.daemon.core.replies import Reply, ReplyStream, StreamEvent, Usage
 
 if TYPE_CHECKING:
+    from gatewayd.daemon.core.exchange import Request
     from gatewayd.daemon.core.graph import Deployment, Provider
 
 
 class Adapter(Protocol):
-    """What the router needs from a provider. One instance per provider identity."""
+    """What the router needs from a provider. One instance per provider identity.
+
+    One method per `Operation`, named as it is (the router calls the request's); `stream` serves
+    a chat request that streams. `capabilities` lists the `Request.capability`s it serves.
+    """
 
     capabilities: frozenset[str]  # of "chat", "stream", "embeddings"
 
     # chat and embeddings may be coroutines, or return one (OpenAIAdapter does)
-    def chat(self, deployment: Deployment, body: dict) -> Awaitable[Reply]: ...
+    def chat(self, deployment: Deployment, request: Request) -> Awaitable[Reply]: ...
 
-    async def stream(self, deployment: Deployment, body: dict) -> ReplyStream: ...
+    async def stream(self, deployment: Deployment, request: Request) -> ReplyStream: ...
 
-    def embeddings(self, deployment: Deployment, body: dict) -> Awaitable[Reply]: ...
+    def embeddings(self, deployment: Deployment, request: Request) -> Awaitable[Reply]: ...
 
     async def close(self) -> None: ...
 
@@ -99,13 +106,13 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-DONE_EVENT = b"data: [DONE]\n\n"  # how every stream relayed to the client ends (OpenAI's SSE format)
+def client_error(message: str, code: str, param: str | None = None) -> UpstreamError:
+    """A request the upstream cannot be sent as it is: the client's 400, no failure of the deployment."""
+    return UpstreamError(FailureClass.CLIENT, message, status=400, code=code, param=param)
 
 
-def openai_error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> bytes:
-    """OpenAI's error shape, `{"error": {"message", "type", "code", "param"}}`: what the gateway's
-    own errors (http/errors.py) and the adapters' reshaped upstream errors both answer with."""
-    return orjson.dumps({"error": {"message": message, "type": type_, "code": code, "param": param}})
+def unsupported(provider_type: str, operation: str) -> UpstreamError:
+    return client_error(f"provider type {provider_type} has no {operation} API", "unsupported_operation")
 
 
 MAX_NESTING = 254  # levels of arrays and objects orjson writes; it reads up to 1024
@@ -114,9 +121,8 @@ MAX_NESTING = 254  # levels of arrays and objects orjson writes; it reads up to 
 def too_deep_to_forward() -> UpstreamError:
     """A body that parsed but cannot be written again for the upstream (nested deeper than
     orjson writes): the client's error, a 400, and no failure of the deployment."""
-    message = f"the request body is nested too deeply to forward (at most {MAX_NESTING} levels)"
-    return UpstreamError(FailureClass.CLIENT, message, status=400,
-                         body=openai_error_body(message, "invalid_request_error", "invalid_body"))
+    return client_error(f"the request body is nested too deeply to forward (at most {MAX_NESTING} levels)",
+                        "invalid_body")
 
 
 def translates_client_input(provider_type: str):
@@ -131,10 +137,8 @@ def translates_client_input(provider_type: str):
             except orjson.JSONEncodeError:
                 raise too_deep_to_forward() from None
             except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
-                message = (f"the request cannot be translated for provider type {provider_type}: "
-                           f"a field has an unexpected shape ({exc})")
-                raise UpstreamError(FailureClass.CLIENT, message, status=400,
-                                    body=openai_error_body(message, "invalid_request_error", "invalid_value")) from None
+                raise client_error(f"the request cannot be translated for provider type {provider_type}: "
+                                   f"a field has an unexpected shape ({exc})", "invalid_value") from None
         return guarded
 
     return decorate
@@ -189,19 +193,6 @@ def too_large(limit: int) -> UpstreamError:
                                                 "(server.max_upstream_body)")
 
 
-def usage_from_openai(payload: dict) -> Usage | None:
-    usage = payload.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
-
-
-def openai_usage(prompt_tokens: int, completion_tokens: int) -> dict:
-    """An answer's `usage` in OpenAI's shape."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
-
-
 def upstream_json(data: bytes, malformed: str) -> Any:
     """`data` parsed as JSON; text that is not JSON is the upstream's protocol failure, `malformed`."""
     try:
@@ -219,18 +210,6 @@ def json_or_none(raw: bytes) -> Any:
 
 
 # --- streams ---------------------------------------------------------------------------------
-
-def wants_usage(body: dict) -> bool:
-    """Whether the client asked for a last chunk with the usage (`stream_options.include_usage`).
-    Adapters that translate a stream add that chunk themselves: their upstreams never see the option."""
-    options = body.get("stream_options")
-    return isinstance(options, dict) and bool(options.get("include_usage"))
-
-
-def usage_chunk(chunk: dict, usage: dict) -> dict:
-    """The chunk `include_usage` asks for last: the stream's `chunk` fields, no choices, the usage."""
-    return {**chunk, "choices": [], "usage": usage}
-
 
 def expect_stream(response: aiohttp.ClientResponse, content_type: str, what: str) -> None:
     """Raise unless `response` is a stream of `content_type` (`what`, in words): an upstream that
@@ -261,8 +240,7 @@ async def read_lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator
 
 
 class UpstreamStream:
-    """An upstream's open stream relayed as OpenAI events (a `ReplyStream`): what every streaming
-    adapter shares.
+    """An upstream's open stream (a `ReplyStream`): what every streaming adapter shares.
 
     A subclass's `__aiter__` reads `response.content` through a bounded reader (`read_events`,
     `read_lines`), passes each piece through `scrub` before it is relayed or quoted in an error,
@@ -270,6 +248,7 @@ class UpstreamStream:
     the upstream ended its stream, and closes it otherwise: the rest would never be read.
     """
 
+    format: WireFormat | None = None  # the wire format of the bytes it yields; None: it yields neutral events
     usage: Usage | None = None
     done: bool = False
 
@@ -282,32 +261,24 @@ class UpstreamStream:
         self.response.close() if not self.done else self.response.release()
 
 
-class ChunkTranslator:
-    """Base of a pure translator from a provider's stream to OpenAI's: `chunks(event, data)` turns
-    one piece into `chat.completion.chunk` dicts, and sets `usage` as it learns it and `done` at
-    the upstream's end."""
+class StreamTranslator:
+    """Base of a pure translator from a provider's stream to neutral events: `feed(event, data)`
+    turns one piece into `StreamEvent`s, and sets `usage` as it learns it and `done` at the
+    upstream's end."""
 
     usage: Usage | None = None
     done: bool = False
 
-    def chunks(self, event: bytes, data: bytes) -> list[dict]:
+    def feed(self, event: bytes, data: bytes) -> list[StreamEvent]:
         raise NotImplementedError
-
-    def events(self, event: bytes, data: bytes) -> list[bytes]:
-        """Like `chunks`, as SSE events ready to write, `data: [DONE]` after the last."""
-        was_done = self.done
-        out = [b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in self.chunks(event, data)]
-        if self.done and not was_done:
-            out.append(DONE_EVENT)
-        return out
 
 
 class TranslatedStream(UpstreamStream):
-    """A stream in a provider's own format: each piece `read` yields goes through `translator`,
-    which holds the usage and knows when the upstream is done."""
+    """A stream in a provider's own format read as neutral events: each piece `read` yields goes
+    through `translator`, which holds the usage and knows when the upstream is done."""
 
     def __init__(self, response: aiohttp.ClientResponse, scrub: Callable[[bytes], bytes], max_read: int,
-                 translator: ChunkTranslator,
+                 translator: StreamTranslator,
                  read: Callable[[aiohttp.StreamReader, int], AsyncIterator[tuple[bytes, bytes]]]) -> None:
         super().__init__(response, scrub, max_read)
         self.translator = translator
@@ -321,10 +292,10 @@ class TranslatedStream(UpstreamStream):
     def done(self) -> bool:  # type: ignore[override]
         return self.translator.done
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
+    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         translator, scrub = self.translator, self.scrub
         async for event, data in self.read(self.response.content, self.max_read):
-            for out in translator.events(event, scrub(data)):
+            for out in translator.feed(event, scrub(data)):
                 yield out
             if translator.done:
                 return
@@ -459,20 +430,20 @@ class HttpAdapter:
         return read(self.scrub(raw))
 
     def error_from_status(self, status: int, headers, raw: bytes) -> UpstreamError:
-        """Turn an upstream error answer (its body scrubbed) into an UpstreamError with an
-        OpenAI-shaped body: the body is read as JSON here, once, for `error_from_answer`."""
+        """Turn an upstream error answer (its body scrubbed) into an UpstreamError: the body is
+        read as JSON here, once, for `error_from_answer`."""
         return self.error_from_answer(status, json_or_none(raw), raw, parse_retry_after(headers.get("Retry-After")))
 
     def error_from_answer(self, status: int, payload: Any, raw: bytes, retry_after: float | None) -> UpstreamError:
         """An error answer of this provider's (`payload`: its JSON, None when it is not JSON).
-        OpenAI's shape, `{"error": {"message": ...}}`, goes on as it came; anything else gets one of ours."""
-        message = f"upstream answered HTTP {status}"
-        body = raw
+        OpenAI's shape, `{"error": {"message": ...}}`, goes to an OpenAI client as it came;
+        anything else is told in the client's shape, as an upstream error."""
         if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            message = str(payload["error"].get("message") or message)
-        else:
-            body = openai_error_body(message, "upstream_error", None)
-        return UpstreamError(classify_status(status), message, status=status, retry_after=retry_after, body=body)
+            message = str(payload["error"].get("message") or f"upstream answered HTTP {status}")
+            return UpstreamError(classify_status(status), message, status=status, retry_after=retry_after,
+                                 body=raw, body_format=WireFormat.OPENAI)
+        return UpstreamError(classify_status(status), f"upstream answered HTTP {status}", status=status,
+                             retry_after=retry_after, kind="upstream")
 
     @staticmethod
     def join(base_url: str, path: str) -> str:

@@ -15,21 +15,12 @@ import time
 import uuid
 from typing import TYPE_CHECKING, AsyncIterator
 
-import orjson
-
-from gatewayd.adapters.base import (
-    DONE_EVENT,
-    ProviderType,
-    TypeKey,
-    openai_error_body,
-    openai_usage,
-    usage_chunk,
-    wants_usage,
-)
+from gatewayd.adapters.base import ProviderType, TypeKey
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
-from gatewayd.daemon.core.replies import Reply, Usage
+from gatewayd.daemon.core.replies import Answer, Delta, Embeddings, Finish, Reply, Start, StreamEvent, Usage
 
 if TYPE_CHECKING:
+    from gatewayd.daemon.core.exchange import Request
     from gatewayd.daemon.core.graph import Deployment, Provider
 
 EMBEDDING_DIMENSIONS = 16
@@ -65,20 +56,8 @@ def prompt_tokens(body: dict) -> int:
     return sum(count_tokens(text_of(m.get("content"))) for m in messages_of(body) if isinstance(m, dict))
 
 
-def completion(deployment: Deployment, body: dict, text: str) -> dict:
-    usage = openai_usage(prompt_tokens(body), count_tokens(text))
-    return {
-        "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
-        "model": deployment.model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                     "logprobs": None}],
-        "usage": usage,
-    }
-
-
-def chunk(base: dict, delta: dict, finish: str | None = None) -> bytes:
-    payload = {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-    return b"data: " + orjson.dumps(payload) + b"\n\n"
+def new_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex[:24]}"
 
 
 def embedding(text: str) -> list[float]:
@@ -87,26 +66,21 @@ def embedding(text: str) -> list[float]:
 
 
 class MockStream:
+    format = None  # neutral events
+
     def __init__(self, deployment: Deployment, body: dict, text: str) -> None:
         self._deployment = deployment
-        self._body = body
         self._text = text
         self.usage = Usage(prompt_tokens(body), count_tokens(text))
         self.done = False
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        base = {"id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion.chunk",
-                "created": int(time.time()), "model": self._deployment.model}
-        yield chunk(base, {"role": "assistant", "content": ""})
+    async def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        yield Start(id=new_id(), model=self._deployment.model, created=int(time.time()))
         words = self._text.split(" ")
         for index, word in enumerate(words):
-            yield chunk(base, {"content": word if index == 0 else " " + word})
-        yield chunk(base, {}, "stop")
-        if wants_usage(self._body):
-            usage = openai_usage(self.usage.prompt_tokens, self.usage.completion_tokens)
-            yield b"data: " + orjson.dumps(usage_chunk(base, usage)) + b"\n\n"
+            yield Delta(word if index == 0 else " " + word)
+        yield Finish("stop")
         self.done = True
-        yield DONE_EVENT
 
     async def aclose(self) -> None:
         return None
@@ -124,31 +98,27 @@ class MockAdapter:
         if latency:
             await asyncio.sleep(latency)
         if self._rng.random() < float(self.provider.options.get("fail_rate", 0)):
-            raise UpstreamError(
-                FailureClass.OVERLOADED, "mock provider failure (fail_rate)", status=503,
-                body=openai_error_body("mock provider failure (fail_rate)", "server_error", "overloaded"),
-            )
+            raise UpstreamError(FailureClass.OVERLOADED, "mock provider failure (fail_rate)", status=503,
+                                code="overloaded")
 
-    async def chat(self, deployment: Deployment, body: dict) -> Reply:
+    async def chat(self, deployment: Deployment, request: Request) -> Reply:
         await self._start()
-        payload = completion(deployment, body, answer_text(deployment, body))
-        usage = payload["usage"]
-        return Reply(orjson.dumps(payload), Usage(usage["prompt_tokens"], usage["completion_tokens"]))
+        body = request.body
+        text = answer_text(deployment, body)
+        usage = Usage(prompt_tokens(body), count_tokens(text))
+        return Reply(None, usage, answer=Answer(new_id(), deployment.model, int(time.time()), text, "stop", usage))
 
-    async def stream(self, deployment: Deployment, body: dict) -> MockStream:
+    async def stream(self, deployment: Deployment, request: Request) -> MockStream:
         await self._start()
-        return MockStream(deployment, body, answer_text(deployment, body))
+        return MockStream(deployment, request.body, answer_text(deployment, request.body))
 
-    async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
+    async def embeddings(self, deployment: Deployment, request: Request) -> Reply:
         await self._start()
-        inputs = body.get("input")
+        inputs = request.body.get("input")
         inputs = [] if inputs is None else inputs if isinstance(inputs, list) else [inputs]
-        data = [{"object": "embedding", "index": i, "embedding": embedding(str(text))}
-                for i, text in enumerate(inputs)]
-        tokens = sum(count_tokens(str(t)) for t in inputs)
-        payload = {"object": "list", "data": data, "model": deployment.model,
-                   "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-        return Reply(orjson.dumps(payload), Usage(tokens, 0))
+        usage = Usage(sum(count_tokens(str(t)) for t in inputs))
+        vectors = [embedding(str(text)) for text in inputs]
+        return Reply(None, usage, answer=Embeddings(deployment.model, vectors, usage))
 
     async def close(self) -> None:
         return None

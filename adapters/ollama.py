@@ -1,5 +1,5 @@
 """Ollama's native API (POST {base_url}/api/chat and /api/embed), translated to
-and from OpenAI chat completions and embeddings.
+and from neutral chat requests, answers and embeddings.
 
 Requests: messages (string or text/image parts; data: URL images become
 base64 `images`), assistant `tool_calls` (arguments parsed to objects), tool
@@ -9,10 +9,10 @@ max_completion_tokens -> num_predict, presence/frequency_penalty), a client
 `options` object (e.g. num_ctx) merged underneath them, `response_format`
 (json_object -> "json", json_schema -> the schema), `keep_alive` and `think`,
 and `stream`, always explicit since Ollama streams by default.
-Answers: content, `thinking` (as `reasoning_content`), tool calls (ids
-generated, arguments serialised), done_reason -> finish_reason, token counts
--> usage. Streams are NDJSON, one object a line, the last `done: true`;
-errors are `{"error": "..."}` bodies, or such a line mid-stream.
+Answers: content, `thinking` (as reasoning), tool calls (ids generated,
+arguments serialised), done_reason -> finish reason, token counts -> usage.
+Streams are NDJSON, one object a line, the last `done: true`; errors are
+`{"error": "..."}` bodies, or such a line mid-stream.
 
 Dropped: n, logprobs, logit_bias, tool_choice, parallel_tool_calls, user,
 service_tier, and Ollama's timings. Refused with a 400: image URLs that are
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import struct
 import time
 import urllib.parse
 from datetime import datetime
@@ -32,35 +31,44 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gatewayd.adapters.base import (
-    ChunkTranslator,
     HttpAdapter,
     ProviderType,
+    StreamTranslator,
     TranslatedStream,
     expect_stream,
-    openai_error_body,
-    openai_usage,
     read_lines,
     translates_client_input,
     upstream_json,
-    usage_chunk,
-    wants_usage,
 )
+from gatewayd.adapters.base import client_error as base_client_error
+from gatewayd.adapters.ollama_request import encode_chat
+from gatewayd.daemon.core.conversation import ToolCall
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
-from gatewayd.daemon.core.replies import Reply, Usage
+from gatewayd.daemon.core.replies import (
+    Answer,
+    Delta,
+    Embeddings,
+    Finish,
+    Reply,
+    Start,
+    StreamEvent,
+    ToolCallDelta,
+    Usage,
+)
 
 if TYPE_CHECKING:
+    from gatewayd.daemon.core.exchange import Request
     from gatewayd.daemon.core.graph import Deployment
 
 OPTION_KEYS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
-ERROR_TYPES = {
-    FailureClass.CLIENT: "invalid_request_error", FailureClass.NOT_FOUND: "invalid_request_error",
-    FailureClass.AUTH: "authentication_error", FailureClass.RATE_LIMIT: "rate_limit_error",
+ERROR_KINDS = {  # the kind of error a client is told of, by failure class (else a server error)
+    FailureClass.CLIENT: "invalid_request", FailureClass.NOT_FOUND: "not_found",
+    FailureClass.AUTH: "authentication", FailureClass.RATE_LIMIT: "rate_limit",
 }
 
 
 def client_error(message: str, param: str | None = None) -> UpstreamError:
-    body = openai_error_body(message, "invalid_request_error", "unsupported_value", param)
-    return UpstreamError(FailureClass.CLIENT, message, status=400, body=body)
+    return base_client_error(message, "unsupported_value", param)
 
 
 def new_id(prefix: str) -> str:
@@ -189,16 +197,16 @@ def created_from(value) -> int:
         return int(time.time())
 
 
-def calls_from_ollama(calls, first_index: int = 0) -> list[dict]:
+def calls_from_ollama(calls, first_index: int = 0) -> list[ToolCallDelta]:
+    """Ollama's tool calls (whole, never in pieces), numbered from `first_index` on."""
     out = []
     for i, call in enumerate(calls or []):
         function = call.get("function") or {}
         arguments = function.get("arguments") or {}
         if not isinstance(arguments, str):
             arguments = orjson.dumps(arguments).decode()
-        out.append({"index": first_index + i, "id": call.get("id") or new_id("call_"),
-                    "type": "function",
-                    "function": {"name": function.get("name", ""), "arguments": arguments}})
+        out.append(ToolCallDelta(first_index + i, arguments, call.get("id") or new_id("call_"),
+                                 function.get("name", "")))
     return out
 
 
@@ -208,8 +216,8 @@ def finish_reason(done_reason: str | None, tool_calls: bool) -> str:
     return "length" if done_reason == "length" else "stop"
 
 
-def usage_from(payload: dict) -> dict:
-    return openai_usage(int(payload.get("prompt_eval_count") or 0), int(payload.get("eval_count") or 0))
+def usage_from(payload: dict) -> Usage:
+    return Usage(int(payload.get("prompt_eval_count") or 0), int(payload.get("eval_count") or 0))
 
 
 def check_payload(payload, *, retryable: bool = False) -> dict:
@@ -222,72 +230,48 @@ def check_payload(payload, *, retryable: bool = False) -> dict:
     return payload
 
 
-def from_upstream(payload: dict, requested_model: str) -> dict:
-    """A non-streamed /api/chat answer as an OpenAI chat.completion."""
+def from_upstream(payload: dict, requested_model: str) -> Answer:
+    """A non-streamed /api/chat answer as a neutral answer."""
     message = check_payload(payload).get("message") or {}
-    calls = calls_from_ollama(message.get("tool_calls"))
-    for call in calls:
-        del call["index"]
-    out: dict = {"role": "assistant", "content": message.get("content") or (None if calls else "")}
-    if calls:
-        out["tool_calls"] = calls
-    if message.get("thinking"):
-        out["reasoning_content"] = message["thinking"]
-    return {
-        "id": new_id("chatcmpl-"), "object": "chat.completion",
-        "created": created_from(payload.get("created_at")), "model": requested_model,
-        "choices": [{"index": 0, "message": out, "logprobs": None,
-                     "finish_reason": finish_reason(payload.get("done_reason"), bool(calls))}],
-        "usage": usage_from(payload),
-    }
+    calls = tuple(ToolCall(call.id, call.name, call.arguments) for call in calls_from_ollama(message.get("tool_calls")))
+    return Answer(new_id("chatcmpl-"), requested_model, created_from(payload.get("created_at")),
+                  message.get("content") or (None if calls else ""),
+                  finish_reason(payload.get("done_reason"), bool(calls)), usage_from(payload), calls,
+                  message.get("thinking") or None)
 
 
-class StreamTranslator(ChunkTranslator):
-    """Ollama NDJSON lines in, OpenAI `chat.completion.chunk` dicts out."""
+class OllamaStreamTranslator(StreamTranslator):
+    """Ollama NDJSON lines in, neutral stream events out."""
 
-    def __init__(self, model: str, include_usage: bool = False) -> None:
-        self.id, self.model, self.include_usage = new_id("chatcmpl-"), model, include_usage
-        self.created: int | None = None
+    def __init__(self, model: str) -> None:
+        self.id, self.model = new_id("chatcmpl-"), model
         self.started = self.done = False
         self.tool_calls = 0
         self.usage: Usage | None = None
 
-    def chunk(self, delta: dict, finish: str | None = None) -> dict:
-        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                "model": self.model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                             "finish_reason": finish}]}
-
-    def feed(self, line: bytes) -> list[dict]:
+    def feed(self, _event: bytes, line: bytes) -> list[StreamEvent]:  # an NDJSON line has no event type
         line = line.strip()
         if not line or self.done:
             return []
         payload = upstream_json(line, "malformed stream line")
         message = check_payload(payload, retryable=not self.started).get("message") or {}
-        if self.created is None:
-            self.created = created_from(payload.get("created_at"))
-        delta: dict = {"role": "assistant", "content": ""} if not self.started else {}
-        if message.get("content"):
-            delta["content"] = message["content"]
-        if message.get("thinking"):
-            delta["reasoning_content"] = message["thinking"]
+        text, reasoning = message.get("content") or "", message.get("thinking") or ""
+        calls: tuple[ToolCallDelta, ...] = ()
         if message.get("tool_calls"):
-            delta["tool_calls"] = calls_from_ollama(message["tool_calls"], self.tool_calls)
-            self.tool_calls += len(delta["tool_calls"])
-        chunks = [self.chunk(delta)] if delta else []
-        self.started = True
+            calls = tuple(calls_from_ollama(message["tool_calls"], self.tool_calls))
+            self.tool_calls += len(calls)
+        events: list[StreamEvent] = []
+        if not self.started:
+            events.append(Start(text, reasoning, calls, id=self.id, model=self.model,
+                                created=created_from(payload.get("created_at"))))
+            self.started = True
+        elif text or reasoning or calls:
+            events.append(Delta(text, reasoning, calls))
         if payload.get("done"):
             self.done = True
-            usage = usage_from(payload)
-            self.usage = Usage(usage["prompt_tokens"], usage["completion_tokens"])
-            reason = finish_reason(payload.get("done_reason"), self.tool_calls > 0)
-            chunks.append(self.chunk({}, reason))
-            if self.include_usage:
-                chunks.append(usage_chunk(self.chunk({}), usage))
-        return chunks
-
-    def chunks(self, _event: bytes, line: bytes) -> list[dict]:  # an NDJSON line has no event type
-        return self.feed(line)
+            self.usage = usage_from(payload)
+            events.append(Finish(finish_reason(payload.get("done_reason"), self.tool_calls > 0)))
+        return events
 
 
 # -- embeddings --------------------------------------------------------------
@@ -305,18 +289,11 @@ def embed_to_upstream(body: dict, model: str) -> bytes:
     return orjson.dumps(out)
 
 
-def embed_from_upstream(payload: dict, requested_model: str,
-                        encoding_format: str | None = None) -> dict:
+def embed_from_upstream(payload: dict, requested_model: str) -> Embeddings:
     vectors = check_payload(payload).get("embeddings")
     if not isinstance(vectors, list):
         raise UpstreamError(FailureClass.PROTOCOL, "upstream answer has no embeddings")
-    if encoding_format == "base64":  # little-endian float32, as OpenAI sends them
-        vectors = [base64.b64encode(struct.pack(f"<{len(v)}f", *v)).decode() for v in vectors]
-    tokens = int(payload.get("prompt_eval_count") or 0)
-    return {"object": "list", "model": requested_model,
-            "data": [{"object": "embedding", "index": i, "embedding": vector}
-                     for i, vector in enumerate(vectors)],
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+    return Embeddings(requested_model, vectors, Usage(int(payload.get("prompt_eval_count") or 0)))
 
 
 # -- I/O ---------------------------------------------------------------------
@@ -336,35 +313,32 @@ class OllamaAdapter(HttpAdapter):
         if isinstance(error, str) and error:
             message = error
         not_found = failure is FailureClass.NOT_FOUND and "model" in message
-        body = openai_error_body(message, ERROR_TYPES.get(failure, "server_error"),
-                                 "model_not_found" if not_found else None)
-        return UpstreamError(failure, message, status=status, retry_after=retry_after, body=body)
+        return UpstreamError(failure, message, status=status, retry_after=retry_after,
+                             kind=ERROR_KINDS.get(failure, "server"), code="model_not_found" if not_found else None)
 
     async def _post(self, deployment: Deployment, path: str, payload: bytes) -> dict:
         raw = await self.fetch(deployment, self.join(self.provider.base_url, path), payload)
         return upstream_json(raw, "upstream answer is not JSON")
 
-    async def chat(self, deployment: Deployment, body: dict) -> Reply:
-        request = to_upstream({**body, "stream": False}, deployment.model)
-        payload = await self._post(deployment, "/api/chat", request)
-        answer = from_upstream(payload, body.get("model") or deployment.model)
-        tokens = answer["usage"]
-        usage = Usage(tokens["prompt_tokens"], tokens["completion_tokens"])
-        return Reply(orjson.dumps(answer), usage)
+    async def chat(self, deployment: Deployment, request: Request) -> Reply:
+        chat = request.chat()
+        payload = await self._post(deployment, "/api/chat", encode_chat(chat, deployment.model))
+        answer = from_upstream(payload, chat.model or deployment.model)
+        return Reply(None, answer.usage, answer=answer)
 
-    async def stream(self, deployment: Deployment, body: dict) -> TranslatedStream:
+    async def stream(self, deployment: Deployment, request: Request) -> TranslatedStream:
+        chat = request.chat()
         response = await self.send(deployment, self.join(self.provider.base_url, "/api/chat"),
-                                   to_upstream({**body, "stream": True}, deployment.model))
+                                   encode_chat(chat, deployment.model))
         expect_stream(response, "application/x-ndjson", "NDJSON")
-        translator = StreamTranslator(body.get("model") or deployment.model, wants_usage(body))
+        translator = OllamaStreamTranslator(chat.model or deployment.model)
         return TranslatedStream(response, self.scrub, self._max_answer, translator, read_lines)
 
-    async def embeddings(self, deployment: Deployment, body: dict) -> Reply:
-        request = embed_to_upstream(body, deployment.model)
-        payload = await self._post(deployment, "/api/embed", request)
-        answer = embed_from_upstream(
-            payload, body.get("model") or deployment.model, body.get("encoding_format"))
-        return Reply(orjson.dumps(answer), Usage(answer["usage"]["prompt_tokens"], 0))
+    async def embeddings(self, deployment: Deployment, request: Request) -> Reply:
+        body = request.body
+        payload = await self._post(deployment, "/api/embed", embed_to_upstream(body, deployment.model))
+        answer = embed_from_upstream(payload, body.get("model") or deployment.model)
+        return Reply(None, answer.usage, answer=answer)
 
 
 OLLAMA = ProviderType("ollama", OllamaAdapter, base_url="http://127.0.0.1:11434")

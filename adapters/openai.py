@@ -5,6 +5,9 @@ Together, OpenRouter, Mistral, DeepSeek): requests pass through with only
 Wire format: POST {base_url}/chat/completions and /embeddings with
 `Authorization: Bearer KEY`; streams are SSE `data: {chat.completion.chunk}`
 events ending with `data: [DONE]`; errors are `{"error": {...}}` bodies.
+
+Clients speak it too (daemon/formats/openai.py): their requests are the only ones
+this adapter serves, as a passthrough.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import msgspec
 import orjson
 
 from gatewayd.adapters.base import (
-    DONE_EVENT,
     HttpAdapter,
     ProviderType,
     TypeKey,
@@ -24,14 +26,18 @@ from gatewayd.adapters.base import (
     expect_stream,
     too_deep_to_forward,
     upstream_json,
-    usage_from_openai,
 )
 from gatewayd.adapters.sse import read_events
+from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Reply, Usage
+from gatewayd.daemon.formats.openai import DONE_EVENT
 
 if TYPE_CHECKING:
+    from gatewayd.daemon.core.exchange import Request
     from gatewayd.daemon.core.graph import Deployment, Provider
+
+WIRE = WireFormat.OPENAI  # what this adapter's upstreams speak, and the only clients it serves
 
 
 def to_upstream(body: dict, model: str) -> bytes:
@@ -57,6 +63,13 @@ class AnswerFields(msgspec.Struct):
 
 
 GLANCE = msgspec.json.Decoder(AnswerFields)
+
+
+def usage_from_openai(payload: dict) -> Usage | None:
+    usage = payload.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    return Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
 
 
 def glance(data: bytes) -> Usage | None | Literal[False]:
@@ -86,13 +99,13 @@ def from_upstream(raw: bytes) -> Reply:
     """Check an answer is a JSON object and read its usage; the bytes go on untouched."""
     usage = glance(raw)
     if usage is not False:
-        return Reply(raw, usage)
+        return Reply(raw, usage, WIRE)
     payload = upstream_json(raw, "upstream answer is not JSON")
     if not isinstance(payload, dict):
         raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a JSON object")
     if "error" in payload and isinstance(payload["error"], dict):
         raise UpstreamError(FailureClass.PROTOCOL, str(payload["error"].get("message", "in-band error")))
-    return Reply(raw, usage_from_openai(payload))
+    return Reply(raw, usage_from_openai(payload), WIRE)
 
 
 def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
@@ -119,6 +132,8 @@ def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
 class OpenAIStream(UpstreamStream):
     """Relays each event as it came, once `check_chunk` has read it."""
 
+    format = WIRE
+
     async def __aiter__(self) -> AsyncIterator[bytes]:
         scrub = self.scrub
         async for _event, data in read_events(self.response.content, self.max_read):
@@ -142,21 +157,29 @@ class OpenAIAdapter(HttpAdapter):
         return self.join(self.provider.base_url, f"/{operation}")
 
     # `chat` and `embeddings` return fetch's coroutine as their own (see HttpAdapter.fetch)
-    def chat(self, deployment: Deployment, body: dict) -> Awaitable[Reply]:
-        return self.fetch(deployment, self.url(deployment, "chat/completions"), to_upstream(body, deployment.model),
-                          from_upstream)
+    def chat(self, deployment: Deployment, request: Request) -> Awaitable[Reply]:
+        return self.fetch(deployment, self.url(deployment, "chat/completions"),
+                          to_upstream(passthrough(request), deployment.model), from_upstream)
 
-    def embeddings(self, deployment: Deployment, body: dict) -> Awaitable[Reply]:
-        return self.fetch(deployment, self.url(deployment, "embeddings"), to_upstream(body, deployment.model),
-                          from_upstream)
+    def embeddings(self, deployment: Deployment, request: Request) -> Awaitable[Reply]:
+        return self.fetch(deployment, self.url(deployment, "embeddings"),
+                          to_upstream(passthrough(request), deployment.model), from_upstream)
 
-    async def stream(self, deployment: Deployment, body: dict) -> OpenAIStream:
+    async def stream(self, deployment: Deployment, request: Request) -> OpenAIStream:
         response = await self.send(
             deployment, self.url(deployment, "chat/completions"),
-            to_upstream({**body, "stream": True}, deployment.model),
+            to_upstream({**passthrough(request), "stream": True}, deployment.model),
         )
         expect_stream(response, "text/event-stream", "an event stream")
         return OpenAIStream(response, self.scrub, self._max_answer)
+
+
+def passthrough(request: Request) -> dict:
+    """The client's body, to send on: only OpenAI's own clients reach an OpenAI upstream (no
+    other inbound format is served yet), and their bytes go on untranslated."""
+    if request.format is not WIRE:
+        raise TypeError(f"an OpenAI upstream cannot serve a {request.format.value} request")
+    return request.body
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):

@@ -7,9 +7,8 @@ import pytest
 from aiohttp import web
 
 from gatewayd.adapters.anthropic import (
-    DONE_EVENT,
     AnthropicAdapter,
-    StreamTranslator,
+    AnthropicStreamTranslator,
     error_from_upstream,
     from_upstream,
     to_upstream,
@@ -24,6 +23,19 @@ from gatewayd.daemon.core.graph import (
     RetryPolicy,
     Secret,
     Timeouts,
+)
+from gatewayd.daemon.formats.openai import DONE_EVENT
+from tests.wire import (
+    answer_json,
+    chat_request,
+    embeddings_request,
+    error_bytes,
+    error_json,
+    relayed,
+    reply_bytes,
+    reply_json,
+    sse_events,
+    stream_request,
 )
 
 MODEL = "claude-haiku-4-5"
@@ -40,7 +52,7 @@ def client_error_of(body: dict) -> UpstreamError:
         to_upstream(body, MODEL)
     error = caught.value
     assert error.failure is FailureClass.CLIENT and error.status == 400
-    assert orjson.loads(error.body)["error"]["type"] == "invalid_request_error"
+    assert error_json(error)["error"]["type"] == "invalid_request_error"
     return error
 
 
@@ -197,7 +209,7 @@ def test_invalid_tool_call_arguments_are_a_400(arguments):
             {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
     ]}
     error = client_error_of(body)
-    assert orjson.loads(error.body)["error"]["message"].startswith("messages[1]")
+    assert error_json(error)["error"]["message"].startswith("messages[1]")
 
 
 def test_tool_ids_are_required_and_empty_tool_results_have_no_content():
@@ -250,10 +262,10 @@ MESSAGE = {
 
 
 def test_from_upstream_text_tool_use_and_cache_usage():
-    assert from_upstream(MESSAGE, created=CREATED) == {
+    assert answer_json(from_upstream(MESSAGE, created=CREATED)) == {
         "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF", "object": "chat.completion", "created": CREATED,
         "model": "claude-haiku-4-5-20251001",
-        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": {
             "role": "assistant", "content": "Let me check the weather.",
             "tool_calls": [{"id": "toolu_01A09q90qw90lq917835lq9", "type": "function", "function": {
                 "name": "get_weather", "arguments": '{"city":"Oslo","unit":"celsius"}'}}],
@@ -265,7 +277,7 @@ def test_from_upstream_text_tool_use_and_cache_usage():
 
 def test_from_upstream_tool_calls_only_has_null_content():
     payload = {**MESSAGE, "content": [MESSAGE["content"][3]], "usage": {"input_tokens": 5, "output_tokens": 6}}
-    answer = from_upstream(payload)
+    answer = answer_json(from_upstream(payload))
     assert answer["choices"][0]["message"]["content"] is None
     assert len(answer["choices"][0]["message"]["tool_calls"]) == 1
     assert answer["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
@@ -273,7 +285,7 @@ def test_from_upstream_tool_calls_only_has_null_content():
 
 
 def test_from_upstream_empty_content_is_an_empty_string():
-    answer = from_upstream({**MESSAGE, "content": [], "stop_reason": "max_tokens"})
+    answer = answer_json(from_upstream({**MESSAGE, "content": [], "stop_reason": "max_tokens"}))
     assert answer["choices"][0]["message"] == {"role": "assistant", "content": ""}
 
 
@@ -284,7 +296,7 @@ def test_from_upstream_empty_content_is_an_empty_string():
 ])
 def test_every_stop_reason(stop_reason, finish_reason):
     payload = {**MESSAGE, "content": [{"type": "text", "text": "x"}], "stop_reason": stop_reason}
-    assert from_upstream(payload)["choices"][0]["finish_reason"] == finish_reason
+    assert answer_json(from_upstream(payload))["choices"][0]["finish_reason"] == finish_reason
 
 
 @pytest.mark.parametrize("payload", [
@@ -314,14 +326,14 @@ def test_error_body_per_type(status, type_, failure, openai_type, code):
     error = error_from_upstream(status, payload, 3.0)
     assert (error.failure, error.status, error.retry_after) == (failure, status, 3.0)
     assert error.message == f"about {type_}"
-    assert orjson.loads(error.body) == {"error": {
+    assert error_json(error) == {"error": {
         "message": f"about {type_}", "type": openai_type, "param": None, "code": code}}
 
 
 def test_error_without_an_anthropic_body_is_classified_by_status():
     error = error_from_upstream(413, None)
     assert error.failure is FailureClass.CLIENT
-    assert orjson.loads(error.body)["error"]["message"] == "upstream answered HTTP 413"
+    assert error_json(error)["error"]["message"] == "upstream answered HTTP 413"
     assert error_from_upstream(503, {"error": "nope"}).failure is FailureClass.OVERLOADED
     assert error_from_upstream(418, {"type": "error", "error": {"type": "teapot_error"}}).failure is FailureClass.CLIENT
 
@@ -367,7 +379,7 @@ STREAM = [
 def chunk(delta: dict, finish_reason: str | None = None) -> dict:
     return {"id": "msg_014p7gG3wDgGV9EUtLvnow3U", "object": "chat.completion.chunk", "created": CREATED,
             "model": "claude-haiku-4-5-20251001",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}]}
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
 
 
 EXPECTED_CHUNKS = [
@@ -386,27 +398,28 @@ EXPECTED_CHUNKS = [
 ]
 
 
-def feed_all(translator: StreamTranslator, events) -> list[bytes]:
+def feed_all(translator: AnthropicStreamTranslator, events, body: dict | None = None) -> list[bytes]:
+    """The events as an OpenAI client receives them, the end included once the stream is done."""
     out = []
     for name, data in events:
-        out += translator.events(name.encode(), orjson.dumps(data))
-    return out
+        out += translator.feed(name.encode(), orjson.dumps(data))
+    return sse_events(out, body, usage=translator.usage, ended=translator.done)
 
 
 def test_recorded_stream_becomes_exact_openai_chunks():
-    translator = StreamTranslator(created=CREATED)
+    translator = AnthropicStreamTranslator(created=CREATED)
     out = feed_all(translator, STREAM)
     assert out[-1] == DONE_EVENT
     assert [orjson.loads(event.removeprefix(b"data: ")) for event in out[:-1]] == EXPECTED_CHUNKS
     assert all(event.startswith(b"data: {") and event.endswith(b"\n\n") for event in out[:-1])
     assert translator.done
     assert (translator.usage.prompt_tokens, translator.usage.completion_tokens) == (480, 89)
-    assert translator.events(b"message_stop", b'{"type":"message_stop"}') == []
+    assert translator.feed(b"message_stop", b'{"type":"message_stop"}') == []
 
 
 def test_stream_include_usage_adds_a_final_usage_chunk():
-    translator = StreamTranslator(include_usage=True, created=CREATED)
-    out = feed_all(translator, STREAM)
+    translator = AnthropicStreamTranslator(created=CREATED)
+    out = feed_all(translator, STREAM, {"stream_options": {"include_usage": True}})
     assert out[-1] == DONE_EVENT
     assert orjson.loads(out[-2].removeprefix(b"data: ")) == {
         "id": "msg_014p7gG3wDgGV9EUtLvnow3U", "object": "chat.completion.chunk", "created": CREATED,
@@ -417,13 +430,14 @@ def test_stream_include_usage_adds_a_final_usage_chunk():
 
 
 def test_stream_event_type_comes_from_data_when_the_event_line_is_missing():
-    translator = StreamTranslator(created=CREATED)
-    assert translator.feed(b"", orjson.dumps(STREAM[0][1])) == [EXPECTED_CHUNKS[0]]
+    translator = AnthropicStreamTranslator(created=CREATED)
+    started = sse_events(translator.feed(b"", orjson.dumps(STREAM[0][1])), ended=False)
+    assert [orjson.loads(event.removeprefix(b"data: ")) for event in started] == [EXPECTED_CHUNKS[0]]
     assert translator.feed(b"", b'{"type":"some_future_event"}') == []
 
 
 def test_stream_thinking_and_server_tool_blocks_are_skipped():
-    translator = StreamTranslator(created=CREATED)
+    translator = AnthropicStreamTranslator(created=CREATED)
     events = [
         STREAM[0],
         ("content_block_start", {"type": "content_block_start", "index": 0,
@@ -456,7 +470,7 @@ def test_stream_thinking_and_server_tool_blocks_are_skipped():
     ("invalid_request_error", FailureClass.PROTOCOL),
 ])
 def test_in_band_error_mid_stream(type_, failure):
-    translator = StreamTranslator(created=CREATED)
+    translator = AnthropicStreamTranslator(created=CREATED)
     feed_all(translator, STREAM[:4])
     with pytest.raises(UpstreamError) as caught:
         translator.feed(b"error", orjson.dumps({"type": "error", "error": {"type": type_, "message": "Overloaded"}}))
@@ -471,7 +485,7 @@ def test_in_band_error_mid_stream(type_, failure):
     b'{"type":"message_start"}',
 ])
 def test_malformed_stream_events_are_protocol_errors(data):
-    translator = StreamTranslator(created=CREATED)
+    translator = AnthropicStreamTranslator(created=CREATED)
     with pytest.raises(UpstreamError) as caught:
         translator.feed(b"x", data)
     assert caught.value.failure is FailureClass.PROTOCOL
@@ -519,8 +533,8 @@ async def test_chat_sends_anthropic_wire_format(upstream):
     deployment = make_deployment(server)
     adapter = AnthropicAdapter(deployment.provider)
     try:
-        reply = await adapter.chat(deployment, {"model": "alias", "messages": [
-            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"}]})
+        reply = await adapter.chat(deployment, chat_request({"model": "alias", "messages": [
+            {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather?"}]}))
     finally:
         await adapter.close()
     seen = upstream.seen[0]
@@ -531,8 +545,8 @@ async def test_chat_sends_anthropic_wire_format(upstream):
     assert "Authorization" not in seen["headers"]
     assert seen["body"] == {"model": MODEL, "system": "Be brief.",
                             "messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 4096}
-    answer = orjson.loads(reply.body)
-    expected = from_upstream(MESSAGE, created=answer["created"])
+    answer = reply_json(reply)
+    expected = answer_json(from_upstream(MESSAGE, created=answer["created"]))
     assert answer == expected
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (420, 42)
 
@@ -545,7 +559,7 @@ async def test_anthropic_version_option(upstream):
     deployment = make_deployment(server, {"anthropic_version": "2024-10-22"})
     adapter = AnthropicAdapter(deployment.provider)
     try:
-        await adapter.chat(deployment, {"messages": [{"role": "user", "content": "x"}]})
+        await adapter.chat(deployment, chat_request({"messages": [{"role": "user", "content": "x"}]}))
     finally:
         await adapter.close()
     assert upstream.seen[0]["headers"]["anthropic-version"] == "2024-10-22"
@@ -565,11 +579,11 @@ async def test_stream_over_sse(upstream):
     deployment = make_deployment(server)
     adapter = AnthropicAdapter(deployment.provider)
     try:
-        stream = await adapter.stream(deployment, {
-            "messages": [{"role": "user", "content": "Weather?"}], "tools": TOOLS,
-            "stream_options": {"include_usage": True}})
+        body = {"messages": [{"role": "user", "content": "Weather?"}], "tools": TOOLS,
+                "stream_options": {"include_usage": True}}
+        stream = await adapter.stream(deployment, stream_request(body))
         try:
-            events = [event async for event in stream]
+            events = await relayed(stream, body)
         finally:
             await stream.aclose()
     finally:
@@ -597,9 +611,9 @@ async def test_stream_cut_before_message_stop_is_not_done(upstream):
     deployment = make_deployment(server)
     adapter = AnthropicAdapter(deployment.provider)
     try:
-        stream = await adapter.stream(deployment, {"messages": [{"role": "user", "content": "x"}]})
+        stream = await adapter.stream(deployment, stream_request({"messages": [{"role": "user", "content": "x"}]}))
         try:
-            events = [event async for event in stream]
+            events = await relayed(stream)
         finally:
             await stream.aclose()
     finally:
@@ -622,7 +636,7 @@ async def test_stream_in_band_error(upstream):
     adapter = AnthropicAdapter(deployment.provider)
     events = []
     try:
-        stream = await adapter.stream(deployment, {"messages": [{"role": "user", "content": "x"}]})
+        stream = await adapter.stream(deployment, stream_request({"messages": [{"role": "user", "content": "x"}]}))
         try:
             with pytest.raises(UpstreamError) as caught:
                 async for event in stream:
@@ -644,7 +658,7 @@ async def test_stream_without_event_stream_content_type_is_protocol(upstream):
     adapter = AnthropicAdapter(deployment.provider)
     try:
         with pytest.raises(UpstreamError) as caught:
-            await adapter.stream(deployment, {"messages": [{"role": "user", "content": "x"}]})
+            await adapter.stream(deployment, stream_request({"messages": [{"role": "user", "content": "x"}]}))
     finally:
         await adapter.close()
     assert caught.value.failure is FailureClass.PROTOCOL
@@ -663,7 +677,7 @@ async def call_failing(upstream, handler) -> UpstreamError:
     adapter = AnthropicAdapter(deployment.provider)
     try:
         with pytest.raises(UpstreamError) as caught:
-            await adapter.chat(deployment, {"messages": [{"role": "user", "content": "x"}]})
+            await adapter.chat(deployment, chat_request({"messages": [{"role": "user", "content": "x"}]}))
     finally:
         await adapter.close()
     return caught.value
@@ -684,14 +698,15 @@ async def test_429_retry_after(upstream):
 async def test_400_is_a_client_error_with_an_openai_body(upstream):
     error = await call_failing(upstream, error_handler(400, "invalid_request_error", "max_tokens: too big"))
     assert (error.failure, error.status) == (FailureClass.CLIENT, 400)
-    assert orjson.loads(error.body) == {"error": {
+    assert error_json(error) == {"error": {
         "message": "max_tokens: too big", "type": "invalid_request_error", "param": None, "code": None}}
 
 
 async def test_echoed_key_never_leaks(upstream):
     error = await call_failing(upstream, error_handler(401, "authentication_error", f"invalid x-api-key {KEY}"))
     assert error.failure is FailureClass.AUTH
-    assert KEY not in error.message and KEY.encode() not in error.body and KEY not in error.describe()
+    assert KEY not in error.message and KEY.encode() not in error_bytes(error) and KEY not in error.describe()
+    assert KEY.encode() not in error.body  # what an Anthropic client would be told
     assert "[redacted]" in error.message
 
 
@@ -703,10 +718,10 @@ async def test_echoed_key_in_a_200_answer_is_scrubbed(upstream):
     deployment = make_deployment(server)
     adapter = AnthropicAdapter(deployment.provider)
     try:
-        reply = await adapter.chat(deployment, {"messages": [{"role": "user", "content": "x"}]})
+        reply = await adapter.chat(deployment, chat_request({"messages": [{"role": "user", "content": "x"}]}))
     finally:
         await adapter.close()
-    assert KEY.encode() not in reply.body
+    assert KEY.encode() not in reply_bytes(reply)
 
 
 async def test_invalid_request_never_reaches_upstream(upstream):
@@ -718,14 +733,14 @@ async def test_invalid_request_never_reaches_upstream(upstream):
     adapter = AnthropicAdapter(deployment.provider)
     try:
         with pytest.raises(UpstreamError) as caught:
-            await adapter.chat(deployment, {"messages": [
-                {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{"}}]}]})
+            await adapter.chat(deployment, chat_request({"messages": [
+                {"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": "{"}}]}]}))
         with pytest.raises(UpstreamError) as no_embeddings:
-            await adapter.embeddings(deployment, {"input": "x"})
+            await adapter.embeddings(deployment, embeddings_request({"input": "x"}))
     finally:
         await adapter.close()
     assert caught.value.failure is FailureClass.CLIENT and caught.value.status == 400
     assert upstream.seen == []
     assert no_embeddings.value.failure is FailureClass.CLIENT and no_embeddings.value.status == 400
-    assert orjson.loads(no_embeddings.value.body)["error"]["code"] == "unsupported_operation"
+    assert error_json(no_embeddings.value)["error"]["code"] == "unsupported_operation"
     assert AnthropicAdapter.capabilities == frozenset({"chat", "stream"})

@@ -22,8 +22,10 @@ from yarl import URL
 from gatewayd.adapters.base import HttpAdapter
 from gatewayd.adapters.openai import AzureOpenAIAdapter
 from gatewayd.daemon.config.load import load
+from gatewayd.daemon.core.exchange import Request
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import Deployment, Provider
+from tests.wire import chat_request, stream_request
 
 SIGNING_KEY = b"signing-key-of-the-test"
 API_KEY = "azure-key-of-the-test"
@@ -101,8 +103,8 @@ async def relayed(stream) -> list[bytes]:
         await stream.aclose()
 
 
-def chat(content: str, **extra) -> dict:
-    return {"model": "m", "messages": [{"role": "user", "content": content}], **extra}
+def chat(content: str, **extra) -> Request:
+    return chat_request({"model": "m", "messages": [{"role": "user", "content": content}], **extra})
 
 
 async def test_a_signing_adapter_signs_each_request_over_its_final_url_headers_and_body(verifying_upstream, tmp_path):
@@ -111,7 +113,7 @@ async def test_a_signing_adapter_signs_each_request_over_its_final_url_headers_a
     try:
         first = await adapter.chat(deployment, chat("one"))
         second = await adapter.chat(deployment, chat("two, longer"))
-        events = await relayed(await adapter.stream(deployment, chat("three")))
+        events = await relayed(await adapter.stream(deployment, stream_request(chat("three").body)))
     finally:
         await adapter.close()
     assert orjson.loads(first.body) == orjson.loads(second.body) == ANSWER  # the upstream verified all three

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from gatewayd.adapters.ollama import (
     OllamaAdapter,
-    StreamTranslator,
+    OllamaStreamTranslator,
     embed_from_upstream,
     embed_to_upstream,
     from_upstream,
@@ -27,6 +27,17 @@ from gatewayd.daemon.core.graph import (
     RetryPolicy,
     Secret,
     Timeouts,
+)
+from gatewayd.daemon.formats.openai import DONE_EVENT, encode_embeddings
+from tests.wire import (
+    answer_json,
+    chat_request,
+    embeddings_request,
+    error_json,
+    relayed,
+    reply_json,
+    sse_events,
+    stream_request,
 )
 
 WEATHER_TOOL = {
@@ -112,7 +123,7 @@ def test_remote_image_url_is_a_client_error():
     with pytest.raises(UpstreamError) as info:
         to_upstream(body, "llava:7b")
     assert info.value.failure is FailureClass.CLIENT and info.value.status == 400
-    error = orjson.loads(info.value.body)["error"]
+    error = error_json(info.value)["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == "messages"
     assert "data: URL" in error["message"]
 
@@ -175,7 +186,7 @@ def test_plain_answer():
         "load_duration": 2154458, "prompt_eval_count": 26, "prompt_eval_duration": 383809000,
         "eval_count": 298, "eval_duration": 4799921000,
     }
-    answer = from_upstream(payload, "llama")
+    answer = answer_json(from_upstream(payload, "llama"))
     assert answer.pop("id").startswith("chatcmpl-")
     assert answer == {
         "object": "chat.completion", "created": 1733446018, "model": "llama",
@@ -189,7 +200,7 @@ def test_answer_cut_by_length_with_nanosecond_offset_timestamp():
     payload = {"model": "llama3.1:8b", "created_at": "2023-08-04T08:52:19.385406455-07:00",
                "message": {"role": "assistant", "content": "The sky is"},
                "done_reason": "length", "done": True, "prompt_eval_count": 5, "eval_count": 3}
-    answer = from_upstream(payload, "llama")
+    answer = answer_json(from_upstream(payload, "llama"))
     assert answer["created"] == 1691164339
     assert answer["choices"][0]["finish_reason"] == "length"
     assert answer["usage"] == {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
@@ -204,7 +215,7 @@ def test_answer_with_tool_calls_and_thinking():
                                                                "location": "Paris, FR"}}}]},
         "done_reason": "stop", "done": True, "prompt_eval_count": 122, "eval_count": 33,
     }
-    answer = from_upstream(payload, "llama")
+    answer = answer_json(from_upstream(payload, "llama"))
     choice = answer["choices"][0]
     call = choice["message"]["tool_calls"][0]
     assert call.pop("id").startswith("call_")
@@ -220,7 +231,7 @@ def test_answer_with_tool_calls_and_thinking():
 
 def test_missing_or_bad_timestamp_falls_back_to_now():
     import time
-    answer = from_upstream({"message": {"role": "assistant", "content": "x"}, "done": True}, "m")
+    answer = answer_json(from_upstream({"message": {"role": "assistant", "content": "x"}, "done": True}, "m"))
     assert abs(answer["created"] - time.time()) < 5
     assert answer["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
 
@@ -253,9 +264,16 @@ def expected_chunk(translator, delta, finish=None):
                                            "finish_reason": finish}]}
 
 
+def chunks_of(translator: OllamaStreamTranslator, lines, body: dict | None = None) -> list[dict]:
+    """The lines' events as the OpenAI chunks a client receives, [DONE] left out."""
+    events = [event for line in lines for event in translator.feed(b"", line)]
+    out = sse_events(events, body, usage=translator.usage, ended=translator.done)
+    return [orjson.loads(event.removeprefix(b"data: ")) for event in out if event != DONE_EVENT]
+
+
 def test_stream_translation_content_and_done():
-    translator = StreamTranslator("llama")
-    chunks = [chunk for line in STREAM for chunk in translator.feed(line)]
+    translator = OllamaStreamTranslator("llama")
+    chunks = chunks_of(translator, STREAM)
     assert translator.id.startswith("chatcmpl-")
     assert chunks == [
         expected_chunk(translator, {"role": "assistant", "content": "The"}),
@@ -265,12 +283,12 @@ def test_stream_translation_content_and_done():
     ]
     assert translator.done
     assert (translator.usage.prompt_tokens, translator.usage.completion_tokens) == (26, 4)
-    assert translator.feed(b'{"model":"late"}\n') == []
+    assert translator.feed(b"", b'{"model":"late"}\n') == []
 
 
 def test_stream_usage_chunk_when_asked():
-    translator = StreamTranslator("llama", include_usage=True)
-    chunks = [chunk for line in STREAM for chunk in translator.feed(line)]
+    translator = OllamaStreamTranslator("llama")
+    chunks = chunks_of(translator, STREAM, {"stream_options": {"include_usage": True}})
     assert chunks[-1] == {
         "id": translator.id, "object": "chat.completion.chunk", "created": 1721680408,
         "model": "llama", "choices": [],
@@ -280,15 +298,15 @@ def test_stream_usage_chunk_when_asked():
 
 
 def test_stream_length_stop_and_blank_lines():
-    translator = StreamTranslator("llama")
-    assert translator.feed(b"\n") == []
-    chunks = translator.feed(b'{"created_at":"2024-07-22T20:33:28Z","message":{"role":"assistant",'
-                             b'"content":"Hi"},"done":true,"done_reason":"length","eval_count":1}')
+    translator = OllamaStreamTranslator("llama")
+    assert translator.feed(b"", b"\n") == []
+    chunks = chunks_of(translator, [b'{"created_at":"2024-07-22T20:33:28Z","message":{"role":"assistant",'
+                                    b'"content":"Hi"},"done":true,"done_reason":"length","eval_count":1}'])
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "length"]
 
 
 def test_stream_tool_call():
-    translator = StreamTranslator("llama")
+    translator = OllamaStreamTranslator("llama")
     lines = [
         (b'{"model":"llama3.1:8b","created_at":"2024-07-22T20:33:28.123648Z","message":'
          b'{"role":"assistant","content":"","tool_calls":[{"function":'
@@ -301,7 +319,7 @@ def test_stream_tool_call():
          b'{"role":"assistant","content":""},"done_reason":"stop","done":true,'
          b'"prompt_eval_count":122,"eval_count":33}\n'),
     ]
-    chunks = ids_normalised([chunk for line in lines for chunk in translator.feed(line)])
+    chunks = ids_normalised(chunks_of(translator, lines))
     assert chunks == [
         expected_chunk(translator, {"role": "assistant", "content": "", "tool_calls": [{
             "index": 0, "id": "call_X", "type": "function",
@@ -316,20 +334,20 @@ def test_stream_tool_call():
 
 def test_stream_in_band_error_before_and_after_output():
     with pytest.raises(UpstreamError) as info:
-        StreamTranslator("llama").feed(b'{"error":"llama runner process has terminated"}\n')
+        OllamaStreamTranslator("llama").feed(b"", b'{"error":"llama runner process has terminated"}\n')
     assert info.value.failure is FailureClass.SERVER
     assert "llama runner process has terminated" in info.value.message
-    translator = StreamTranslator("llama")
-    translator.feed(STREAM[0])
+    translator = OllamaStreamTranslator("llama")
+    translator.feed(b"", STREAM[0])
     with pytest.raises(UpstreamError) as info:
-        translator.feed(b'{"error":"an error was encountered while running the model"}\n')
+        translator.feed(b"", b'{"error":"an error was encountered while running the model"}\n')
     assert info.value.failure is FailureClass.PROTOCOL
 
 
 @pytest.mark.parametrize("line", [b'{"model": "llama3.1:8b", "mess', b"[1, 2]", b"data: {}"])
 def test_stream_malformed_line(line):
     with pytest.raises(UpstreamError) as info:
-        StreamTranslator("llama").feed(line)
+        OllamaStreamTranslator("llama").feed(b"", line)
     assert info.value.failure is FailureClass.PROTOCOL
 
 
@@ -349,19 +367,19 @@ def test_embeddings_token_arrays_are_refused(text):
     with pytest.raises(UpstreamError) as info:
         embed_to_upstream({"model": "e", "input": text}, "all-minilm")
     assert info.value.failure is FailureClass.CLIENT and info.value.status == 400
-    assert orjson.loads(info.value.body)["error"]["param"] == "input"
+    assert error_json(info.value)["error"]["param"] == "input"
 
 
 def test_embeddings_answer():
     payload = {"model": "all-minilm", "embeddings": [[0.010071029, -0.0017594862], [0.5, -1.0]],
                "total_duration": 14143917, "load_duration": 1019500, "prompt_eval_count": 8}
-    assert embed_from_upstream(payload, "embedder") == {
+    assert orjson.loads(encode_embeddings(embed_from_upstream(payload, "embedder"), None)) == {
         "object": "list", "model": "embedder",
         "data": [{"object": "embedding", "index": 0, "embedding": [0.010071029, -0.0017594862]},
                  {"object": "embedding", "index": 1, "embedding": [0.5, -1.0]}],
         "usage": {"prompt_tokens": 8, "total_tokens": 8},
     }
-    encoded = embed_from_upstream(payload, "embedder", "base64")
+    encoded = orjson.loads(encode_embeddings(embed_from_upstream(payload, "embedder"), "base64"))
     assert encoded["data"][1]["embedding"] == "AAAAPwAAgL8="
 
 
@@ -403,16 +421,16 @@ async def test_chat(aiohttp_server, deployment):
     server = await aiohttp_server(recording_server(seen, answer))
     adapter = OllamaAdapter(deployment(server).provider)
     try:
-        reply = await adapter.chat(deployment(server), {
+        reply = await adapter.chat(deployment(server), chat_request({
             "model": "llama", "messages": [{"role": "user", "content": "Hello!"}],
-            "temperature": 0, "seed": 101})
+            "temperature": 0, "seed": 101}))
     finally:
         await adapter.close()
     path, headers, body = seen[0]
     assert path == "/api/chat" and "Authorization" not in headers
     assert body == {"model": "llama3.1:8b", "messages": [{"role": "user", "content": "Hello!"}],
                     "stream": False, "options": {"temperature": 0, "seed": 101}}
-    answer_ = orjson.loads(reply.body)
+    answer_ = reply_json(reply)
     assert answer_["choices"][0]["message"] == {"role": "assistant",
                                                 "content": "Hello! How are you today?"}
     assert answer_["model"] == "llama" and answer_["created"] == 1734012823
@@ -434,10 +452,10 @@ async def test_stream(aiohttp_server, deployment):
     server = await aiohttp_server(recording_server(seen, stream))
     adapter = OllamaAdapter(deployment(server, api_key="sk-proxy-0001").provider)
     try:
-        events = await adapter.stream(deployment(server), {
-            "model": "llama", "messages": [{"role": "user", "content": "why is the sky blue?"}],
-            "stream": True, "stream_options": {"include_usage": True}})
-        received = [event async for event in events]
+        asked = {"model": "llama", "messages": [{"role": "user", "content": "why is the sky blue?"}],
+                 "stream": True, "stream_options": {"include_usage": True}}
+        events = await adapter.stream(deployment(server), stream_request(asked))
+        received = await relayed(events, asked)
         await events.aclose()
     finally:
         await adapter.close()
@@ -468,7 +486,7 @@ async def test_stream_error_line_and_cut(aiohttp_server, deployment):
     for case, failure in (("error", FailureClass.PROTOCOL), ("cut", None)):
         adapter = OllamaAdapter(deployment(server, headers=(("X-Case", case),)).provider)
         try:
-            events = await adapter.stream(deployment(server), {"model": "llama", "messages": []})
+            events = await adapter.stream(deployment(server), stream_request({"model": "llama", "messages": []}))
             received = []
             if failure is None:
                 received = [event async for event in events]
@@ -498,7 +516,7 @@ async def test_a_stream_line_past_max_upstream_body_is_a_protocol_failure(aiohtt
     provider = dataclasses.replace(deployment(server).provider, max_upstream_body=limit)
     adapter = OllamaAdapter(provider)
     try:
-        events = await adapter.stream(deployment(server), {"model": "llama", "messages": []})
+        events = await adapter.stream(deployment(server), stream_request({"model": "llama", "messages": []}))
         received = []
         with pytest.raises(UpstreamError) as info:
             async for event in events:
@@ -518,7 +536,7 @@ async def test_not_ndjson_is_a_protocol_failure(aiohttp_server, deployment):
     adapter = OllamaAdapter(deployment(server).provider)
     try:
         with pytest.raises(UpstreamError) as info:
-            await adapter.stream(deployment(server), {"model": "llama", "messages": []})
+            await adapter.stream(deployment(server), stream_request({"model": "llama", "messages": []}))
     finally:
         await adapter.close()
     assert info.value.failure is FailureClass.PROTOCOL
@@ -532,11 +550,11 @@ async def test_model_not_found(aiohttp_server, deployment):
     adapter = OllamaAdapter(deployment(server).provider)
     try:
         with pytest.raises(UpstreamError) as info:
-            await adapter.chat(deployment(server), {"model": "llama", "messages": []})
+            await adapter.chat(deployment(server), chat_request({"model": "llama", "messages": []}))
     finally:
         await adapter.close()
     assert info.value.failure is FailureClass.NOT_FOUND and info.value.status == 404
-    assert orjson.loads(info.value.body) == {"error": {
+    assert error_json(info.value) == {"error": {
         "message": "model 'llama3.1:8b' not found", "type": "invalid_request_error",
         "param": None, "code": "model_not_found"}}
 
@@ -553,15 +571,15 @@ async def test_server_error_rate_limit_and_scrubbing(aiohttp_server, deployment)
     adapter = OllamaAdapter(deployment(server, api_key="sk-secret-9999").provider)
     try:
         with pytest.raises(UpstreamError) as info:
-            await adapter.chat(deployment(server), {"model": "llama", "messages": []})
+            await adapter.chat(deployment(server), chat_request({"model": "llama", "messages": []}))
         assert info.value.failure is FailureClass.SERVER and info.value.status == 500
-        error = orjson.loads(info.value.body)["error"]
+        error = error_json(info.value)["error"]
         assert error == {"message": "runner crashed (key [redacted])", "type": "server_error",
                          "param": None, "code": None}
         with pytest.raises(UpstreamError) as info:
-            await adapter.embeddings(deployment(server), {"model": "e", "input": "x"})
+            await adapter.embeddings(deployment(server), embeddings_request({"model": "e", "input": "x"}))
         assert info.value.failure is FailureClass.RATE_LIMIT and info.value.retry_after == 7
-        assert orjson.loads(info.value.body)["error"]["type"] == "rate_limit_error"
+        assert error_json(info.value)["error"]["type"] == "rate_limit_error"
     finally:
         await adapter.close()
 
@@ -574,11 +592,11 @@ async def test_non_json_error_body(deployment, aiohttp_server):
     adapter = OllamaAdapter(deployment(server).provider)
     try:
         with pytest.raises(UpstreamError) as info:
-            await adapter.chat(deployment(server), {"model": "llama", "messages": []})
+            await adapter.chat(deployment(server), chat_request({"model": "llama", "messages": []}))
     finally:
         await adapter.close()
     assert info.value.failure is FailureClass.SERVER
-    assert orjson.loads(info.value.body)["error"]["message"] == "upstream answered HTTP 502"
+    assert error_json(info.value)["error"]["message"] == "upstream answered HTTP 502"
 
 
 async def test_embeddings(aiohttp_server, deployment):
@@ -591,14 +609,14 @@ async def test_embeddings(aiohttp_server, deployment):
     server = await aiohttp_server(recording_server(seen, embed))
     adapter = OllamaAdapter(deployment(server).provider)
     try:
-        reply = await adapter.embeddings(deployment(server), {
-            "model": "embedder", "input": ["Why is the sky blue?", "Why is the grass green?"]})
+        reply = await adapter.embeddings(deployment(server), embeddings_request({
+            "model": "embedder", "input": ["Why is the sky blue?", "Why is the grass green?"]}))
     finally:
         await adapter.close()
     assert seen[0][0] == "/api/embed"
     assert seen[0][2] == {"model": "llama3.1:8b", "truncate": True,
                           "input": ["Why is the sky blue?", "Why is the grass green?"]}
-    assert orjson.loads(reply.body) == {
+    assert reply_json(reply) == {
         "object": "list", "model": "embedder",
         "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]},
                  {"object": "embedding", "index": 1, "embedding": [0.3, 0.4]}],
@@ -617,6 +635,6 @@ async def test_bad_request_body_is_openai_shaped(deployment, aiohttp_server):
         await adapter.close()
     assert error.failure is FailureClass.CLIENT and error.status == 400
     assert error.retry_after is None
-    assert orjson.loads(error.body) == {"error": {
+    assert error_json(error) == {"error": {
         "message": "registry.ollama.ai/library/llama3.1:8b does not support tools",
         "type": "invalid_request_error", "param": None, "code": None}}

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.adapters.base import MAX_ERROR_BODY, usage_from_openai
-from gatewayd.adapters.openai import OpenAIAdapter, check_chunk, from_upstream, glance
+from gatewayd.adapters.base import MAX_ERROR_BODY
+from gatewayd.adapters.openai import OpenAIAdapter, check_chunk, from_upstream, glance, usage_from_openai
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import (
     Backoff,
@@ -32,6 +32,7 @@ from gatewayd.daemon.core.graph import (
 )
 from gatewayd.daemon.core.replies import Usage
 from tests.fakes import Large, Raw, eventually
+from tests.wire import chat_request, error_json, stream_request
 
 ANSWER = (b'{"id":"chatcmpl-1","object":"chat.completion","created":1741569952,"model":"gpt-4o-mini",'
           b'"choices":[{"index":0,"message":{"role":"assistant","content":"Hello!","refusal":null,'
@@ -204,7 +205,8 @@ def test_broken_bytes_get_the_verdict_of_the_full_reading(raw):
 
 LIMIT = 1024 * 1024
 HUGE = 50 * 1024 * 1024  # what a runaway upstream sends: far more than the socket buffers between us hold
-CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+CHAT = chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
+STREAM = stream_request({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
 
 
 @pytest.fixture
@@ -275,7 +277,7 @@ async def test_an_error_answer_is_read_up_to_its_own_small_bound(upstream, statu
     fake.queue(Large(HUGE, status=status))
     error = await failure_of(adapter.chat(deployment, CHAT))
     assert (error.failure, error.status) == (failure, status)
-    assert orjson.loads(error.body)["error"]["message"]  # an OpenAI-shaped body of its own, not the flood
+    assert error_json(error)["error"]["message"]  # an OpenAI-shaped body of its own, not the flood
     assert await stopped_early(fake, HUGE)
     fake.queue(Large(MAX_ERROR_BODY, status=status))  # an error answer within the bound is read whole
     assert (await failure_of(adapter.chat(deployment, CHAT))).status == status
@@ -284,7 +286,7 @@ async def test_an_error_answer_is_read_up_to_its_own_small_bound(upstream, statu
 
 async def first_event_failure(adapter, deployment) -> UpstreamError:
     """The failure reading a new stream's first event raises (the stream closed after)."""
-    stream = await adapter.stream(deployment, CHAT)
+    stream = await adapter.stream(deployment, STREAM)
     try:
         return await failure_of(anext(aiter(stream)))
     finally:
@@ -305,7 +307,7 @@ async def test_a_stream_event_of_many_lines_is_bounded_as_a_whole(upstream):
     within = b'data: {"a":\ndata: "' + half + b'"}\n\n'
     past = b'data: {"a": "' + half + b'",\ndata: "b": "' + half + b'"}\n\n'  # each line within, the event not
     fake.queue(Raw(within, content_type="text/event-stream"), Raw(past, content_type="text/event-stream"))
-    stream = await adapter.stream(deployment, CHAT)
+    stream = await adapter.stream(deployment, STREAM)
     try:
         assert await anext(aiter(stream)) == b'data: {"a":\n"' + half + b'"}\n\n'
     finally:

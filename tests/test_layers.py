@@ -1,6 +1,6 @@
 """The folders are layers: a module imports only from its own layer or the ones below it.
 
-    core < adapters < config < state < routing < observe < http < the daemon's root
+    core < formats < adapters < config < state < routing < observe < http < the daemon's root
 
 Every import counts, those inside functions and under TYPE_CHECKING too: a type-only
 import of an upper layer is still a dependency a reader has to follow upwards.
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("core", "adapters", "config", "state", "routing", "observe", "http", "process")
-FOLDERS = {"daemon/core": "core", "adapters": "adapters", "daemon/config": "config", "daemon/state": "state",
+LAYERS = ("core", "formats", "adapters", "config", "state", "routing", "observe", "http", "process")
+FOLDERS = {"daemon/core": "core", "daemon/formats": "formats", "adapters": "adapters", "daemon/config": "config",
+           "daemon/state": "state",
            "daemon/routing": "routing", "daemon/observe": "observe", "daemon/http": "http", "daemon": "process"}
 
 

@@ -29,6 +29,7 @@ from gatewayd.daemon.routing.status import deployments_status
 from gatewayd.daemon.state.health import LocalHealthStore
 from gatewayd.daemon.state.store import PROBE, PROBE_IN_FLIGHT
 from tests.test_health import make_provider
+from tests.wire import chat_request
 
 COOL = CooldownPolicy(failures=2, initial=30.0, multiplier=2.0, max=600.0)
 ONE_TRY = Policy(
@@ -49,7 +50,7 @@ class Fake:
         self.gate: asyncio.Event | None = None
         self.calls = 0
 
-    async def chat(self, deployment, body):
+    async def chat(self, deployment, request):
         self.calls += 1
         if self.gate is not None:
             await self.gate.wait()
@@ -71,7 +72,7 @@ def world():
     router = Router(store)
 
     async def call():
-        return await router.route(snapshot, route, "chat", {})
+        return await router.route(snapshot, route, chat_request({}))
 
     return SimpleNamespace(deployment=deployment, adapter=adapter, snapshot=snapshot, store=store,
                            heard=heard, call=call)

@@ -53,11 +53,25 @@ def classify_status(status: int) -> FailureClass:
     return FailureClass.CLIENT
 
 
+# What kind of error a client is told of, in no format's words: each client format's codec
+# names it its own way (OpenAI's `invalid_request_error`, Anthropic's `not_found_error`, ...).
+ERROR_KINDS = frozenset({"invalid_request", "authentication", "permission", "billing", "not_found",
+                         "rate_limit", "server", "overloaded", "timeout", "upstream", "unavailable"})
+DEFAULT_KINDS = {
+    FailureClass.RATE_LIMIT: "rate_limit", FailureClass.OVERLOADED: "overloaded", FailureClass.SERVER: "server",
+    FailureClass.TIMEOUT: "timeout", FailureClass.AUTH: "authentication", FailureClass.NOT_FOUND: "not_found",
+    FailureClass.CLIENT: "invalid_request",
+}
+
+
 class UpstreamError(Exception):
     """One failed attempt at one deployment.
 
-    `body` is an OpenAI-shaped error body, already scrubbed of secrets; it is
-    what the client receives when the failure is the client's own (400/422).
+    What the client is told when the failure is its own (a 400 or 422 the router returns) is
+    neutral: `kind` (one of ERROR_KINDS), `code`, `param` and `message`, which the client's
+    codec writes in its format. `body`, when set, is the upstream's own error answer in
+    `body_format` (already scrubbed of secrets): it goes to a client of that same format as
+    it came.
     """
 
     def __init__(
@@ -67,14 +81,22 @@ class UpstreamError(Exception):
         *,
         status: int | None = None,
         retry_after: float | None = None,
+        kind: str | None = None,
+        code: str | None = None,
+        param: str | None = None,
         body: bytes | None = None,
+        body_format: str | None = None,
     ) -> None:
         super().__init__(message)
         self.failure = failure
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.kind = kind or DEFAULT_KINDS.get(failure, "upstream")
+        self.code = code
+        self.param = param
         self.body = body
+        self.body_format = body_format
 
     def describe(self) -> str:
         status = f" {self.status}" if self.status else ""

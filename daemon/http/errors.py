@@ -21,12 +21,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gatewayd.adapters.base import openai_error_body
+from gatewayd.daemon.formats.openai import error_body as openai_error_body
 
-ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-               404: "invalid_request_error", 405: "invalid_request_error", 408: "invalid_request_error",
-               413: "invalid_request_error", 429: "rate_limit_error", 502: "upstream_error",
-               503: "service_unavailable", 504: "timeout"}
+# the kind of error (core/failures.ERROR_KINDS) each status of the gateway's own tells of
+ERROR_KINDS = {400: "invalid_request", 401: "authentication", 403: "permission", 404: "not_found",
+               405: "invalid_request", 408: "invalid_request", 413: "invalid_request", 429: "rate_limit",
+               502: "upstream", 503: "unavailable", 504: "timeout"}
+
+
+def error_kind(status: int) -> str:
+    return ERROR_KINDS.get(status, "server" if status >= 500 else "invalid_request")
 
 
 class ApiError(Exception):
@@ -48,5 +52,6 @@ class ApiError(Exception):
 
 
 def error_body(status: int, code: str | None, message: str, param: str | None = None) -> bytes:
-    type_ = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    return openai_error_body(message, type_, code, param)
+    """An error of the gateway's own in OpenAI's shape: what every endpoint outside a client
+    format's answers with (paths, /admin/*, /metrics, the HTTP parser's refusals)."""
+    return openai_error_body(message, error_kind(status), code, param)

@@ -22,9 +22,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from gatewayd.daemon.core.exchange import Request
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import Deployment, Route
-from gatewayd.daemon.core.replies import Reply, ReplyStream
+from gatewayd.daemon.core.replies import Reply, ReplyStream, StreamEvent
 from gatewayd.daemon.routing.admission import CAPABILITY, COOLDOWN, HALF_OPEN, Verdict, judge
 from gatewayd.daemon.routing.deadlines import Deadlines
 from gatewayd.daemon.routing.retry import Action, decide
@@ -55,7 +56,7 @@ class Outcome:
     reply: Reply | None = None
     stream: ReplyStream | None = None
     events: object = None  # the stream's async iterator, already advanced past `first`
-    first: bytes | None = None  # the stream's first event
+    first: bytes | StreamEvent | None = None  # the stream's first event
     latency: float = 0.0  # seconds from sending to the answer (a stream's first event)
     probe: bool = False  # this request is its deployment's half-open probe
 
@@ -79,6 +80,10 @@ class InFlightStream:
     def done(self) -> bool:
         return self._stream.done
 
+    @property
+    def format(self):
+        return self._stream.format
+
     def __aiter__(self):
         return self._stream.__aiter__()
 
@@ -91,14 +96,15 @@ class InFlightStream:
 
 @dataclass(slots=True)
 class RoutingFailed(Exception):
-    """Routing ended without an answer; `status` and `body` say what the client gets."""
+    """Routing ended without an answer: what the client is told (`status`, `code`, `message`),
+    or, for a request its upstream refused as the client's fault, `upstream_error`."""
 
     status: int
     code: str
     message: str
     attempts: int
     retry_after: float | None = None
-    upstream_body: bytes | None = None  # a client error passed through as it came
+    upstream_error: UpstreamError | None = None  # the client's error, told as the upstream told it
     deployment: str | None = None
     reasons: dict[str, str] = field(default_factory=dict)
 
@@ -108,8 +114,7 @@ class Trip:
     """One request's way through its plan: what it has tried and why candidates were out."""
 
     route: str
-    operation: str
-    body: dict
+    request: Request
     deadline: float  # monotonic: the request's total deadline
     attempts: int = 0
     capable: int = 0  # candidates whose provider type can serve this operation at all
@@ -127,10 +132,10 @@ class Router:
         self.observer = observer or RoutingObserver()
         self.deadlines = deadlines or Deadlines()
 
-    async def route(self, snapshot: Snapshot, route: Route, operation: str, body: dict) -> Outcome:
+    async def route(self, snapshot: Snapshot, route: Route, request: Request) -> Outcome:
         deployments = snapshot.graph.deployments
         deadline = time.monotonic() + snapshot.graph.default_policy.timeouts.total
-        trip = Trip(route.name, operation, body, deadline)
+        trip = Trip(route.name, request, deadline)
 
         def health_of(candidate) -> DeploymentHealth:
             return self.health.get(deployments[candidate.deployment])
@@ -146,9 +151,8 @@ class Router:
                     if outcome is not None:
                         return outcome
         if trip.capable == 0 and trip.reasons:  # no deployment of this route can do it at all: the request's fault
-            raise RoutingFailed(400, "unsupported_operation",
-                                f"'{route.name}' has no deployment that serves {operation}: " + describe(trip.reasons),
-                                trip.attempts, reasons=trip.reasons)
+            raise RoutingFailed(400, "unsupported_operation", f"'{route.name}' has no deployment that serves "
+                                f"{request.capability}: " + describe(trip.reasons), trip.attempts, reasons=trip.reasons)
         raise self.exhausted(trip)
 
     @staticmethod
@@ -156,7 +160,7 @@ class Router:
         """May this request use `deployment` now? A half-open deployment's
         probe is claimed for it; a candidate that is out has its reason noted in `trip`, for
         the answer when nothing is usable (step 10)."""
-        verdict = judge(deployment, health, time.time(), trip.operation, adapter.capabilities, claim=True)
+        verdict = judge(deployment, health, time.time(), trip.request.capability, adapter.capabilities, claim=True)
         if verdict.usable:
             trip.capable += 1
             return verdict
@@ -190,8 +194,7 @@ class Router:
                 total_bound = remaining < first_byte  # this attempt ends with the request's deadline
                 health.started()
                 try:
-                    outcome = await self.attempt(adapter, deployment, trip.operation, trip.body,
-                                                 min(first_byte, remaining))
+                    outcome = await self.attempt(adapter, deployment, trip.request, min(first_byte, remaining))
                 except UpstreamError as exc:
                     error = exc
                 except TimeoutError:
@@ -219,7 +222,7 @@ class Router:
                 decision = decide(error, policy.retry, attempt)
                 if decision.action is Action.RETURN:
                     raise RoutingFailed(error.status or 400, "upstream_client_error", error.message, trip.attempts,
-                                        upstream_body=error.body, deployment=name)
+                                        upstream_error=error, deployment=name)
                 if decision.action is Action.RETRY and time.monotonic() + decision.delay < trip.deadline:
                     await asyncio.sleep(decision.delay)
                     continue
@@ -242,14 +245,14 @@ class Router:
         self.observer.fell_back(trip.route, name, error)
         return None
 
-    async def attempt(self, adapter, deployment: Deployment, operation: str, body: dict,
-                      first_byte: float) -> Outcome:
+    async def attempt(self, adapter, deployment: Deployment, request: Request, first_byte: float) -> Outcome:
+        """One try: the adapter's method for the request's operation (its `stream` for a chat
+        that streams), bounded by the first-byte deadline."""
         with self.deadlines.bound(first_byte):
-            if operation == "chat":
-                return Outcome(deployment, None, 0, reply=await adapter.chat(deployment, body))  # type: ignore[arg-type]
-            if operation == "embeddings":
-                return Outcome(deployment, None, 0, reply=await adapter.embeddings(deployment, body))  # type: ignore[arg-type]
-            stream = await adapter.stream(deployment, body)
+            if not request.stream:
+                serve = getattr(adapter, request.operation.value)
+                return Outcome(deployment, None, 0, reply=await serve(deployment, request))  # type: ignore[arg-type]
+            stream = await adapter.stream(deployment, request)
             try:
                 events = stream.__aiter__()
                 first = await events.__anext__()

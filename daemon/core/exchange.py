@@ -1,0 +1,61 @@
+"""One client request as the router and the adapters see it, in no provider's words.
+
+The HTTP layer reads the body in the client's wire format and wraps it in a `Request`:
+its operation, its format, whether it streams, and the body as the client sent it. An
+adapter whose upstream speaks that same format sends the body on (only `model` changed);
+any other asks `request.chat()` for the neutral chat request the client format's codec
+decodes (once, on first use, so a passthrough never pays for it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.core.conversation import Chat
+
+
+class Operation(str, Enum):
+    """What a request asks for; an adapter serves it with its method of the same name."""
+
+    CHAT = "chat"
+    EMBEDDINGS = "embeddings"
+
+
+class WireFormat(str, Enum):
+    """The formats requests and answers travel in: a client's, an upstream's. The bytes of one
+    go to the other untouched only when the two are the same."""
+
+    OPENAI = "openai"  # chat completions and embeddings
+    ANTHROPIC = "anthropic"  # Messages
+    OLLAMA = "ollama"  # /api/chat and /api/embed
+
+
+class Request:
+    """A client's request: `operation`, the client's `format`, `stream`, and `body`, its parsed
+    JSON in that format. `capability` is what a deployment must offer to serve it."""
+
+    __slots__ = ("operation", "format", "body", "stream", "capability", "_decode", "_chat")
+
+    def __init__(self, operation: Operation, format: WireFormat, body: dict[str, Any], *, stream: bool = False,
+                 decode: Callable[[dict[str, Any]], Chat] | None = None) -> None:
+        self.operation = operation
+        self.format = format
+        self.body = body
+        self.stream = stream
+        self.capability = "stream" if stream else operation.value
+        self._decode = decode
+        self._chat: Chat | None = None
+
+    def chat(self) -> Chat:
+        """The chat request in neutral terms, decoded by the client format's codec on first use.
+        Raises the codec's `UpstreamError` (the client's 400) when the body cannot be read so."""
+        if self._chat is None:
+            if self._decode is None:
+                raise TypeError(f"a {self.format.value} {self.operation.value} request has no chat decoder")
+            chat = self._decode(self.body)
+            # whether it streams is the request's to say (the adapter method the router calls)
+            self._chat = chat if chat.stream is self.stream else replace(chat, stream=self.stream)
+        return self._chat

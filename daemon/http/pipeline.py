@@ -1,0 +1,245 @@
+"""One client request's way through the gateway, whatever wire format it speaks.
+
+`Pipeline.handle(request, inbound)` reads the serving snapshot once
+(`runtime.holder.current`) and uses only it until it answers, so a reload that lands
+meanwhile changes nothing for it; checks the origin and the app key; reads the body once,
+bounded in size and time, and parses it once; has the inbound format's codec (`Inbound`)
+check it; routes it; and answers. An answer in the client's own format (an upstream of that
+format) goes on as its bytes; any other is written by the codec. Its `finally` books metrics
+and writes the access line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Callable, Protocol
+
+import orjson
+from aiohttp import web
+
+from gatewayd.daemon.core.exchange import Operation, Request, WireFormat
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.graph import Graph, ServerSettings
+from gatewayd.daemon.core.replies import Answer, Embeddings, StreamEvent, Usage
+from gatewayd.daemon.http.errors import ApiError
+from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
+from gatewayd.daemon.http.jsonsyntax import explain_invalid_json
+from gatewayd.daemon.http.streaming import PREPARED, SSE_HEADERS
+from gatewayd.daemon.observe.accesslog import AccessRecord
+from gatewayd.daemon.routing.router import Outcome, RoutingFailed
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.core.conversation import Chat
+    from gatewayd.daemon.http.runtime import Runtime
+    from gatewayd.daemon.routing.snapshot import Snapshot
+
+log = logging.getLogger("gatewayd")
+
+
+class StreamWriter(Protocol):
+    def encode(self, event: StreamEvent) -> bytes: ...
+
+    def end(self, usage: Usage | None) -> bytes: ...
+
+
+class Inbound(Protocol):
+    """An inbound wire format's codec for one operation: what the pipeline asks of it."""
+
+    format: WireFormat
+    operation: Operation
+
+    def check(self, body: dict) -> None:
+        """Raise ApiError (a 400) for a body this format refuses; runs before routing."""
+
+    def wants_stream(self, body: dict) -> bool: ...
+
+    decode_chat: Callable[[dict], Chat] | None  # the body as a neutral chat request, for translating adapters
+
+    def encode_reply(self, answer: Answer | Embeddings, body: dict) -> bytes: ...
+
+    def stream_writer(self, body: dict) -> StreamWriter: ...
+
+    def stream_error(self, error: UpstreamError) -> bytes:
+        """The event that ends a stream whose upstream failed after the first byte."""
+
+    def upstream_error_body(self, error: UpstreamError) -> bytes:
+        """What the client is told of an upstream's refusal of its request."""
+
+    def error_body(self, status: int, code: str, message: str, param: str | None = None) -> bytes: ...
+
+
+async def read_json(request: web.BaseRequest, server: ServerSettings) -> dict:
+    length = request.content_length
+    if length is not None and length > server.max_body:
+        raise ApiError(413, "request_too_large", f"the body is {length} bytes; the limit is {server.max_body}")
+    content = request.content
+    if content.is_eof():  # the whole body came with the headers (the usual case): no waiting, no timer
+        body = content.read_nowait()
+        if len(body) > server.max_body:
+            raise ApiError(413, "request_too_large", f"the body exceeds the limit of {server.max_body} bytes")
+        return parse_body(body)
+    body = bytearray()
+    try:
+        async with asyncio.timeout(server.read_timeout):
+            async for chunk in request.content.iter_any():
+                body += chunk
+                if len(body) > server.max_body:
+                    raise ApiError(413, "request_too_large", f"the body exceeds the limit of {server.max_body} bytes")
+    except TimeoutError:
+        raise ApiError(408, "request_timeout", "the request body did not arrive in time") from None
+    return parse_body(body)
+
+
+def parse_body(body: bytes | bytearray) -> dict:
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid_json", explain_invalid_json(body, exc)) from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    return payload
+
+
+def gateway_headers(snapshot: Snapshot, deployment: str | None, attempts: int) -> dict[str, str]:
+    return {"x-gatewayd-deployment": deployment or "", "x-gatewayd-attempts": str(attempts),
+            "x-gatewayd-config": snapshot.graph.version}
+
+
+class Pipeline:
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def handle(self, request: web.BaseRequest, inbound: Inbound) -> web.StreamResponse:
+        """Serve one request. One coroutine from the checks to the answer, and its bookkeeping in
+        `finally`: each frame more on this path is resumed at every await."""
+        runtime = self.runtime
+        snapshot = runtime.holder.current
+        graph = snapshot.graph
+        started = time.monotonic()
+        record = AccessRecord(request.method, request.path, config=graph.version)
+        snapshot.enter()
+        try:
+            refuse_cross_origin(request)
+            key = authenticate(request, graph)
+            record.key = key.name if key else None
+            body = await read_json(request, graph.server)
+            model = body.get("model")
+            if not isinstance(model, str) or not model:
+                raise ApiError(400, "missing_model", "the body needs a 'model' naming an alias or model",
+                               param="model")
+            record.model = model
+            route = graph.routes.get(model)
+            if route is None:
+                raise ApiError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
+            if key is not None and key.allow is not None and model not in key.allow:
+                raise ApiError(403, "model_not_allowed", f"the app key '{key.name}' may not use '{model}'",
+                               param="model")
+            inbound.check(body)
+            call = Request(inbound.operation, inbound.format, body, stream=inbound.wants_stream(body),
+                           decode=inbound.decode_chat)
+            outcome = await runtime.router.route(snapshot, route, call)
+            record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
+            headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts)
+            if outcome.stream is not None:
+                return await self.relay(request, inbound, body, outcome, headers, record, started, graph)
+            reply = outcome.reply
+            record.status = 200
+            record.ttfb_ms = (time.monotonic() - started) * 1000
+            self.book_usage(record, outcome, reply.usage)
+            answer = reply.body if reply.format is inbound.format else inbound.encode_reply(reply.answer, body)
+            return web.Response(body=answer, content_type="application/json", headers=headers)
+        except ApiError as error:
+            record.status, record.error = error.status, error.message
+            body = inbound.error_body(error.status, error.code, error.message, error.param)
+            return web.Response(status=error.status, body=body, content_type="application/json",
+                                headers={**error.headers, **gateway_headers(snapshot, None, record.attempts)})
+        except RoutingFailed as failure:
+            return self.routing_failed(snapshot, inbound, failure, record)
+        finally:
+            snapshot.leave()
+            record.latency_ms = (time.monotonic() - started) * 1000
+            runtime.metrics.observe(record)
+            runtime.access.emit(record, graph.server.log_format)
+
+    async def relay(self, request: web.BaseRequest, inbound: Inbound, body: dict, outcome: Outcome,
+                    headers: dict[str, str], record: AccessRecord, started: float,
+                    graph: Graph) -> web.StreamResponse:
+        """Relay an open stream; a failure after the first byte ends it with an error event, and
+        no end marker: the client must not take it for a complete answer."""
+        response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+        record.status = 200
+        stream = outcome.stream
+        events = outcome.events
+        writer = None if stream.format is inbound.format else inbound.stream_writer(body)
+        encode = None if writer is None else writer.encode
+        timeouts = outcome.deployment.policy.timeouts
+        deadline = started + graph.default_policy.timeouts.total
+        error: UpstreamError | None = None
+        try:
+            await response.prepare(request)
+            request[PREPARED] = response  # a shutdown past the grace ends it with an SSE error event
+            await response.write(outcome.first if encode is None else encode(outcome.first))
+            record.ttfb_ms = (time.monotonic() - started) * 1000
+            while True:
+                wait = min(timeouts.idle, deadline - time.monotonic())
+                try:
+                    with self.runtime.router.deadlines.bound(wait):
+                        event = await events.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    error = UpstreamError(FailureClass.TIMEOUT, "the upstream stream went silent "
+                                          "(timeouts.idle or timeouts.total passed)")
+                    break
+                except UpstreamError as exc:
+                    error = exc
+                    break
+                except Exception as exc:  # an adapter bug must still end the stream visibly
+                    log.exception("relaying a stream from %s failed", outcome.deployment.name,
+                                  extra={"event": "relay_error", "deployment": outcome.deployment.name})
+                    error = UpstreamError(FailureClass.INTERNAL,
+                                          f"internal error while relaying ({type(exc).__name__})")
+                    break
+                await response.write(event if encode is None else encode(event))
+            if error is None and not stream.done:
+                error = UpstreamError(FailureClass.CONNECT, "the upstream closed the stream before it was complete")
+            if error is not None:
+                record.error = error.describe()
+                await response.write(inbound.stream_error(error))
+            elif writer is not None:
+                await response.write(writer.end(stream.usage))
+            self.runtime.router.finish_stream(outcome, error)
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError) as exc:
+            # the client went away (or we are shutting down): stop the upstream at once
+            record.error = "client disconnected" if isinstance(exc, ConnectionResetError) else "cancelled"
+            self.runtime.router.abandon_stream(outcome)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+        finally:
+            await stream.aclose()
+            self.book_usage(record, outcome, stream.usage)
+        return response
+
+    def book_usage(self, record: AccessRecord, outcome: Outcome, usage) -> None:
+        if usage is None:
+            return
+        record.prompt_tokens, record.completion_tokens = usage.prompt_tokens, usage.completion_tokens
+        pricing = outcome.deployment.pricing
+        if pricing is not None:
+            record.cost = pricing.cost(usage.prompt_tokens, usage.completion_tokens)
+
+    def routing_failed(self, snapshot: Snapshot, inbound: Inbound, failure: RoutingFailed,
+                       record: AccessRecord) -> web.Response:
+        record.status, record.attempts, record.deployment = failure.status, failure.attempts, failure.deployment
+        record.error = failure.message
+        headers = gateway_headers(snapshot, failure.deployment, failure.attempts)
+        if failure.retry_after is not None:
+            headers["Retry-After"] = str(int(failure.retry_after))
+        if failure.upstream_error is not None:
+            body = inbound.upstream_error_body(failure.upstream_error)
+        else:
+            body = inbound.error_body(failure.status, failure.code, failure.message)
+        return web.Response(status=failure.status, body=body, content_type="application/json", headers=headers)
