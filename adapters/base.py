@@ -14,7 +14,6 @@ gatewayd.daemon.core.failures.
 from __future__ import annotations
 
 import email.utils
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,9 +28,11 @@ from aiohttp.http_exceptions import LineTooLong
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from gatewayd.daemon.core.conversation import client_error
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
-from gatewayd.daemon.core.replies import Reply, ReplyStream, StreamEvent, Usage
+from gatewayd.daemon.core.failures import upstream_json as upstream_json  # re-exported for the adapters
+from gatewayd.daemon.core.replies import Reply, ReplyStream, StreamEvent, StreamTranslator, Usage
 
 if TYPE_CHECKING:
     from gatewayd.daemon.core.exchange import Request
@@ -106,42 +107,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def client_error(message: str, code: str, param: str | None = None) -> UpstreamError:
-    """A request the upstream cannot be sent as it is: the client's 400, no failure of the deployment."""
-    return UpstreamError(FailureClass.CLIENT, message, status=400, code=code, param=param)
-
-
 def unsupported(provider_type: str, operation: str) -> UpstreamError:
     return client_error(f"provider type {provider_type} has no {operation} API", "unsupported_operation")
-
-
-MAX_NESTING = 254  # levels of arrays and objects orjson writes; it reads up to 1024
-
-
-def too_deep_to_forward() -> UpstreamError:
-    """A body that parsed but cannot be written again for the upstream (nested deeper than
-    orjson writes): the client's error, a 400, and no failure of the deployment."""
-    return client_error(f"the request body is nested too deeply to forward (at most {MAX_NESTING} levels)",
-                        "invalid_body")
-
-
-def translates_client_input(provider_type: str):
-    """Decorate a request translation `(body, model) -> bytes`: a field of a shape the
-    translation did not expect is the client's error (a 400), never a 500 of the gateway."""
-
-    def decorate(translate):
-        @functools.wraps(translate)
-        def guarded(body: dict, model: str) -> bytes:
-            try:
-                return translate(body, model)
-            except orjson.JSONEncodeError:
-                raise too_deep_to_forward() from None
-            except (TypeError, AttributeError, ValueError, KeyError, IndexError) as exc:
-                raise client_error(f"the request cannot be translated for provider type {provider_type}: "
-                                   f"a field has an unexpected shape ({exc})", "invalid_value") from None
-        return guarded
-
-    return decorate
 
 
 # what aiohttp would add to every request; the provider's `headers` may replace any of them
@@ -191,14 +158,6 @@ async def read_pieces(content: aiohttp.StreamReader, limit: int) -> bytes | None
 def too_large(limit: int) -> UpstreamError:
     return UpstreamError(FailureClass.PROTOCOL, f"upstream answer is larger than {limit} bytes "
                                                 "(server.max_upstream_body)")
-
-
-def upstream_json(data: bytes, malformed: str) -> Any:
-    """`data` parsed as JSON; text that is not JSON is the upstream's protocol failure, `malformed`."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise UpstreamError(FailureClass.PROTOCOL, malformed) from None
 
 
 def json_or_none(raw: bytes) -> Any:
@@ -259,18 +218,6 @@ class UpstreamStream:
 
     async def aclose(self) -> None:
         self.response.close() if not self.done else self.response.release()
-
-
-class StreamTranslator:
-    """Base of a pure translator from a provider's stream to neutral events: `feed(event, data)`
-    turns one piece into `StreamEvent`s, and sets `usage` as it learns it and `done` at the
-    upstream's end."""
-
-    usage: Usage | None = None
-    done: bool = False
-
-    def feed(self, event: bytes, data: bytes) -> list[StreamEvent]:
-        raise NotImplementedError
 
 
 class TranslatedStream(UpstreamStream):

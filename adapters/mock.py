@@ -16,6 +16,7 @@ import uuid
 from typing import TYPE_CHECKING, AsyncIterator
 
 from gatewayd.adapters.base import ProviderType, TypeKey
+from gatewayd.daemon.core.conversation import Chat, Text
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Answer, Delta, Embeddings, Finish, Reply, Start, StreamEvent, Usage
 
@@ -29,21 +30,16 @@ EMBEDDING_DIMENSIONS = 16
 def text_of(content) -> str:
     if isinstance(content, str):
         return content
-    if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+    if isinstance(content, tuple):
+        return " ".join(part.text for part in content if isinstance(part, Text) and isinstance(part.text, str))
     return ""
 
 
-def messages_of(body: dict) -> list:
-    messages = body.get("messages")
-    return messages if isinstance(messages, list) else []
-
-
-def answer_text(deployment: Deployment, body: dict) -> str:
+def answer_text(deployment: Deployment, chat: Chat) -> str:
     if deployment.model == "echo":
-        for message in reversed(messages_of(body)):
-            if isinstance(message, dict) and message.get("role") == "user":
-                return text_of(message.get("content"))
+        for message in reversed(chat.messages):
+            if message.role == "user":
+                return text_of(message.content)
         return ""
     return str(deployment.provider.options.get("reply", ""))
 
@@ -52,8 +48,8 @@ def count_tokens(text: str) -> int:
     return len(text.split())
 
 
-def prompt_tokens(body: dict) -> int:
-    return sum(count_tokens(text_of(m.get("content"))) for m in messages_of(body) if isinstance(m, dict))
+def prompt_tokens(chat: Chat) -> int:
+    return sum(count_tokens(text_of(message.content)) for message in chat.messages)
 
 
 def new_id() -> str:
@@ -68,10 +64,10 @@ def embedding(text: str) -> list[float]:
 class MockStream:
     format = None  # neutral events
 
-    def __init__(self, deployment: Deployment, body: dict, text: str) -> None:
+    def __init__(self, deployment: Deployment, chat: Chat, text: str) -> None:
         self._deployment = deployment
         self._text = text
-        self.usage = Usage(prompt_tokens(body), count_tokens(text))
+        self.usage = Usage(prompt_tokens(chat), count_tokens(text))
         self.done = False
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
@@ -103,14 +99,15 @@ class MockAdapter:
 
     async def chat(self, deployment: Deployment, request: Request) -> Reply:
         await self._start()
-        body = request.body
-        text = answer_text(deployment, body)
-        usage = Usage(prompt_tokens(body), count_tokens(text))
+        chat = request.chat()
+        text = answer_text(deployment, chat)
+        usage = Usage(prompt_tokens(chat), count_tokens(text))
         return Reply(None, usage, answer=Answer(new_id(), deployment.model, int(time.time()), text, "stop", usage))
 
     async def stream(self, deployment: Deployment, request: Request) -> MockStream:
         await self._start()
-        return MockStream(deployment, request.body, answer_text(deployment, request.body))
+        chat = request.chat()
+        return MockStream(deployment, chat, answer_text(deployment, chat))
 
     async def embeddings(self, deployment: Deployment, request: Request) -> Reply:
         await self._start()

@@ -1,23 +1,30 @@
-"""Ollama's native API (POST {base_url}/api/chat and /api/embed), translated to
-and from neutral chat requests, answers and embeddings.
+"""Ollama's native API (POST {base_url}/api/chat and /api/embed): neutral chat requests
+written in its words, its answers, NDJSON streams and embeddings read as neutral values.
 
-Requests: messages (string or text/image parts; data: URL images become
-base64 `images`), assistant `tool_calls` (arguments parsed to objects), tool
-results (`tool_name` recovered from the earlier call id), `tools`, the
-sampling options (temperature, top_p, seed, stop, max_tokens /
-max_completion_tokens -> num_predict, presence/frequency_penalty), a client
-`options` object (e.g. num_ctx) merged underneath them, `response_format`
-(json_object -> "json", json_schema -> the schema), `keep_alive` and `think`,
-and `stream`, always explicit since Ollama streams by default.
-Answers: content, `thinking` (as reasoning), tool calls (ids generated,
-arguments serialised), done_reason -> finish reason, token counts -> usage.
-Streams are NDJSON, one object a line, the last `done: true`; errors are
-`{"error": "..."}` bodies, or such a line mid-stream.
+Requests (`encode_chat`):
+  messages                     -> role (developer -> system, legacy function -> tool), content
+                                  (text parts joined by newlines), `images` (data: URLs' base64)
+  an assistant's tool calls    -> tool_calls with `arguments` parsed into an object
+  tool results                 -> `tool_name`: the function of the call they answer (found by
+                                  its id), else the message's name
+  tools                        -> OpenAI's function tool shape, which Ollama shares: rebuilt
+                                  {"type": "function", "function": {name, description,
+                                  parameters, strict}} with what the tool says
+  temperature, top_p, seed, presence/frequency_penalty, max_tokens (-> num_predict), stop
+                               -> `options`, over the client's own `options` (extra: num_ctx ...)
+  response_format              -> `format`: json_object -> "json", json_schema -> the schema
+  extra keep_alive, think      -> as they are
+  stream                       -> always written: Ollama streams by default
+Left out: n, tool_choice, parallel_tool_calls, user, tools other than functions. Refused
+with a 400: image URLs other than data: URLs, refusal and other unsupported parts, tool-call
+arguments that are not a JSON object, malformed content, tool calls and stop.
 
-Dropped: n, logprobs, logit_bias, tool_choice, parallel_tool_calls, user,
-service_tier, and Ollama's timings. Refused with a 400: image URLs that are
-not data: URLs, audio/file parts, token-array embedding inputs.
+Answers: content, `thinking` (as reasoning), tool calls (ids generated, arguments
+serialised), done_reason -> finish reason, token counts -> usage. Streams are NDJSON, one
+object a line, the last `done: true`; errors are `{"error": "..."}` bodies, or such a line
+mid-stream. Embeddings: text inputs only (token arrays are refused with a 400), `dimensions`.
 """
+
 
 from __future__ import annotations
 
@@ -37,12 +44,23 @@ from gatewayd.adapters.base import (
     TranslatedStream,
     expect_stream,
     read_lines,
-    translates_client_input,
     upstream_json,
 )
-from gatewayd.adapters.base import client_error as base_client_error
-from gatewayd.adapters.ollama_request import encode_chat
-from gatewayd.daemon.core.conversation import ToolCall
+from gatewayd.daemon.core.conversation import (
+    Chat,
+    Image,
+    Malformed,
+    Message,
+    Part,
+    Refusal,
+    ResponseFormat,
+    Text,
+    Tool,
+    ToolCall,
+    chat_encoder,
+    json_body,
+)
+from gatewayd.daemon.core.conversation import client_error as neutral_client_error
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
 from gatewayd.daemon.core.replies import (
     Answer,
@@ -55,12 +73,12 @@ from gatewayd.daemon.core.replies import (
     ToolCallDelta,
     Usage,
 )
+from gatewayd.daemon.formats.openai import function_of
 
 if TYPE_CHECKING:
     from gatewayd.daemon.core.exchange import Request
     from gatewayd.daemon.core.graph import Deployment
 
-OPTION_KEYS = ("temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
 ERROR_KINDS = {  # the kind of error a client is told of, by failure class (else a server error)
     FailureClass.CLIENT: "invalid_request", FailureClass.NOT_FOUND: "not_found",
     FailureClass.AUTH: "authentication", FailureClass.RATE_LIMIT: "rate_limit",
@@ -68,7 +86,7 @@ ERROR_KINDS = {  # the kind of error a client is told of, by failure class (else
 
 
 def client_error(message: str, param: str | None = None) -> UpstreamError:
-    return base_client_error(message, "unsupported_value", param)
+    return neutral_client_error(message, "unsupported_value", param)
 
 
 def new_id(prefix: str) -> str:
@@ -77,9 +95,72 @@ def new_id(prefix: str) -> str:
 
 # -- requests ----------------------------------------------------------------
 
-def image_from_url(url: str) -> str:
+@chat_encoder("ollama")
+def encode_chat(chat: Chat, model: str) -> bytes:
+    """A neutral chat request as the body of POST /api/chat."""
+    out: dict = {"model": model, "messages": encode_messages(chat.messages), "stream": chat.stream}
+    if chat.tools:
+        out["tools"] = [{"type": "function", "function": function_of(tool)}
+                        for tool in chat.tools if isinstance(tool, Tool)]
+    if options := options_of(chat):
+        out["options"] = options
+    if (fmt := format_of(chat.response_format)) is not None:
+        out["format"] = fmt
+    for key in ("keep_alive", "think"):
+        if chat.extra.get(key) is not None:
+            out[key] = chat.extra[key]
+    return json_body(out)
+
+
+# --- messages ----------------------------------------------------------------------------------
+
+def encode_messages(messages: tuple[Message, ...]) -> list[dict]:
+    names: dict[str, str] = {}  # tool call id -> function name, for the tool results
+    out = []
+    for message in messages:
+        role = message.role
+        text, images = encode_content(message.content)
+        item: dict = {"role": "system" if role == "developer" else role, "content": text}
+        if images:
+            item["images"] = images
+        if role == "assistant" and message.tool_calls:
+            item["tool_calls"] = encode_tool_calls(message.tool_calls)
+            for call in message.tool_calls:
+                names[id_key(call.id)] = call.name
+        elif role in ("tool", "function"):
+            item["role"] = "tool"
+            if name := names.get(id_key(message.tool_call_id)) or message.name:
+                item["tool_name"] = name
+        out.append(item)
+    return out
+
+
+def id_key(call_id: str | None) -> str:
+    """A call's id as the tool results look it up: a call and a result that both lack one match."""
+    return "" if call_id is None else call_id
+
+
+def encode_content(content: str | tuple[Part, ...] | Malformed | None) -> tuple[str, list[str]]:
+    """The text (text parts joined by newlines) and the images (base64) of a message."""
+    if content is None or isinstance(content, str):
+        return content or "", []
+    if isinstance(content, Malformed):
+        raise client_error("message content must be a string or an array of content parts", "messages")
+    texts, images = [], []
+    for part in content:
+        if isinstance(part, Text):
+            texts.append(part.text)
+        elif isinstance(part, Image):
+            images.append(image_data(part.url))
+        else:
+            kind = "refusal" if isinstance(part, Refusal) else part.type
+            raise client_error(f"Ollama does not accept {kind!r} content parts", "messages")
+    return "\n".join(texts), images
+
+
+def image_data(url: str) -> str:
     """A data: URL's payload as base64; Ollama cannot fetch remote images."""
-    if not url.startswith("data:"):
+    if not isinstance(url, str) or not url.startswith("data:"):
         raise client_error("Ollama accepts images only as data: URLs", "messages")
     header, _, data = url[5:].partition(",")
     if header.endswith(";base64"):
@@ -87,104 +168,54 @@ def image_from_url(url: str) -> str:
     return base64.b64encode(urllib.parse.unquote_to_bytes(data)).decode()
 
 
-def content_to_ollama(content) -> tuple[str, list[str]]:
-    if content is None or isinstance(content, str):
-        return content or "", []
-    if not isinstance(content, list):
-        raise client_error("message content must be a string or an array of content parts", "messages")
-    texts, images = [], []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text":
-            texts.append(part.get("text") or "")
-        elif kind == "image_url":
-            image = part.get("image_url")
-            url = image.get("url", "") if isinstance(image, dict) else str(image)
-            images.append(image_from_url(url))
-        else:
-            raise client_error(f"Ollama does not accept {kind!r} content parts", "messages")
-    return "\n".join(texts), images
+def encode_tool_calls(calls: tuple[ToolCall | Malformed, ...] | Malformed) -> list[dict]:
+    if isinstance(calls, Malformed):
+        raise client_error("tool_calls must be an array", "messages")
+    return [encode_tool_call(call) for call in calls]
 
 
-def call_to_ollama(call: dict) -> dict:
-    function = call.get("function") if isinstance(call, dict) else None
-    if not isinstance(function, dict):
+def encode_tool_call(call: ToolCall | Malformed) -> dict:
+    if isinstance(call, Malformed):
         raise client_error("tool calls need a function object", "messages")
-    arguments = function.get("arguments") or "{}"
-    if isinstance(arguments, str):
+    arguments = call.arguments or "{}"
+    if isinstance(arguments, str):  # else the client sent the object itself: carried as it came
         try:
             arguments = orjson.loads(arguments)
         except orjson.JSONDecodeError:
             arguments = None
     if not isinstance(arguments, dict):
         raise client_error("tool call arguments must be a JSON object", "messages")
-    return {"function": {"name": function.get("name", ""), "arguments": arguments}}
+    return {"function": {"name": "" if call.name is None else call.name, "arguments": arguments}}
 
 
-def messages_to_ollama(messages: list[dict]) -> list[dict]:
-    names: dict[str, str] = {}  # tool call id -> function name, for the tool results
-    out = []
-    for message in messages:
-        role = message.get("role")
-        text, images = content_to_ollama(message.get("content"))
-        item: dict = {"role": "system" if role == "developer" else role, "content": text}
-        if images:
-            item["images"] = images
-        if role == "assistant" and message.get("tool_calls"):
-            if not isinstance(message["tool_calls"], list):
-                raise client_error("tool_calls must be an array", "messages")
-            item["tool_calls"] = [call_to_ollama(call) for call in message["tool_calls"]]
-            for call in message["tool_calls"]:
-                names[call.get("id", "")] = (call.get("function") or {}).get("name", "")
-        elif role in ("tool", "function"):
-            item["role"] = "tool"
-            name = names.get(message.get("tool_call_id", "")) or message.get("name")
-            if name:
-                item["tool_name"] = name
-        out.append(item)
-    return out
+# --- options -----------------------------------------------------------------------------------
 
-
-def options_from(body: dict) -> dict:
-    options = dict(body["options"]) if isinstance(body.get("options"), dict) else {}
-    options.update({key: body[key] for key in OPTION_KEYS if body.get(key) is not None})
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    if limit is not None:
-        options["num_predict"] = limit
-    stop = body.get("stop")
-    if stop:
-        if not (isinstance(stop, str) or isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-            raise client_error("stop must be a string or an array of strings", "stop")
-        options["stop"] = [stop] if isinstance(stop, str) else stop
+def options_of(chat: Chat) -> dict:
+    """Ollama's `options`: the client's own (extra `options`, e.g. num_ctx), then the sampling
+    fields over them."""
+    client_options = chat.extra.get("options")
+    options = dict(client_options) if isinstance(client_options, dict) else {}
+    for key, value in (("temperature", chat.temperature), ("top_p", chat.top_p), ("seed", chat.seed),
+                       ("presence_penalty", chat.presence_penalty), ("frequency_penalty", chat.frequency_penalty)):
+        if value is not None:
+            options[key] = value
+    if chat.max_tokens is not None:
+        options["num_predict"] = chat.max_tokens
+    if isinstance(chat.stop, Malformed):
+        raise client_error("stop must be a string or an array of strings", "stop")
+    if chat.stop:
+        options["stop"] = chat.stop
     return options
 
 
-def format_from(response_format) -> str | dict | None:
-    if not isinstance(response_format, dict):
+def format_of(response_format: ResponseFormat | Malformed | None) -> str | dict | None:
+    if not isinstance(response_format, ResponseFormat):
         return None
-    if response_format.get("type") == "json_object":
+    if response_format.type == "json_object":
         return "json"
-    if response_format.get("type") == "json_schema":
-        schema = response_format.get("json_schema")
-        return (schema.get("schema") if isinstance(schema, dict) else None) or "json"
+    if response_format.type == "json_schema":
+        return response_format.schema or "json"
     return None
-
-
-@translates_client_input("ollama")
-def to_upstream(body: dict, model: str) -> bytes:
-    """An OpenAI chat request as the body of POST /api/chat."""
-    out: dict = {"model": model, "messages": messages_to_ollama(body.get("messages") or []),
-                 "stream": bool(body.get("stream", False))}
-    if body.get("tools"):
-        out["tools"] = [tool for tool in body["tools"] if tool.get("type") == "function"]
-    if options := options_from(body):
-        out["options"] = options
-    if (fmt := format_from(body.get("response_format"))) is not None:
-        out["format"] = fmt
-    for key in ("keep_alive", "think"):
-        if body.get(key) is not None:
-            out[key] = body[key]
-    return orjson.dumps(out)
 
 
 # -- answers -----------------------------------------------------------------

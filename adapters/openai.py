@@ -24,10 +24,10 @@ from gatewayd.adapters.base import (
     TypeKey,
     UpstreamStream,
     expect_stream,
-    too_deep_to_forward,
     upstream_json,
 )
 from gatewayd.adapters.sse import read_events
+from gatewayd.daemon.core.conversation import too_deep_to_forward
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Reply, Usage
@@ -42,8 +42,8 @@ WIRE = WireFormat.OPENAI  # what this adapter's upstreams speak, and the only cl
 
 def to_upstream(body: dict, model: str) -> bytes:
     """The request as the upstream expects it: the client's body with `model` replaced.
-    (Not `translates_client_input`: a passthrough has no shape to misread, and this runs
-    on every request, where a wrapper's frame would cost more than the `try`.)"""
+    (Not `chat_encoder`'s guard: a passthrough has no shape to misread, and this runs on
+    every request, where a wrapper's frame would cost more than the `try`.)"""
     try:
         return orjson.dumps({**body, "model": model})
     except orjson.JSONEncodeError:

@@ -6,13 +6,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-from gatewayd.adapters.anthropic import (
-    AnthropicAdapter,
-    AnthropicStreamTranslator,
-    error_from_upstream,
-    from_upstream,
-    to_upstream,
-)
+from gatewayd.adapters.anthropic import AnthropicAdapter
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import (
     Backoff,
@@ -24,7 +18,8 @@ from gatewayd.daemon.core.graph import (
     Secret,
     Timeouts,
 )
-from gatewayd.daemon.formats.openai import DONE_EVENT
+from gatewayd.daemon.formats.anthropic import StreamDecoder, decode_answer, decode_error, encode_chat
+from gatewayd.daemon.formats.openai import DONE_EVENT, decode_chat
 from tests.wire import (
     answer_json,
     chat_request,
@@ -41,6 +36,11 @@ from tests.wire import (
 MODEL = "claude-haiku-4-5"
 KEY = "sk-ant-canary-123456"
 CREATED = 1700000000
+
+
+def to_upstream(body: dict, model: str) -> bytes:
+    """An OpenAI client's chat body as the Anthropic request the adapter sends."""
+    return encode_chat(decode_chat(body), model)
 
 
 def up(body: dict) -> dict:
@@ -262,7 +262,7 @@ MESSAGE = {
 
 
 def test_from_upstream_text_tool_use_and_cache_usage():
-    assert answer_json(from_upstream(MESSAGE, created=CREATED)) == {
+    assert answer_json(decode_answer(MESSAGE, created=CREATED)) == {
         "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF", "object": "chat.completion", "created": CREATED,
         "model": "claude-haiku-4-5-20251001",
         "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None, "message": {
@@ -277,7 +277,7 @@ def test_from_upstream_text_tool_use_and_cache_usage():
 
 def test_from_upstream_tool_calls_only_has_null_content():
     payload = {**MESSAGE, "content": [MESSAGE["content"][3]], "usage": {"input_tokens": 5, "output_tokens": 6}}
-    answer = answer_json(from_upstream(payload))
+    answer = answer_json(decode_answer(payload))
     assert answer["choices"][0]["message"]["content"] is None
     assert len(answer["choices"][0]["message"]["tool_calls"]) == 1
     assert answer["usage"] == {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}
@@ -285,7 +285,7 @@ def test_from_upstream_tool_calls_only_has_null_content():
 
 
 def test_from_upstream_empty_content_is_an_empty_string():
-    answer = answer_json(from_upstream({**MESSAGE, "content": [], "stop_reason": "max_tokens"}))
+    answer = answer_json(decode_answer({**MESSAGE, "content": [], "stop_reason": "max_tokens"}))
     assert answer["choices"][0]["message"] == {"role": "assistant", "content": ""}
 
 
@@ -296,7 +296,7 @@ def test_from_upstream_empty_content_is_an_empty_string():
 ])
 def test_every_stop_reason(stop_reason, finish_reason):
     payload = {**MESSAGE, "content": [{"type": "text", "text": "x"}], "stop_reason": stop_reason}
-    assert answer_json(from_upstream(payload))["choices"][0]["finish_reason"] == finish_reason
+    assert answer_json(decode_answer(payload))["choices"][0]["finish_reason"] == finish_reason
 
 
 @pytest.mark.parametrize("payload", [
@@ -304,7 +304,7 @@ def test_every_stop_reason(stop_reason, finish_reason):
 ])
 def test_from_upstream_malformed_is_protocol(payload):
     with pytest.raises(UpstreamError) as caught:
-        from_upstream(payload)
+        decode_answer(payload)
     assert caught.value.failure is FailureClass.PROTOCOL
 
 
@@ -323,7 +323,7 @@ def test_from_upstream_malformed_is_protocol(payload):
 def test_error_body_per_type(status, type_, failure, openai_type, code):
     payload = {"type": "error", "error": {"type": type_, "message": f"about {type_}"},
                "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"}
-    error = error_from_upstream(status, payload, 3.0)
+    error = decode_error(status, payload, 3.0)
     assert (error.failure, error.status, error.retry_after) == (failure, status, 3.0)
     assert error.message == f"about {type_}"
     assert error_json(error) == {"error": {
@@ -331,11 +331,11 @@ def test_error_body_per_type(status, type_, failure, openai_type, code):
 
 
 def test_error_without_an_anthropic_body_is_classified_by_status():
-    error = error_from_upstream(413, None)
+    error = decode_error(413, None)
     assert error.failure is FailureClass.CLIENT
     assert error_json(error)["error"]["message"] == "upstream answered HTTP 413"
-    assert error_from_upstream(503, {"error": "nope"}).failure is FailureClass.OVERLOADED
-    assert error_from_upstream(418, {"type": "error", "error": {"type": "teapot_error"}}).failure is FailureClass.CLIENT
+    assert decode_error(503, {"error": "nope"}).failure is FailureClass.OVERLOADED
+    assert decode_error(418, {"type": "error", "error": {"type": "teapot_error"}}).failure is FailureClass.CLIENT
 
 
 # --- stream ----------------------------------------------------------------------------------
@@ -398,7 +398,7 @@ EXPECTED_CHUNKS = [
 ]
 
 
-def feed_all(translator: AnthropicStreamTranslator, events, body: dict | None = None) -> list[bytes]:
+def feed_all(translator: StreamDecoder, events, body: dict | None = None) -> list[bytes]:
     """The events as an OpenAI client receives them, the end included once the stream is done."""
     out = []
     for name, data in events:
@@ -407,7 +407,7 @@ def feed_all(translator: AnthropicStreamTranslator, events, body: dict | None = 
 
 
 def test_recorded_stream_becomes_exact_openai_chunks():
-    translator = AnthropicStreamTranslator(created=CREATED)
+    translator = StreamDecoder(created=CREATED)
     out = feed_all(translator, STREAM)
     assert out[-1] == DONE_EVENT
     assert [orjson.loads(event.removeprefix(b"data: ")) for event in out[:-1]] == EXPECTED_CHUNKS
@@ -418,7 +418,7 @@ def test_recorded_stream_becomes_exact_openai_chunks():
 
 
 def test_stream_include_usage_adds_a_final_usage_chunk():
-    translator = AnthropicStreamTranslator(created=CREATED)
+    translator = StreamDecoder(created=CREATED)
     out = feed_all(translator, STREAM, {"stream_options": {"include_usage": True}})
     assert out[-1] == DONE_EVENT
     assert orjson.loads(out[-2].removeprefix(b"data: ")) == {
@@ -430,14 +430,14 @@ def test_stream_include_usage_adds_a_final_usage_chunk():
 
 
 def test_stream_event_type_comes_from_data_when_the_event_line_is_missing():
-    translator = AnthropicStreamTranslator(created=CREATED)
+    translator = StreamDecoder(created=CREATED)
     started = sse_events(translator.feed(b"", orjson.dumps(STREAM[0][1])), ended=False)
     assert [orjson.loads(event.removeprefix(b"data: ")) for event in started] == [EXPECTED_CHUNKS[0]]
     assert translator.feed(b"", b'{"type":"some_future_event"}') == []
 
 
 def test_stream_thinking_and_server_tool_blocks_are_skipped():
-    translator = AnthropicStreamTranslator(created=CREATED)
+    translator = StreamDecoder(created=CREATED)
     events = [
         STREAM[0],
         ("content_block_start", {"type": "content_block_start", "index": 0,
@@ -470,7 +470,7 @@ def test_stream_thinking_and_server_tool_blocks_are_skipped():
     ("invalid_request_error", FailureClass.PROTOCOL),
 ])
 def test_in_band_error_mid_stream(type_, failure):
-    translator = AnthropicStreamTranslator(created=CREATED)
+    translator = StreamDecoder(created=CREATED)
     feed_all(translator, STREAM[:4])
     with pytest.raises(UpstreamError) as caught:
         translator.feed(b"error", orjson.dumps({"type": "error", "error": {"type": type_, "message": "Overloaded"}}))
@@ -485,7 +485,7 @@ def test_in_band_error_mid_stream(type_, failure):
     b'{"type":"message_start"}',
 ])
 def test_malformed_stream_events_are_protocol_errors(data):
-    translator = AnthropicStreamTranslator(created=CREATED)
+    translator = StreamDecoder(created=CREATED)
     with pytest.raises(UpstreamError) as caught:
         translator.feed(b"x", data)
     assert caught.value.failure is FailureClass.PROTOCOL
@@ -546,7 +546,7 @@ async def test_chat_sends_anthropic_wire_format(upstream):
     assert seen["body"] == {"model": MODEL, "system": "Be brief.",
                             "messages": [{"role": "user", "content": "Weather?"}], "max_tokens": 4096}
     answer = reply_json(reply)
-    expected = answer_json(from_upstream(MESSAGE, created=answer["created"]))
+    expected = answer_json(decode_answer(MESSAGE, created=answer["created"]))
     assert answer == expected
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (420, 42)
 

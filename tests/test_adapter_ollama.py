@@ -14,8 +14,8 @@ from gatewayd.adapters.ollama import (
     OllamaStreamTranslator,
     embed_from_upstream,
     embed_to_upstream,
+    encode_chat,
     from_upstream,
-    to_upstream,
 )
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import (
@@ -28,7 +28,7 @@ from gatewayd.daemon.core.graph import (
     Secret,
     Timeouts,
 )
-from gatewayd.daemon.formats.openai import DONE_EVENT, encode_embeddings
+from gatewayd.daemon.formats.openai import DONE_EVENT, decode_chat, encode_embeddings
 from tests.wire import (
     answer_json,
     chat_request,
@@ -53,6 +53,11 @@ WEATHER_TOOL = {
     },
 }
 
+
+
+def to_upstream(body: dict, model: str) -> bytes:
+    """An OpenAI client's chat body as the Ollama request the adapter sends."""
+    return encode_chat(decode_chat(body), model)
 
 def upstream(body: dict, model: str = "llama3.1:8b") -> dict:
     return orjson.loads(to_upstream(body, model))

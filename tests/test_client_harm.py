@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from gatewayd.adapters.base import MAX_NESTING
+from gatewayd.daemon.core.conversation import MAX_NESTING
 from tests.fakes_native import ANTHROPIC_KEY, FakeAnthropic, FakeOllama, serve
 
 # One counted failure would put a deployment into cooldown: any harm shows at once.

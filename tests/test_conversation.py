@@ -1,9 +1,6 @@
 """The neutral chat request: OpenAI bodies decoded into it, and the encoders that write it for
-Anthropic, Ollama and OpenAI upstreams.
-
-The equivalence tests (`test_same_as_*`) hold the encoders to the request translations they
-replace (`adapters/*.py: to_upstream`): same bytes, or the same 400. They are scaffolding for
-that migration, to be removed with the old functions; the direct tests further down stand alone.
+Anthropic, Ollama and OpenAI upstreams. (The exact bytes each encoder writes for the OpenAI
+bodies of tests/test_adapter_anthropic.py and tests/test_adapter_ollama.py are asserted there.)
 """
 
 from __future__ import annotations
@@ -15,9 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatewayd.adapters import anthropic as old_anthropic
-from gatewayd.adapters import ollama as old_ollama
-from gatewayd.adapters import ollama_request
+from gatewayd.adapters import ollama as ollama_request
 from gatewayd.daemon.core.conversation import (
     AUTO,
     REQUIRED,
@@ -35,8 +30,9 @@ from gatewayd.daemon.core.conversation import (
     UnsupportedTool,
 )
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
-from gatewayd.daemon.formats import anthropic_request, openai_request
-from gatewayd.daemon.formats.openai_request import decode_chat
+from gatewayd.daemon.formats import anthropic as anthropic_request
+from gatewayd.daemon.formats import openai as openai_request
+from gatewayd.daemon.formats.openai import decode_chat
 
 MODEL = "upstream-model"
 
@@ -222,11 +218,7 @@ BODIES = {
 
 
 def error_fields(error: UpstreamError) -> tuple:
-    code, param = error.code, error.param
-    if code is None and error.body is not None:  # an error in the former shape: its OpenAI body says them
-        detail = orjson.loads(error.body)["error"]
-        code, param = detail["code"], detail["param"]
-    return error.failure, error.status, error.message, code, param
+    return error.failure, error.status, error.message, error.code, error.param
 
 
 def outcome(encode, body: dict) -> bytes | tuple:
@@ -237,17 +229,6 @@ def outcome(encode, body: dict) -> bytes | tuple:
         return error_fields(error)
 
 
-def assert_same(new_encode, old_encode, body: dict) -> None:
-    """The new path does what the old did. One known difference: the old guard took every
-    TypeError for orjson's nesting limit (orjson.JSONEncodeError is TypeError), and answered
-    "nested too deeply" to a shape error that the new guard names as one."""
-    new, old = outcome(new_encode, body), outcome(old_encode, body)
-    if isinstance(old, tuple) and isinstance(new, tuple) and old[3] == "invalid_body" and new[3] == "invalid_value":
-        assert old[:2] == new[:2] and "a field has an unexpected shape" in new[2]
-    else:
-        assert new == old
-
-
 def new_anthropic(body: dict, model: str) -> bytes:
     return anthropic_request.encode_chat(decode_chat(body), model)
 
@@ -256,18 +237,13 @@ def new_ollama(body: dict, model: str) -> bytes:
     return ollama_request.encode_chat(decode_chat(body), model)
 
 
-# --- (a) the new path gives what the old one gave, for every body above -------------------------
+# --- (a) every body above: the encoders' bytes, or a client's 400 -------------------------------
 
 @pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
-def test_same_as_the_old_anthropic_translation(body):
+def test_decoding_and_encoding_never_change_the_clients_body(body):
     before = copy.deepcopy(body)
-    assert_same(new_anthropic, old_anthropic.to_upstream, body)
+    outcome(new_anthropic, body), outcome(new_ollama, body)
     assert body == before  # decoding reads the client's body, never changes it
-
-
-@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
-def test_same_as_the_old_ollama_translation(body):
-    assert_same(new_ollama, old_ollama.to_upstream, body)
 
 
 def test_the_fixtures_reach_both_answers_and_every_kind_of_error():
@@ -279,7 +255,7 @@ def test_the_fixtures_reach_both_answers_and_every_kind_of_error():
     assert {out[:2] for out in anthropic + ollama if isinstance(out, tuple)} == {(FailureClass.CLIENT, 400)}
 
 
-# --- (b) ... and for bodies hypothesis makes up -------------------------------------------------
+# --- (b) ... and for bodies hypothesis makes up: bytes or a client's 400, never another error ---
 
 def maybe(key: str, values: st.SearchStrategy) -> dict:
     return {key: values}
@@ -355,16 +331,25 @@ BODIES_MADE_UP = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(BODIES_MADE_UP)
-def test_same_as_the_old_anthropic_translation_for_any_body(body):
-    assert_same(new_anthropic, old_anthropic.to_upstream, body)
+def assert_bytes_or_a_client_error(encode, body: dict) -> None:
+    out = outcome(encode, body)
+    if isinstance(out, tuple):
+        assert out[:2] == (FailureClass.CLIENT, 400) and out[3] in {
+            "invalid_request", "unsupported_value", "invalid_value", "invalid_body"}
+    else:
+        assert isinstance(orjson.loads(out), dict)
 
 
 @settings(max_examples=200, deadline=None)
 @given(BODIES_MADE_UP)
-def test_same_as_the_old_ollama_translation_for_any_body(body):
-    assert_same(new_ollama, old_ollama.to_upstream, body)
+def test_any_body_becomes_an_anthropic_request_or_a_client_error(body):
+    assert_bytes_or_a_client_error(new_anthropic, body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(BODIES_MADE_UP)
+def test_any_body_becomes_an_ollama_request_or_a_client_error(body):
+    assert_bytes_or_a_client_error(new_ollama, body)
 
 
 # --- (c) OpenAI: decoded and written back, a body is the same ---------------------------------
@@ -456,9 +441,9 @@ def test_openai_round_trip_for_any_well_formed_body(body):
 
 @settings(max_examples=200, deadline=None)
 @given(WELL_FORMED_BODIES)
-def test_same_as_the_old_translations_for_any_well_formed_body(body):
-    assert_same(new_anthropic, old_anthropic.to_upstream, body)
-    assert_same(new_ollama, old_ollama.to_upstream, body)
+def test_any_well_formed_body_becomes_a_request_or_a_client_error(body):
+    assert_bytes_or_a_client_error(new_anthropic, body)
+    assert_bytes_or_a_client_error(new_ollama, body)
 
 
 # --- decoding ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from gatewayd.daemon.formats import openai as codec
 
 
 def decode_chat(body):
-    from gatewayd.daemon.formats.openai_request import decode_chat as decode
+    from gatewayd.daemon.formats.openai import decode_chat as decode
     return decode(body)
 
 

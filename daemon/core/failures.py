@@ -21,6 +21,9 @@ The decision table over these classes lives in gatewayd.daemon.routing.retry.
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
+
+import orjson
 
 
 class FailureClass(str, Enum):
@@ -101,3 +104,11 @@ class UpstreamError(Exception):
     def describe(self) -> str:
         status = f" {self.status}" if self.status else ""
         return f"{self.failure.value}{status}: {self.message}"
+
+
+def upstream_json(data: bytes, malformed: str) -> Any:
+    """`data` parsed as JSON; text that is not JSON is the upstream's protocol failure, `malformed`."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(FailureClass.PROTOCOL, malformed) from None

@@ -102,6 +102,18 @@ class Finish:
 StreamEvent = Union[Start, Delta, Finish]
 
 
+class StreamTranslator:
+    """Base of a pure translator from a provider's stream to neutral events: `feed(event, data)`
+    turns one piece (an SSE event's type and data; an NDJSON line, typeless) into
+    `StreamEvent`s, and sets `usage` as it learns it and `done` at the upstream's end."""
+
+    usage: Usage | None = None
+    done: bool = False
+
+    def feed(self, event: bytes, data: bytes) -> list[StreamEvent]:
+        raise NotImplementedError
+
+
 class ReplyStream(Protocol):
     """An open stream. Iterating yields, for a client of the upstream's own wire format
     (`format`), its events as bytes ready to write, its end marker included; for any other

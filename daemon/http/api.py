@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gatewayd.daemon.core.exchange import Operation, WireFormat
 from gatewayd.daemon.formats import openai as codec
-from gatewayd.daemon.formats.openai_request import decode_chat
+from gatewayd.daemon.formats.openai import decode_chat
 from gatewayd.daemon.http import catalog
 from gatewayd.daemon.http.errors import ApiError, error_body
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin

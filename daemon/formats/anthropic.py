@@ -1,5 +1,11 @@
-"""Anthropic Messages requests: a neutral `Chat` written as the body of POST /v1/messages.
+"""Anthropic Messages, the wire format of POST /v1/messages: a neutral `Chat` written as its
+request, and its answers, stream events and errors read as neutral values.
 
+Streams are SSE `event: X` / `data: {...}` pairs (message_start, content_block_start/_delta/
+_stop, message_delta, message_stop, ping, error); errors are
+`{"type": "error", "error": {"type", "message"}}`.
+
+Request (`encode_chat`):
   system / developer messages  -> top-level `system` (text parts joined, several joined by a blank line)
   user / assistant messages    -> `messages`, consecutive same-role messages merged (Anthropic alternates)
   Text / Refusal / Image parts -> text / image blocks (data: URL -> base64 source, http(s) -> url source)
@@ -15,9 +21,20 @@ Left out: seed, presence/frequency penalties, response_format, message names, to
 content parts and tools, image URLs other than data: (base64) and http(s), tool calls or
 results without ids, tool-call arguments that are not a JSON object, malformed content,
 stop and tool_choice.
+
+Answer (`decode_answer`, `StreamDecoder`): text blocks joined into the text (None when the
+answer is only tool calls), `tool_use` blocks -> tool calls, thinking blocks dropped.
+stop_reason -> finish reason: end_turn, stop_sequence, pause_turn -> stop; max_tokens,
+model_context_window_exceeded -> length; tool_use -> tool_calls; refusal -> content_filter.
+prompt_tokens counts input_tokens plus cache creation and cache read tokens. Error types map
+to failure classes and neutral kinds in ERROR_TYPES (billing_error counts as `auth`: the
+deployment's account is unusable); an in-band stream `error` event is `overloaded`, `server`
+or `rate_limit` by its type, else `protocol`.
 """
 
 from __future__ import annotations
+
+import time
 
 import orjson
 
@@ -40,9 +57,41 @@ from gatewayd.daemon.core.conversation import (
     json_body,
 )
 from gatewayd.daemon.core.conversation import client_error as neutral_client_error
-from gatewayd.daemon.core.failures import UpstreamError
+from gatewayd.daemon.core.exchange import WireFormat
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status, upstream_json
+from gatewayd.daemon.core.replies import (
+    Answer,
+    Delta,
+    Finish,
+    Start,
+    StreamEvent,
+    StreamTranslator,
+    ToolCallDelta,
+    Usage,
+)
 
+FORMAT = WireFormat.ANTHROPIC
 DEFAULT_MAX_TOKENS = 4096
+
+FINISH_REASONS = {
+    "end_turn": "stop", "stop_sequence": "stop", "pause_turn": "stop",
+    "max_tokens": "length", "model_context_window_exceeded": "length",
+    "tool_use": "tool_calls", "refusal": "content_filter",
+}
+
+# Anthropic error type -> (failure class, neutral error kind, error code)
+ERROR_TYPES = {
+    "invalid_request_error": (FailureClass.CLIENT, "invalid_request", None),
+    "request_too_large": (FailureClass.CLIENT, "invalid_request", "request_too_large"),
+    "authentication_error": (FailureClass.AUTH, "authentication", "invalid_api_key"),
+    "permission_error": (FailureClass.AUTH, "permission", None),
+    "billing_error": (FailureClass.AUTH, "billing", None),
+    "not_found_error": (FailureClass.NOT_FOUND, "not_found", "model_not_found"),
+    "rate_limit_error": (FailureClass.RATE_LIMIT, "rate_limit", "rate_limit_exceeded"),
+    "api_error": (FailureClass.SERVER, "server", None),
+    "timeout_error": (FailureClass.SERVER, "server", "timeout"),
+    "overloaded_error": (FailureClass.OVERLOADED, "overloaded", "overloaded"),
+}
 
 
 def client_error(message: str, param: str | None = None) -> UpstreamError:
@@ -216,3 +265,120 @@ def encode_tool_choice(choice: ToolChoice | Malformed | None, parallel: bool | N
     if parallel is False:
         out["disable_parallel_tool_use"] = True
     return out
+
+
+# --- answer ----------------------------------------------------------------------------------
+
+def _usage(usage: dict) -> Usage:
+    cache_read = usage.get("cache_read_input_tokens") or 0
+    prompt = (usage.get("input_tokens") or 0) + (usage.get("cache_creation_input_tokens") or 0) + cache_read
+    return Usage(prompt, usage.get("output_tokens") or 0, cache_read)
+
+
+def _protocol(message: str) -> UpstreamError:
+    return UpstreamError(FailureClass.PROTOCOL, message)
+
+
+def decode_answer(payload: dict, created: int | None = None) -> Answer:
+    """An Anthropic Message as a neutral answer."""
+    if not isinstance(payload, dict) or payload.get("type") == "error":
+        raise _protocol("upstream answer is not a message")
+    content = payload.get("content")
+    if not isinstance(content, list):
+        raise _protocol("upstream message has no content list")
+    texts, calls = [], []
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "text":
+            texts.append(block.get("text") or "")
+        elif kind == "tool_use":
+            calls.append(ToolCall(block.get("id"), block.get("name"), orjson.dumps(block.get("input") or {}).decode()))
+    usage = payload.get("usage")
+    return Answer(payload.get("id"), payload.get("model"), int(time.time()) if created is None else created,
+                  "".join(texts) if texts or not calls else None,
+                  FINISH_REASONS.get(payload.get("stop_reason"), "stop"),
+                  _usage(usage if isinstance(usage, dict) else {}), tuple(calls))
+
+
+def decode_error(status: int | None, payload, retry_after: float | None = None,
+                        raw: bytes | None = None) -> UpstreamError:
+    """An Anthropic error body (or anything else that came with an error status) as an UpstreamError;
+    `raw`, the body as it came, goes to an Anthropic client untouched."""
+    error = payload.get("error") if isinstance(payload, dict) else None
+    kind = error.get("type") if isinstance(error, dict) else None
+    message = str(error.get("message") or kind or "") if isinstance(error, dict) else ""
+    if kind in ERROR_TYPES:
+        failure, neutral, code = ERROR_TYPES[kind]
+    else:
+        failure = classify_status(status) if status else FailureClass.PROTOCOL
+        neutral, code = ("invalid_request" if failure == FailureClass.CLIENT else "upstream"), kind
+    message = message or (f"upstream answered HTTP {status}" if status else "upstream error")
+    return UpstreamError(failure, message, status=status, retry_after=retry_after, kind=neutral, code=code,
+                         body=raw if error is not None else None, body_format=WireFormat.ANTHROPIC)
+
+
+class StreamDecoder(StreamTranslator):
+    """Anthropic stream events in, neutral stream events out. Pure: no I/O."""
+
+    def __init__(self, created: int | None = None) -> None:
+        self.created = int(time.time()) if created is None else created
+        self.usage: Usage | None = None
+        self.done = False
+        self._tools: dict[int, int] = {}  # Anthropic block index -> the answer's tool call index
+        self._blocks: set[int] = set()  # every block index started
+        self._usage: dict = {}
+
+    def _count(self, usage) -> None:
+        if isinstance(usage, dict):
+            self._usage.update({k: v for k, v in usage.items() if isinstance(v, int)})
+            self.usage = _usage(self._usage)
+
+    def feed(self, event: bytes, data: bytes) -> list[StreamEvent]:
+        """One SSE event (name, data) in; the neutral events it becomes out."""
+        if self.done:
+            return []
+        payload = upstream_json(data, "malformed stream event from upstream")
+        if not isinstance(payload, dict):
+            raise _protocol("malformed stream event from upstream")
+        kind = payload.get("type") or event.decode("ascii", "replace")
+        try:
+            return self._dispatch(kind, payload)
+        except (AttributeError, KeyError, TypeError):
+            raise _protocol(f"malformed {kind} event from upstream") from None
+
+    def _dispatch(self, kind: str, event: dict) -> list[StreamEvent]:
+        if kind == "message_start":
+            message = event["message"]
+            self._count(message.get("usage"))
+            return [Start(id=message.get("id") or "", model=message.get("model") or "", created=self.created)]
+        if kind == "content_block_start":
+            block = event["content_block"]
+            self._blocks.add(event["index"])
+            if block["type"] == "tool_use":
+                index = self._tools[event["index"]] = len(self._tools)
+                return [Delta(tool_calls=(ToolCallDelta(index, "", block["id"], block["name"]),))]
+            if block["type"] == "text" and block.get("text"):
+                return [Delta(block["text"])]
+            return []
+        if kind == "content_block_delta":
+            delta = event["delta"]
+            if event["index"] not in self._blocks:
+                raise _protocol("stream delta for a content block that never started")
+            if delta["type"] == "text_delta":
+                return [Delta(delta["text"])] if delta["text"] else []
+            if delta["type"] == "input_json_delta" and event["index"] in self._tools and delta["partial_json"]:
+                return [Delta(tool_calls=(ToolCallDelta(self._tools[event["index"]], delta["partial_json"]),))]
+            return []  # thinking, signature, citation deltas and server tool input: no neutral counterpart
+        if kind == "message_delta":
+            self._count(event.get("usage"))
+            reason = event["delta"].get("stop_reason")
+            return [Finish(FINISH_REASONS.get(reason, "stop"))] if reason else []
+        if kind == "message_stop":
+            self.done = True
+            return []
+        if kind == "error":
+            error = decode_error(None, event)
+            if error.failure not in (FailureClass.OVERLOADED, FailureClass.SERVER, FailureClass.RATE_LIMIT):
+                error.failure = FailureClass.PROTOCOL
+            raise error
+        return []  # ping, content_block_stop, and event types added later
