@@ -111,7 +111,7 @@ class MockAdapter:
 
     async def embeddings(self, deployment: Deployment, request: Request) -> Reply:
         await self._start()
-        inputs = request.body.get("input")
+        inputs = request.embed().input
         inputs = [] if inputs is None else inputs if isinstance(inputs, list) else [inputs]
         usage = Usage(sum(count_tokens(str(t)) for t in inputs))
         vectors = [embedding(str(text)) for text in inputs]

@@ -48,6 +48,7 @@ from gatewayd.adapters.base import (
 )
 from gatewayd.daemon.core.conversation import (
     Chat,
+    Embed,
     Image,
     Malformed,
     Message,
@@ -307,16 +308,16 @@ class OllamaStreamTranslator(StreamTranslator):
 
 # -- embeddings --------------------------------------------------------------
 
-def embed_to_upstream(body: dict, model: str) -> bytes:
-    """An OpenAI embeddings request as the body of POST /api/embed."""
-    text = body.get("input")
+def encode_embed(embed: Embed, model: str) -> bytes:
+    """An embeddings request as the body of POST /api/embed."""
+    text = embed.input
     if not (isinstance(text, str) or (isinstance(text, list) and text
                                       and all(isinstance(item, str) for item in text))):
         raise client_error("Ollama embeds text only: input must be a string or a list of strings",
                            "input")
     out: dict = {"model": model, "input": text, "truncate": True}
-    if body.get("dimensions") is not None:
-        out["dimensions"] = body["dimensions"]
+    if embed.dimensions is not None:
+        out["dimensions"] = embed.dimensions
     return orjson.dumps(out)
 
 
@@ -366,9 +367,9 @@ class OllamaAdapter(HttpAdapter):
         return TranslatedStream(response, self.scrub, self._max_answer, translator, read_lines)
 
     async def embeddings(self, deployment: Deployment, request: Request) -> Reply:
-        body = request.body
-        payload = await self._post(deployment, "/api/embed", embed_to_upstream(body, deployment.model))
-        answer = embed_from_upstream(payload, body.get("model") or deployment.model)
+        embed = request.embed()
+        payload = await self._post(deployment, "/api/embed", encode_embed(embed, deployment.model))
+        answer = embed_from_upstream(payload, embed.model or deployment.model)
         return Reply(None, answer.usage, answer=answer)
 
 

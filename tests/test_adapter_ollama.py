@@ -13,8 +13,8 @@ from gatewayd.adapters.ollama import (
     OllamaAdapter,
     OllamaStreamTranslator,
     embed_from_upstream,
-    embed_to_upstream,
     encode_chat,
+    encode_embed,
     from_upstream,
 )
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
@@ -28,7 +28,7 @@ from gatewayd.daemon.core.graph import (
     Secret,
     Timeouts,
 )
-from gatewayd.daemon.formats.openai import DONE_EVENT, decode_chat, encode_embeddings
+from gatewayd.daemon.formats.openai import DONE_EVENT, decode_chat, decode_embed, encode_embeddings
 from tests.wire import (
     answer_json,
     chat_request,
@@ -53,6 +53,11 @@ WEATHER_TOOL = {
     },
 }
 
+
+
+def embed_to_upstream(body: dict, model: str) -> bytes:
+    """An OpenAI client's embeddings body as the Ollama request the adapter sends."""
+    return encode_embed(decode_embed(body), model)
 
 
 def to_upstream(body: dict, model: str) -> bytes:

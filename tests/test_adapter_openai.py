@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from gatewayd.adapters.base import MAX_ERROR_BODY
 from gatewayd.adapters.openai import OpenAIAdapter, check_chunk, from_upstream, glance, usage_from_openai
+from gatewayd.daemon.core.exchange import Operation, Request, WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import (
     Backoff,
@@ -314,3 +315,28 @@ async def test_a_stream_event_of_many_lines_is_bounded_as_a_whole(upstream):
         await stream.aclose()
     error = await first_event_failure(adapter, deployment)
     assert error.failure is FailureClass.PROTOCOL
+
+
+# --- an OpenAI client's request to an OpenAI upstream: a passthrough --------------------------
+
+def never_decoded(body: dict):
+    raise AssertionError("a passthrough must not decode the client's body")
+
+
+async def test_an_openai_clients_request_goes_on_as_its_bytes_never_decoded(upstream):
+    adapter, deployment, fake = await upstream()
+    body = {"model": "alias", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {"1": 2},
+            "some_future_field": {"kept": True}}
+    request = Request(Operation.CHAT, WireFormat.OPENAI, body, decode=never_decoded)
+    reply = await adapter.chat(deployment, request)
+    assert reply.format is WireFormat.OPENAI and reply.answer is None
+    assert orjson.loads(reply.body)["choices"][0]["message"]["role"] == "assistant"
+    stream = await adapter.stream(deployment, Request(Operation.CHAT, WireFormat.OPENAI, body, stream=True,
+                                                      decode=never_decoded))
+    try:
+        events = [event async for event in stream]
+    finally:
+        await stream.aclose()
+    assert stream.format is WireFormat.OPENAI and events[-1] == b"data: [DONE]\n\n"
+    assert all(isinstance(event, bytes) for event in events)
+

@@ -22,7 +22,7 @@ def chat_request(body: dict, *, stream: bool = False) -> Request:
 
 
 def embeddings_request(body: dict) -> Request:
-    return Request(Operation.EMBEDDINGS, WireFormat.OPENAI, body)
+    return Request(Operation.EMBEDDINGS, WireFormat.OPENAI, body, decode=codec.decode_embed)
 
 
 def error_json(error: UpstreamError) -> dict:

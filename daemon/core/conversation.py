@@ -174,6 +174,16 @@ class Chat:
     extra: Mapping[str, Any] = field(default_factory=lambda: EMPTY)  # e.g. Ollama's keep_alive, think, options
 
 
+@dataclass(frozen=True, slots=True)
+class Embed:
+    """An embeddings request: `input` as the client sent it, a text, or a list of texts or of
+    token arrays (each encoder refuses what its upstream cannot embed)."""
+
+    model: str | None
+    input: str | list
+    dimensions: int | None = None
+
+
 # --- encoding --------------------------------------------------------------------------------
 
 MAX_NESTING = 254  # levels of arrays and objects orjson writes; it reads up to 1024

@@ -3,8 +3,8 @@
 The HTTP layer reads the body in the client's wire format and wraps it in a `Request`:
 its operation, its format, whether it streams, and the body as the client sent it. An
 adapter whose upstream speaks that same format sends the body on (only `model` changed);
-any other asks `request.chat()` for the neutral chat request the client format's codec
-decodes (once, on first use, so a passthrough never pays for it).
+any other asks `request.chat()` (or `request.embed()`) for the neutral request the client
+format's codec decodes (once, on first use, so a passthrough never pays for it).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from gatewayd.daemon.core.conversation import Chat
+    from gatewayd.daemon.core.conversation import Chat, Embed
 
 
 class Operation(str, Enum):
@@ -37,25 +37,33 @@ class Request:
     """A client's request: `operation`, the client's `format`, `stream`, and `body`, its parsed
     JSON in that format. `capability` is what a deployment must offer to serve it."""
 
-    __slots__ = ("operation", "format", "body", "stream", "capability", "_decode", "_chat")
+    __slots__ = ("operation", "format", "body", "stream", "capability", "_decode", "_neutral")
 
     def __init__(self, operation: Operation, format: WireFormat, body: dict[str, Any], *, stream: bool = False,
-                 decode: Callable[[dict[str, Any]], Chat] | None = None) -> None:
+                 decode: Callable[[dict[str, Any]], Chat | Embed] | None = None) -> None:
         self.operation = operation
         self.format = format
         self.body = body
         self.stream = stream
         self.capability = "stream" if stream else operation.value
-        self._decode = decode
-        self._chat: Chat | None = None
+        self._decode = decode  # the client format's decoder for this operation
+        self._neutral: Any = None
 
     def chat(self) -> Chat:
-        """The chat request in neutral terms, decoded by the client format's codec on first use.
-        Raises the codec's `UpstreamError` (the client's 400) when the body cannot be read so."""
-        if self._chat is None:
-            if self._decode is None:
-                raise TypeError(f"a {self.format.value} {self.operation.value} request has no chat decoder")
-            chat = self._decode(self.body)
+        """The chat request in neutral terms, decoded by the client format's codec on first use."""
+        if self._neutral is None:
+            chat = self._decoded(Operation.CHAT)
             # whether it streams is the request's to say (the adapter method the router calls)
-            self._chat = chat if chat.stream is self.stream else replace(chat, stream=self.stream)
-        return self._chat
+            self._neutral = chat if chat.stream is self.stream else replace(chat, stream=self.stream)
+        return self._neutral
+
+    def embed(self) -> Embed:
+        """The embeddings request in neutral terms, decoded on first use."""
+        if self._neutral is None:
+            self._neutral = self._decoded(Operation.EMBEDDINGS)
+        return self._neutral
+
+    def _decoded(self, operation: Operation) -> Any:
+        if self.operation is not operation or self._decode is None:
+            raise TypeError(f"a {self.format.value} {self.operation.value} request has no {operation.value} decoder")
+        return self._decode(self.body)

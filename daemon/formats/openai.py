@@ -50,6 +50,7 @@ from gatewayd.daemon.core.conversation import (
     NONE,
     REQUIRED,
     Chat,
+    Embed,
     Image,
     Malformed,
     Message,
@@ -202,6 +203,11 @@ def decode_response_format(response_format: Any) -> ResponseFormat | Malformed |
         return ResponseFormat(kind)
     return ResponseFormat(kind, schema.get("name"), schema.get("description"), schema.get("schema"),
                           schema.get("strict"))
+
+
+def decode_embed(body: dict) -> Embed:
+    """The client's embeddings body (its `input` checked by the HTTP layer) in neutral terms."""
+    return Embed(body.get("model"), body.get("input"), body.get("dimensions"))
 
 
 # --- encoding ----------------------------------------------------------------------------------

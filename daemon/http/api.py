@@ -15,7 +15,7 @@ from aiohttp import web
 
 from gatewayd.daemon.core.exchange import Operation, WireFormat
 from gatewayd.daemon.formats import openai as codec
-from gatewayd.daemon.formats.openai import decode_chat
+from gatewayd.daemon.formats.openai import decode_chat, decode_embed
 from gatewayd.daemon.http import catalog
 from gatewayd.daemon.http.errors import ApiError, error_body
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
@@ -79,7 +79,7 @@ class OpenAIInbound:
     def __init__(self, operation: Operation) -> None:
         self.operation = operation
         self.chat = operation is Operation.CHAT
-        self.decode_chat = decode_chat if self.chat else None
+        self.decode = decode_chat if self.chat else decode_embed
 
     def check(self, body: dict) -> None:
         check_fields(body, self.operation.value)

@@ -31,7 +31,7 @@ from gatewayd.daemon.observe.accesslog import AccessRecord
 from gatewayd.daemon.routing.router import Outcome, RoutingFailed
 
 if TYPE_CHECKING:
-    from gatewayd.daemon.core.conversation import Chat
+    from gatewayd.daemon.core.conversation import Chat, Embed
     from gatewayd.daemon.http.runtime import Runtime
     from gatewayd.daemon.routing.snapshot import Snapshot
 
@@ -55,7 +55,7 @@ class Inbound(Protocol):
 
     def wants_stream(self, body: dict) -> bool: ...
 
-    decode_chat: Callable[[dict], Chat] | None  # the body as a neutral chat request, for translating adapters
+    decode: Callable[[dict], Chat | Embed]  # the body as a neutral request, for translating adapters
 
     def encode_reply(self, answer: Answer | Embeddings, body: dict) -> bytes: ...
 
@@ -138,7 +138,7 @@ class Pipeline:
                                param="model")
             inbound.check(body)
             call = Request(inbound.operation, inbound.format, body, stream=inbound.wants_stream(body),
-                           decode=inbound.decode_chat)
+                           decode=inbound.decode)
             outcome = await runtime.router.route(snapshot, route, call)
             record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
             headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts)
