@@ -1,5 +1,8 @@
-"""Anthropic Messages API: a `Chat` sent as daemon/formats/anthropic.py writes it, the
-answers and stream events read by that module's decoders.
+"""Anthropic Messages API. An Anthropic client's request goes on as it came, with only
+`model` replaced and the client's `anthropic-version` and `anthropic-beta`, and the answer
+and every stream event come back as the upstream's bytes (each event still read, for the
+usage, the end and in-band errors). Any other client's request is its `Chat` written by
+daemon/formats/anthropic.py, and the answers and events are read by that module's decoders.
 
 Wire format: POST {base_url}/v1/messages with `x-api-key: KEY` and `anthropic-version`
 (default 2023-06-01, or the provider option `anthropic_version`).
@@ -7,20 +10,27 @@ Wire format: POST {base_url}/v1/messages with `x-api-key: KEY` and `anthropic-ve
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, AsyncIterator
+
+import msgspec
+import orjson
+from multidict import CIMultiDictProxy
 
 from gatewayd.adapters.base import (
     HttpAdapter,
     ProviderType,
     TranslatedStream,
     TypeKey,
+    UpstreamStream,
     expect_stream,
     unsupported,
     upstream_json,
 )
 from gatewayd.adapters.sse import read_events
-from gatewayd.daemon.core.failures import UpstreamError
-from gatewayd.daemon.core.replies import Reply
+from gatewayd.daemon.core.conversation import too_deep_to_forward
+from gatewayd.daemon.core.exchange import WireFormat
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.replies import Reply, Usage
 from gatewayd.daemon.formats.anthropic import StreamDecoder, decode_answer, decode_error, encode_chat
 
 if TYPE_CHECKING:
@@ -28,6 +38,78 @@ if TYPE_CHECKING:
     from gatewayd.daemon.core.graph import Deployment
 
 DEFAULT_VERSION = "2023-06-01"
+WIRE = WireFormat.ANTHROPIC
+FORWARDED = ("anthropic-version", "anthropic-beta")  # a client's headers its upstream reads
+MAX_FORWARDED_FORMS = 64  # header sets kept built, by the forwarded values
+
+
+class UsageFields(msgspec.Struct):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_creation_input_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+
+
+class MessageFields(msgspec.Struct):
+    """What the gateway reads of a relayed answer: its usage; the rest is skipped unread."""
+
+    type: str = ""
+    usage: UsageFields | None = None
+
+
+GLANCE = msgspec.json.Decoder(MessageFields)
+
+
+def relayed_answer(raw: bytes) -> Reply:
+    """An Anthropic client's answer, as the upstream's bytes, once its usage is read."""
+    try:
+        fields = GLANCE.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a message") from None
+    if fields.type != "message":
+        raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a message")
+    usage = fields.usage
+    if usage is None:
+        return Reply(raw, None, WIRE)
+    cached = usage.cache_read_input_tokens or 0
+    prompt = usage.input_tokens + (usage.cache_creation_input_tokens or 0) + cached
+    return Reply(raw, Usage(prompt, usage.output_tokens, cached), WIRE)
+
+
+def relayed_body(body: dict, model: str) -> bytes:
+    """An Anthropic client's body with the deployment's model."""
+    try:
+        return orjson.dumps({**body, "model": model})
+    except orjson.JSONEncodeError:
+        raise too_deep_to_forward() from None
+
+
+class RelayedStream(UpstreamStream):
+    """An Anthropic stream relayed to an Anthropic client: every event goes on as its bytes, once
+    the decoder has read it (the usage, the end, an in-band error, a malformed event)."""
+
+    format = WIRE
+
+    def __init__(self, response, scrub, max_read: int) -> None:
+        super().__init__(response, scrub, max_read)
+        self.decoder = StreamDecoder()
+
+    @property
+    def usage(self) -> Usage | None:  # type: ignore[override]
+        return self.decoder.usage
+
+    @property
+    def done(self) -> bool:  # type: ignore[override]
+        return self.decoder.done
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        decoder, scrub = self.decoder, self.scrub
+        async for event, data in read_events(self.response.content, self.max_read):
+            data = scrub(data)
+            decoder.feed(event, data)
+            yield (b"event: " + event + b"\ndata: " + data + b"\n\n") if event else (b"data: " + data + b"\n\n")
+            if decoder.done:
+                return
 
 
 class AnthropicAdapter(HttpAdapter):
@@ -40,14 +122,38 @@ class AnthropicAdapter(HttpAdapter):
     def error_from_answer(self, status: int, payload: Any, raw: bytes, retry_after: float | None) -> UpstreamError:
         return decode_error(status, payload, retry_after, raw)
 
+    def __init__(self, provider) -> None:
+        super().__init__(provider)
+        self._forwarded: dict[tuple, CIMultiDictProxy] = {}
+
+    def forwarded_headers(self, request: Request) -> CIMultiDictProxy | None:
+        """The provider's headers with the client's `anthropic-version` and `anthropic-beta`."""
+        values = tuple(request.headers.get(name) for name in FORWARDED)
+        headers = self._forwarded.get(values)
+        if headers is None:
+            if len(self._forwarded) >= MAX_FORWARDED_FORMS:
+                self._forwarded.clear()
+            extra = {name: value for name, value in zip(FORWARDED, values, strict=True) if value is not None}
+            headers = self._forwarded[values] = self.with_headers(extra)
+        return headers
+
     async def chat(self, deployment: Deployment, request: Request) -> Reply:
         url = self.join(self.provider.base_url, "/v1/messages")
+        if request.format is WIRE:
+            return await self.fetch(deployment, url, relayed_body(request.body, deployment.model),
+                                    relayed_answer, self.forwarded_headers(request))
         raw = await self.fetch(deployment, url, encode_chat(request.chat(), deployment.model))
         answer = decode_answer(upstream_json(raw, "upstream answer is not JSON"))
         return Reply(None, answer.usage, answer=answer)
 
-    async def stream(self, deployment: Deployment, request: Request) -> TranslatedStream:
+    async def stream(self, deployment: Deployment, request: Request) -> TranslatedStream | RelayedStream:
         url = self.join(self.provider.base_url, "/v1/messages")
+        if request.format is WIRE:
+            body = request.body if request.body.get("stream") is True else {**request.body, "stream": True}
+            response = await self.send(deployment, url, relayed_body(body, deployment.model),
+                                       self.forwarded_headers(request))
+            expect_stream(response, "text/event-stream", "an event stream")
+            return RelayedStream(response, self.scrub, self._max_answer)
         response = await self.send(deployment, url, encode_chat(request.chat(), deployment.model))
         expect_stream(response, "text/event-stream", "an event stream")
         return TranslatedStream(response, self.scrub, self._max_answer, StreamDecoder(), read_events)

@@ -114,6 +114,7 @@ def unsupported(provider_type: str, operation: str) -> UpstreamError:
 # what aiohttp would add to every request; the provider's `headers` may replace any of them
 AUTO_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent": "gatewayd"}
 MAX_CACHED_URLS = 1024
+CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie"})
 MAX_ERROR_BODY = 64 * 1024  # an upstream's error answer is a short message: no more of it is read
 
 
@@ -321,10 +322,11 @@ class HttpAdapter:
         return self.scrub(text.encode()).decode("utf-8", "replace") if self._redactions else text
 
     async def send(
-        self, deployment: Deployment, url: str, payload: bytes
+        self, deployment: Deployment, url: str, payload: bytes, headers: CIMultiDictProxy | None = None,
     ) -> aiohttp.ClientResponse:
         """POST and return the response once its status is 2xx; else raise UpstreamError.
 
+        `headers` replaces the provider's own for this request (`with_headers` makes them).
         The caller reads (and releases) the returned response. Deadlines other
         than connect are the router's: it cancels this coroutine when they pass.
         """
@@ -337,7 +339,10 @@ class HttpAdapter:
             if len(self._urls) >= MAX_CACHED_URLS:  # deployments come and go across reloads
                 self._urls.clear()
             target = self._urls[url] = URL(url)
-        headers = self._headers if not self._signs else self.sign("POST", target, self._headers, payload)
+        if headers is None:
+            headers = self._headers
+        if self._signs:
+            headers = self.sign("POST", target, headers, payload)
         try:
             response = await self.session().post(
                 target, data=payload, headers=headers, allow_redirects=False, timeout=timeout,
@@ -358,13 +363,13 @@ class HttpAdapter:
         raise self.error_from_status(response.status, response.headers, self.scrub(raw or b""))
 
     async def fetch(self, deployment: Deployment, url: str, payload: bytes,
-                    read: Callable[[bytes], T] = unchanged) -> T:
+                    read: Callable[[bytes], T] = unchanged, headers: CIMultiDictProxy | None = None) -> T:
         """POST, read the whole (2xx) answer, scrubbed of the provider's key, and return `read(answer)`.
 
         With `read`, an adapter's `chat` can return this coroutine as its own rather than await
         it in one more: every frame on the request's path is resumed at each of its awaits.
         """
-        response = await self.send(deployment, url, payload)
+        response = await self.send(deployment, url, payload, headers)
         raw = None
         try:
             raw = await read_bounded(response, self._max_answer)
@@ -391,6 +396,15 @@ class HttpAdapter:
                                  body=raw, body_format=WireFormat.OPENAI)
         return UpstreamError(classify_status(status), f"upstream answered HTTP {status}", status=status,
                              retry_after=retry_after, kind="upstream")
+
+    def with_headers(self, extra: Mapping[str, str]) -> CIMultiDictProxy:
+        """The provider's headers with `extra` (a client's headers forwarded) set over them; the
+        provider's credentials are never replaced."""
+        headers = CIMultiDict(self._headers)
+        for name, value in extra.items():
+            if name.lower() not in CREDENTIAL_HEADERS:
+                headers[name] = value
+        return CIMultiDictProxy(headers)
 
     @staticmethod
     def join(base_url: str, path: str) -> str:

@@ -6,8 +6,10 @@ Wire format: POST {base_url}/chat/completions and /embeddings with
 `Authorization: Bearer KEY`; streams are SSE `data: {chat.completion.chunk}`
 events ending with `data: [DONE]`; errors are `{"error": {...}}` bodies.
 
-Clients speak it too (daemon/formats/openai.py): their requests are the only ones
-this adapter serves, as a passthrough.
+An OpenAI client's request goes on as it came, only `model` replaced, and the answer and
+stream events come back as the upstream's bytes (each event still read). Any other client's
+request is its `Chat` written by daemon/formats/openai.py, whose decoders read the answers
+and events back into neutral values.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import orjson
 from gatewayd.adapters.base import (
     HttpAdapter,
     ProviderType,
+    TranslatedStream,
     TypeKey,
     UpstreamStream,
     expect_stream,
@@ -31,7 +34,7 @@ from gatewayd.daemon.core.conversation import too_deep_to_forward
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Reply, Usage
-from gatewayd.daemon.formats.openai import DONE_EVENT
+from gatewayd.daemon.formats.openai import DONE_EVENT, StreamDecoder, decode_answer, encode_chat
 
 if TYPE_CHECKING:
     from gatewayd.daemon.core.exchange import Request
@@ -108,6 +111,15 @@ def from_upstream(raw: bytes) -> Reply:
     return Reply(raw, usage_from_openai(payload), WIRE)
 
 
+def translated_answer(raw: bytes) -> Reply:
+    """Another format's client's answer, read as a neutral one."""
+    payload = upstream_json(raw, "upstream answer is not JSON")
+    if not isinstance(payload, dict):
+        raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a JSON object")
+    answer = decode_answer(payload)
+    return Reply(None, answer.usage, answer=answer)
+
+
 def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
     """Validate one stream event's data; returns (event bytes to relay, usage seen).
 
@@ -158,28 +170,27 @@ class OpenAIAdapter(HttpAdapter):
 
     # `chat` and `embeddings` return fetch's coroutine as their own (see HttpAdapter.fetch)
     def chat(self, deployment: Deployment, request: Request) -> Awaitable[Reply]:
-        return self.fetch(deployment, self.url(deployment, "chat/completions"),
-                          to_upstream(passthrough(request), deployment.model), from_upstream)
+        url = self.url(deployment, "chat/completions")
+        if request.format is WIRE:
+            return self.fetch(deployment, url, to_upstream(request.body, deployment.model), from_upstream)
+        return self.fetch(deployment, url, encode_chat(request.chat(), deployment.model), translated_answer)
 
     def embeddings(self, deployment: Deployment, request: Request) -> Awaitable[Reply]:
+        if request.format is not WIRE:  # no other client format asks for embeddings
+            raise TypeError(f"a {request.format.value} client's embeddings request")
         return self.fetch(deployment, self.url(deployment, "embeddings"),
-                          to_upstream(passthrough(request), deployment.model), from_upstream)
+                          to_upstream(request.body, deployment.model), from_upstream)
 
-    async def stream(self, deployment: Deployment, request: Request) -> OpenAIStream:
-        response = await self.send(
-            deployment, self.url(deployment, "chat/completions"),
-            to_upstream({**passthrough(request), "stream": True}, deployment.model),
-        )
+    async def stream(self, deployment: Deployment, request: Request) -> OpenAIStream | TranslatedStream:
+        url = self.url(deployment, "chat/completions")
+        if request.format is WIRE:
+            body = request.body if request.body.get("stream") is True else {**request.body, "stream": True}
+            response = await self.send(deployment, url, to_upstream(body, deployment.model))
+            expect_stream(response, "text/event-stream", "an event stream")
+            return OpenAIStream(response, self.scrub, self._max_answer)
+        response = await self.send(deployment, url, encode_chat(request.chat(), deployment.model))
         expect_stream(response, "text/event-stream", "an event stream")
-        return OpenAIStream(response, self.scrub, self._max_answer)
-
-
-def passthrough(request: Request) -> dict:
-    """The client's body, to send on: only OpenAI's own clients reach an OpenAI upstream (no
-    other inbound format is served yet), and their bytes go on untranslated."""
-    if request.format is not WIRE:
-        raise TypeError(f"an OpenAI upstream cannot serve a {request.format.value} request")
-    return request.body
+        return TranslatedStream(response, self.scrub, self._max_answer, StreamDecoder(), read_events)
 
 
 class AzureOpenAIAdapter(OpenAIAdapter):

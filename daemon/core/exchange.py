@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
     from gatewayd.daemon.core.conversation import Chat, Embed
+
+
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
 class Operation(str, Enum):
@@ -35,16 +39,20 @@ class WireFormat(str, Enum):
 
 class Request:
     """A client's request: `operation`, the client's `format`, `stream`, and `body`, its parsed
-    JSON in that format. `capability` is what a deployment must offer to serve it."""
+    JSON in that format; `headers`, the client's, for an adapter of the same format to forward
+    the ones its upstream reads (Anthropic's `anthropic-version`, `anthropic-beta`).
+    `capability` is what a deployment must offer to serve it."""
 
-    __slots__ = ("operation", "format", "body", "stream", "capability", "_decode", "_neutral")
+    __slots__ = ("operation", "format", "body", "stream", "headers", "capability", "_decode", "_neutral")
 
     def __init__(self, operation: Operation, format: WireFormat, body: dict[str, Any], *, stream: bool = False,
-                 decode: Callable[[dict[str, Any]], Chat | Embed] | None = None) -> None:
+                 decode: Callable[[dict[str, Any]], Chat | Embed] | None = None,
+                 headers: Mapping[str, str] = NO_HEADERS) -> None:
         self.operation = operation
         self.format = format
         self.body = body
         self.stream = stream
+        self.headers = headers
         self.capability = "stream" if stream else operation.value
         self._decode = decode  # the client format's decoder for this operation
         self._neutral: Any = None

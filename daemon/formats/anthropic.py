@@ -1,5 +1,7 @@
-"""Anthropic Messages, the wire format of POST /v1/messages: a neutral `Chat` written as its
-request, and its answers, stream events and errors read as neutral values.
+"""Anthropic Messages, the wire format of POST /v1/messages, from both sides: for an Anthropic
+upstream, a neutral `Chat` written as its request, and its answers, stream events and errors
+read as neutral values; for an Anthropic client served by another format's upstream, its
+request read as a `Chat`, and neutral answers, stream events and errors written for it.
 
 Streams are SSE `event: X` / `data: {...}` pairs (message_start, content_block_start/_delta/
 _stop, message_delta, message_stop, ping, error); errors are
@@ -30,16 +32,77 @@ prompt_tokens counts input_tokens plus cache creation and cache read tokens. Err
 to failure classes and neutral kinds in ERROR_TYPES (billing_error counts as `auth`: the
 deployment's account is unusable); an in-band stream `error` event is `overloaded`, `server`
 or `rate_limit` by its type, else `protocol`.
+
+Client request (`decode_chat`), one pass that never raises, nothing copied:
+  system (a string, or blocks)  -> a first `system` message
+  messages[].content            -> a string as it is; blocks: text -> Text, image -> Image (base64
+                                   source -> data:<media_type>;base64,<data>, url source -> its URL),
+                                   any other -> UnsupportedPart (a document, a server tool's blocks, ...);
+                                   a system prompt's or an assistant's blocks that are all text -> one
+                                   string, joined as `encode_chat` joins a system prompt's (many
+                                   OpenAI-compatible servers take a list of parts only from a user)
+  an assistant's tool_use       -> its tool_calls: ToolCall(id, name, `input` as JSON text)
+  a user's tool_result blocks   -> a `tool` message each (tool_use_id; content a string, or text /
+                                   image parts; none -> ""), then the turn's other blocks as a user
+                                   message: OpenAI wants a call's results right after the call
+  thinking, redacted_thinking   -> dropped: no other upstream reads them (an Anthropic deployment
+                                   gets the client's body itself, so they never need restoring)
+  max_tokens, temperature, top_p, stream  -> as they are;  stop_sequences -> stop;  metadata.user_id -> user
+  tools                         -> custom tools: Tool(name, description, input_schema, strict);
+                                   server tools (another `type`): UnsupportedTool
+  tool_choice                   -> auto / any / none / tool -> AUTO / REQUIRED / NONE / ToolChoice("tool", name);
+                                   disable_parallel_tool_use: true -> parallel_tool_calls false
+  output_config.format          -> ResponseFormat("json_schema", schema) (output_config goes to `extra` too)
+  any other field               -> `extra`, by name (top_k, thinking, service_tier, ...)
+Dropped: cache_control, citations, a tool result's is_error (its content says what failed).
+Unreadable shapes: content or system neither text nor a list, stop_sequences not a list of
+strings, tool_choice not one of the above -> Malformed; a message that is not an object ->
+Message(None, Malformed). Written back by `encode_chat`, a body is the same for what both
+model, but for: one text block reads as a string, the system's and an assistant's text blocks
+joined, an assistant's text before its tool_use blocks, consecutive turns of one role merged,
+a tool result's empty content left out.
+
+Client answer (`encode_answer`):
+  {"id", "type": "message", "role": "assistant", "model", "content", "stop_reason",
+   "stop_sequence": null, "usage"}
+  content       reasoning as a thinking block (signature "": only Anthropic can sign one), the
+                text block (if any text), tool_use blocks (arguments that are not a JSON
+                object: input {}, as Anthropic's input is always an object)
+  stop_reason   stop -> end_turn (tool_use when the answer calls tools), length -> max_tokens,
+                tool_calls -> tool_use, content_filter -> refusal; stop_sequence is always null
+                (which sequence stopped an upstream is not known)
+  usage         input_tokens = prompt_tokens - cached_tokens (neutral prompt tokens count the
+                cached ones, Anthropic's input tokens do not), output_tokens, and
+                cache_read_input_tokens when any were cached
+  id            the upstream's, prefixed msg_ unless it is one already (chatcmpl-1 -> msg_chatcmpl-1)
+
+Client stream (`StreamEncoder`), SSE `event: X` / `data: {...}` pairs as Anthropic writes them:
+  message_start  (usage 0 and 0: an upstream of another format tells it only at the end)
+  per block      content_block_start (thinking with signature "", text, or tool_use with id,
+                 name and input {}), its deltas (thinking_delta, text_delta, input_json_delta),
+                 content_block_stop when the next block starts or at Finish; within one event
+                 reasoning, then text, then tool calls. A tool call's piece that comes after its
+                 block stopped (calls interleaved, which OpenAI never sends) goes to that block's index.
+  `end(usage)`   message_delta (the held Finish's stop_reason, the usage in full: cumulative, as
+                 Anthropic's) then message_stop. The usage comes after the Finish in an OpenAI
+                 stream, so the Finish is held until then.
+Errors: `error_body` names a neutral kind by Anthropic's error type (ERROR_NAMES: billing_error
+and timeout_error are Anthropic's own, as its errors page lists them); `upstream_error_body` is
+an Anthropic upstream's own body as it came, anyone else's written so; `stream_error` ends a
+failed stream with `event: error` (overloaded_error or api_error) and no message_stop.
 """
 
 from __future__ import annotations
 
 import time
+from types import MappingProxyType
+from typing import Any
 
 import orjson
 
 from gatewayd.daemon.core.conversation import (
     AUTO,
+    EMPTY,
     NONE,
     REQUIRED,
     Chat,
@@ -48,10 +111,12 @@ from gatewayd.daemon.core.conversation import (
     Message,
     Part,
     Refusal,
+    ResponseFormat,
     Text,
     Tool,
     ToolCall,
     ToolChoice,
+    UnsupportedPart,
     UnsupportedTool,
     chat_encoder,
     json_body,
@@ -60,6 +125,10 @@ from gatewayd.daemon.core.conversation import client_error as neutral_client_err
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status, upstream_json
 from gatewayd.daemon.core.replies import (
+    CONTENT_FILTER,
+    LENGTH,
+    STOP,
+    TOOL_CALLS,
     Answer,
     Delta,
     Finish,
@@ -382,3 +451,356 @@ class StreamDecoder(StreamTranslator):
                 error.failure = FailureClass.PROTOCOL
             raise error
         return []  # ping, content_block_stop, and event types added later
+
+
+# === the client side: an Anthropic client served by an upstream of another format ==============
+
+# --- requests ---------------------------------------------------------------------------------
+
+# The body's fields that `Chat` models; every other goes to `extra`.
+MODELLED = frozenset({
+    "model", "messages", "system", "max_tokens", "temperature", "top_p", "stop_sequences", "stream", "metadata",
+    "tools", "tool_choice",
+})
+CHOICES = {"auto": AUTO, "any": REQUIRED, "none": NONE}
+THINKING_BLOCKS = frozenset({"thinking", "redacted_thinking"})
+
+
+def decode_chat(body: dict) -> Chat:
+    """The client's Messages body (parsed) as a neutral `Chat`. Never raises: what cannot be
+    read is carried as `Malformed` / `UnsupportedPart` / `UnsupportedTool`, for the encoder to refuse."""
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        turns = [neutral for message in messages for neutral in decode_turn(message)]
+    else:
+        turns = [] if messages is None else [Message(None, Malformed(messages))]
+    system = decode_system(body.get("system"))
+    choice = body.get("tool_choice")
+    metadata = body.get("metadata")
+    extra = {key: value for key, value in body.items() if key not in MODELLED}
+    return Chat(
+        body.get("model"),
+        tuple(turns) if system is None else (system, *turns),
+        client_format=FORMAT,
+        stream=bool(body.get("stream")),
+        max_tokens=body.get("max_tokens"),
+        temperature=body.get("temperature"),
+        top_p=body.get("top_p"),
+        stop=decode_stop(body.get("stop_sequences")),
+        user=metadata.get("user_id") if isinstance(metadata, dict) else None,
+        tools=decode_tools(body.get("tools")),
+        tool_choice=decode_tool_choice(choice),
+        # only a `true` says anything: parallel calls are the default
+        parallel_tool_calls=(False if isinstance(choice, dict) and choice.get("disable_parallel_tool_use") is True
+                             else None),
+        response_format=decode_output_format(body.get("output_config")),
+        extra=MappingProxyType(extra) if extra else EMPTY,
+    )
+
+
+def decode_system(system: Any) -> Message | None:
+    if not system:
+        return None
+    if isinstance(system, str):
+        return Message("system", system)
+    if isinstance(system, list):
+        return Message("system", joined(tuple(map(decode_block, system))))
+    return Message("system", Malformed(system))
+
+
+def joined(parts: tuple[Part, ...]) -> str | tuple[Part, ...]:
+    """Parts that are all text as one string (as Anthropic's encoder joins a system prompt's):
+    many OpenAI-compatible servers take a list of parts only from a user."""
+    if all(type(part) is Text and isinstance(part.text, str) for part in parts):
+        return "".join(part.text for part in parts) if len(parts) != 1 else parts[0].text
+    return parts
+
+
+def decode_turn(message: Any) -> list[Message]:
+    """One Anthropic turn as neutral messages: one, or for a user turn with tool results, a
+    `tool` message per result followed by a user message with the turn's other blocks."""
+    if not isinstance(message, dict):
+        return [Message(None, Malformed(message))]
+    role, content = message.get("role"), message.get("content")
+    if content is None or isinstance(content, str):
+        return [Message(role, content)]
+    if not isinstance(content, list):
+        return [Message(role, Malformed(content))]
+    if role == "assistant":
+        return [decode_assistant(content)]
+    results, parts = [], []
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_result" and role == "user":
+            results.append(decode_tool_result(block))
+        elif kind not in THINKING_BLOCKS:
+            parts.append(decode_block(block))
+    if parts or not results:
+        results.append(Message(role, tuple(parts)))
+    return results
+
+
+def decode_assistant(content: list) -> Message:
+    parts, calls = [], []
+    for block in content:
+        kind = block.get("type") if isinstance(block, dict) else None
+        if kind == "tool_use":
+            calls.append(decode_tool_use(block))
+        elif kind not in THINKING_BLOCKS:
+            parts.append(decode_block(block))
+    # a turn that is only tool calls has no content, as OpenAI writes one
+    return Message("assistant", joined(tuple(parts)) if parts or not calls else None, tuple(calls))
+
+
+def decode_block(block: Any) -> Part:
+    """A content block other than tool_use / tool_result as a neutral part."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    if kind == "text":
+        return Text(block.get("text") or "")
+    if kind == "image":
+        return decode_image(block.get("source"))
+    return UnsupportedPart(kind)
+
+
+def decode_image(source: Any) -> Part:
+    kind = source.get("type") if isinstance(source, dict) else None
+    if kind == "base64":
+        media_type, data = source.get("media_type"), source.get("data")
+        if isinstance(media_type, str) and isinstance(data, str):
+            return Image(f"data:{media_type};base64,{data}")
+    elif kind == "url":
+        return Image(source.get("url"))
+    # a file id (the Files API) or an unreadable source: no neutral image says it
+    return UnsupportedPart(f"image with a {kind} source" if isinstance(kind, str) else "image without a source")
+
+
+def decode_tool_use(block: dict) -> ToolCall | Malformed:
+    try:  # the input as JSON text; nesting deeper than orjson writes leaves it unreadable
+        arguments = orjson.dumps(block.get("input") or {}).decode()
+    except TypeError:
+        return Malformed(block)
+    return ToolCall(block.get("id"), block.get("name"), arguments)
+
+
+def decode_tool_result(block: dict) -> Message:
+    content = block.get("content")
+    if content is None:
+        content = ""  # Anthropic takes a result without content; OpenAI wants one
+    elif isinstance(content, list):
+        content = tuple(map(decode_block, content))
+    elif not isinstance(content, str):
+        content = Malformed(content)
+    return Message("tool", content, tool_call_id=block.get("tool_use_id"))
+
+
+def decode_stop(stop: Any) -> tuple[str, ...] | Malformed:
+    if stop is None or stop == []:
+        return ()
+    if isinstance(stop, list) and all(isinstance(item, str) for item in stop):
+        return tuple(stop)
+    return Malformed(stop)  # a lone string too: Anthropic takes only a list
+
+
+def decode_tools(tools: Any) -> tuple[Tool | UnsupportedTool, ...]:
+    if not tools:
+        return ()
+    if not isinstance(tools, list):
+        return (UnsupportedTool(None),)
+    return tuple(map(decode_tool, tools))
+
+
+def decode_tool(tool: Any) -> Tool | UnsupportedTool:
+    if not isinstance(tool, dict):
+        return UnsupportedTool(None)
+    kind = tool.get("type")
+    if kind not in (None, "custom"):  # a server tool: web_search_..., bash_..., text_editor_...
+        return UnsupportedTool(kind)
+    return Tool(tool.get("name"), tool.get("description"), tool.get("input_schema"), tool.get("strict"))
+
+
+def decode_tool_choice(choice: Any) -> ToolChoice | Malformed | None:
+    if choice is None:
+        return None
+    kind = choice.get("type") if isinstance(choice, dict) else None
+    if kind in CHOICES:
+        return CHOICES[kind]
+    if kind == "tool" and choice.get("name"):
+        return ToolChoice("tool", choice["name"])
+    return Malformed(choice)
+
+
+def decode_output_format(config: Any) -> ResponseFormat | Malformed | None:
+    output_format = config.get("format") if isinstance(config, dict) else None
+    if output_format is None:
+        return None
+    if isinstance(output_format, dict) and output_format.get("type") == "json_schema":
+        return ResponseFormat("json_schema", schema=output_format.get("schema"))
+    return Malformed(output_format)
+
+
+# --- answers ----------------------------------------------------------------------------------
+
+STOP_REASONS = {STOP: "end_turn", LENGTH: "max_tokens", TOOL_CALLS: "tool_use", CONTENT_FILTER: "refusal"}
+
+
+def message_id(upstream_id: str) -> str:
+    """Anthropic's ids read msg_...: another upstream's id, prefixed, still names its answer."""
+    return upstream_id if upstream_id.startswith("msg_") else "msg_" + upstream_id
+
+
+def stop_reason(finish: str | None, called: bool) -> str:
+    reason = STOP_REASONS.get(finish, "end_turn")  # a reason added later ends the turn
+    # Anthropic ends a turn that calls tools with tool_use, and agents loop on it; some
+    # OpenAI-compatible servers finish such a turn with "stop"
+    return "tool_use" if called and reason == "end_turn" else reason
+
+
+def usage_of(counted: Usage | None) -> dict:
+    counted = counted or Usage()
+    out = {"input_tokens": max(counted.prompt_tokens - counted.cached_tokens, 0),
+           "output_tokens": counted.completion_tokens}
+    if counted.cached_tokens:
+        out["cache_read_input_tokens"] = counted.cached_tokens
+    return out
+
+
+def tool_input(arguments: str) -> dict:
+    """A call's JSON arguments as Anthropic's `input`, always an object: {} for arguments that
+    are not one (the model wrote them so; the client's tool refuses them as it would {})."""
+    try:
+        parsed = orjson.loads(arguments) if arguments else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def encode_answer(answer: Answer) -> bytes:
+    content: list[dict] = []
+    if answer.reasoning:
+        content.append({"type": "thinking", "thinking": answer.reasoning, "signature": ""})
+    if answer.text:
+        content.append({"type": "text", "text": answer.text})
+    content += ({"type": "tool_use", "id": call.id, "name": call.name, "input": tool_input(call.arguments)}
+                for call in answer.tool_calls)
+    return orjson.dumps({
+        "id": message_id(answer.id), "type": "message", "role": "assistant", "model": answer.model,
+        "content": content, "stop_reason": stop_reason(answer.finish, bool(answer.tool_calls)),
+        "stop_sequence": None, "usage": usage_of(answer.usage),
+    })
+
+
+# --- streams ----------------------------------------------------------------------------------
+
+PING_EVENT = b'event: ping\ndata: {"type":"ping"}\n\n'  # Anthropic's keep-alive, for a relay that idles
+
+
+def sse(kind: str, data: dict) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+
+class StreamEncoder:
+    """Neutral stream events in, Anthropic's SSE events out, for one client's stream (the
+    module's docstring says in what order)."""
+
+    __slots__ = ("model", "started", "blocks", "open", "tools", "reason")
+
+    def __init__(self, body: dict) -> None:
+        model = body.get("model")
+        self.model = model if isinstance(model, str) else ""  # for a stream that never said its own
+        self.started = False
+        self.blocks = 0  # content blocks started
+        self.open: str | int | None = None  # the open block: "thinking", "text", or a tool call's index
+        self.tools: dict[int, int] = {}  # a tool call's index -> its block's index
+        self.reason: str | None = None  # the Finish's, written by `end`
+
+    def encode(self, event: StreamEvent) -> bytes:
+        out = [] if self.started else [self.message_start(event)]
+        if isinstance(event, Finish):
+            self.close(out)
+            self.reason = event.reason
+            return b"".join(out)
+        if event.reasoning:
+            self.into(out, "thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            out.append(self.delta(self.blocks - 1, {"type": "thinking_delta", "thinking": event.reasoning}))
+        if event.text:
+            self.into(out, "text", {"type": "text", "text": ""})
+            out.append(self.delta(self.blocks - 1, {"type": "text_delta", "text": event.text}))
+        for piece in event.tool_calls:
+            if piece.index not in self.tools:
+                self.into(out, piece.index, {"type": "tool_use", "id": piece.id or "", "name": piece.name or "",
+                                             "input": {}})
+                self.tools[piece.index] = self.blocks - 1
+            if piece.arguments:
+                out.append(self.delta(self.tools[piece.index],
+                                      {"type": "input_json_delta", "partial_json": piece.arguments}))
+        return b"".join(out)
+
+    def end(self, counted: Usage | None) -> bytes:
+        """The stream's last events: message_delta with the stop reason and the usage, then message_stop."""
+        out = [] if self.started else [self.message_start(None)]
+        self.close(out)
+        out.append(sse("message_delta", {
+            "type": "message_delta",
+            "delta": {"stop_reason": stop_reason(self.reason, bool(self.tools)), "stop_sequence": None},
+            "usage": usage_of(counted)}))
+        out.append(sse("message_stop", {"type": "message_stop"}))
+        return b"".join(out)
+
+    def message_start(self, event: StreamEvent | None) -> bytes:
+        self.started = True
+        upstream_id, model = (event.id, event.model or self.model) if isinstance(event, Start) else ("", self.model)
+        return sse("message_start", {"type": "message_start", "message": {
+            "id": message_id(upstream_id), "type": "message", "role": "assistant", "model": model, "content": [],
+            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 0, "output_tokens": 0}}})
+
+    def into(self, out: list[bytes], block: str | int, start: dict) -> None:
+        """Make `block` the open one: the open block stops, `block` starts, unless it is open already."""
+        if self.open == block:
+            return
+        self.close(out)
+        out.append(sse("content_block_start", {"type": "content_block_start", "index": self.blocks,
+                                               "content_block": start}))
+        self.open = block
+        self.blocks += 1
+
+    def close(self, out: list[bytes]) -> None:
+        if self.open is not None:
+            out.append(sse("content_block_stop", {"type": "content_block_stop", "index": self.blocks - 1}))
+            self.open = None
+
+    @staticmethod
+    def delta(index: int, delta: dict) -> bytes:
+        return sse("content_block_delta", {"type": "content_block_delta", "index": index, "delta": delta})
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+ERROR_NAMES = {  # neutral error kind -> Anthropic error type
+    "invalid_request": "invalid_request_error", "authentication": "authentication_error",
+    "permission": "permission_error", "billing": "billing_error", "not_found": "not_found_error",
+    "rate_limit": "rate_limit_error", "server": "api_error", "overloaded": "overloaded_error",
+    "timeout": "timeout_error", "upstream": "api_error",
+    # no deployment can answer now: Anthropic's word for "try again shortly"
+    "unavailable": "overloaded_error",
+}
+
+
+def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> bytes:
+    """Anthropic's error shape, `{"type": "error", "error": {"type", "message"}}`: it has no
+    place for a code or a param."""
+    return orjson.dumps({"type": "error", "error": {"type": ERROR_NAMES.get(kind, "api_error"), "message": message}})
+
+
+def upstream_error_body(error: UpstreamError) -> bytes:
+    """What a client is told of an upstream's refusal of its request: an Anthropic upstream's own
+    error answer as it came, anyone else's in Anthropic's shape."""
+    if error.body is not None and error.body_format == FORMAT:
+        return error.body
+    return error_body(error.message, error.kind, error.code, error.param)
+
+
+def stream_error(error: UpstreamError) -> bytes:
+    """The event that ends a stream the upstream failed after its first byte (no message_stop
+    follows: the client must not take it for a complete answer)."""
+    kind = "overloaded" if error.failure is FailureClass.OVERLOADED else "server"
+    return b"event: error\ndata: " + error_body("the upstream stream failed: " + error.message, kind) + b"\n\n"

@@ -33,12 +33,16 @@ older name), `stop` always a list, `stream` only when true, fields that were nul
 and a message's fields other than role, content, name, tool_calls and tool_call_id (a part's
 other than those above) are not kept. A `Chat` from another format's decoder has its `extra`
 left out: those fields are in that format's words.
+
+An OpenAI-compatible upstream's answers and streams, read as neutral values (`decode_answer`,
+`StreamDecoder`) for a client of another format: see "an OpenAI upstream's answers, read" below.
 """
 
 from __future__ import annotations
 
 import base64
 import struct
+import time
 from types import MappingProxyType
 from typing import Any
 
@@ -68,8 +72,22 @@ from gatewayd.daemon.core.conversation import (
     json_body,
 )
 from gatewayd.daemon.core.exchange import WireFormat
-from gatewayd.daemon.core.failures import UpstreamError
-from gatewayd.daemon.core.replies import Answer, Embeddings, Finish, Start, StreamEvent, Usage
+from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.replies import (
+    CONTENT_FILTER,
+    LENGTH,
+    STOP,
+    TOOL_CALLS,
+    Answer,
+    Delta,
+    Embeddings,
+    Finish,
+    Start,
+    StreamEvent,
+    StreamTranslator,
+    ToolCallDelta,
+    Usage,
+)
 
 FORMAT = WireFormat.OPENAI
 DONE_EVENT = b"data: [DONE]\n\n"  # how an OpenAI stream ends
@@ -246,6 +264,8 @@ def encode_chat(chat: Chat, model: str) -> bytes:
         out["response_format"] = encode_response_format(chat.response_format)
     if chat.client_format == FORMAT:  # another format's fields would mean nothing here
         out.update(chat.extra)
+    elif chat.stream:  # the gateway books the usage, and another format's stream ends with it
+        out["stream_options"] = {"include_usage": True}
     return json_body(out)
 
 
@@ -447,3 +467,328 @@ def stream_error(error: UpstreamError) -> bytes:
     body = error_body("the upstream stream failed: " + error.message, "upstream", error.failure.value)
     return b"data: " + body + b"\n\n"
 
+
+# --- an OpenAI upstream's answers, read ------------------------------------------------------
+#
+# What an OpenAI-compatible upstream (OpenAI, Azure OpenAI, vLLM, Groq, DeepSeek, Mistral,
+# OpenRouter, llama.cpp, ...) answers, read as neutral values for a client of another format.
+# (An OpenAI client's answer is relayed as it came: adapters/openai.py.) Error answers, those
+# with an error status, are read by HttpAdapter.error_from_answer; these readers see only the
+# 200s, in-band errors included.
+#
+#   answer (`decode_answer`)       the first choice only (n > 1: the others are left out)
+#     message.content              -> text: a string as it is, null as None; a list of parts
+#                                     (Mistral) as its text parts joined, its thinking parts
+#                                     as reasoning
+#     message.refusal              -> appended to the text, and a `stop` becomes content_filter
+#                                     (a refusal is the model declining: Anthropic's `refusal`)
+#     message.tool_calls           -> ToolCall(id, function.name, function.arguments); arguments
+#                                     sent as an object (some servers) as its JSON text
+#     message.function_call        -> (legacy functions API) one ToolCall with an empty id
+#     reasoning_content (vLLM, DeepSeek), else reasoning (vLLM, Groq, OpenRouter) -> reasoning
+#                                     ("" read as None; a value other than text is left out)
+#     usage                        -> prompt / completion tokens; cached: prompt_tokens_details.
+#                                     cached_tokens, else DeepSeek's prompt_cache_hit_tokens
+#   finish_reason                  stop, length, tool_calls, content_filter as they are;
+#                                  function_call -> tool_calls; Mistral's model_length -> length;
+#                                  null, missing or any other -> stop; the reasons that say the
+#                                  upstream failed mid-answer (OpenRouter's and Mistral's `error`,
+#                                  vLLM's `abort`, DeepSeek's `insufficient_system_resource`)
+#                                  raise a `server` UpstreamError: the answer is incomplete.
+#   in-band error                  {"error": {...}} (or a string), or an object whose `object` is
+#                                  "error" (vLLM's ErrorResponse): an UpstreamError whose class its
+#                                  type or code names (`in_band_error`); `protocol` otherwise.
+#   malformed                      not an object, no choices, a choice or tool call of the wrong
+#                                  shape: a `protocol` UpstreamError.
+#
+# Streams (`StreamDecoder`): `chat.completion.chunk` events, then `data: [DONE]`.
+#   - Only the choice with index 0 is read (n > 1: the other choices' chunks are left out).
+#   - The first chunk with that choice is the `Start` (its id, model, created, and whatever
+#     piece its delta already holds); a chunk with no choices before it (Azure's
+#     prompt_filter_results) gives nothing. Each later delta with text, reasoning, a refusal or
+#     tool calls is a `Delta`; an empty one (a `role`-only delta) gives nothing.
+#   - Tool-call pieces: by `index`; a call's first piece carries its id and name ("" where the
+#     server sent none), later pieces never (servers that repeat them on every piece are read as
+#     OpenAI writes it). A piece without an index continues the last call, or starts the next
+#     one when it has a new id.
+#   - finish_reason -> one `Finish`, read as for answers (a streamed refusal turns stop into
+#     content_filter); a chunk with content for the answer after it is malformed (`protocol`).
+#   - `usage` (stream_options.include_usage's last chunk, or any chunk that carries it) sets
+#     `self.usage`; Groq's `x_groq.usage` on the finishing chunk too.
+#   - `done` is set by `[DONE]`, and only by it: a stream that ends without it, even after a
+#     finish_reason and the usage, reads as cut (the upstream may have failed between them;
+#     `finished` tells an adapter that knows better). A `[DONE]` after a Start with no finish
+#     reason adds a `Finish("stop")`: the upstream said the answer is complete. A `[DONE]` before
+#     any chunk gives no event (the router reads a stream without a first event as `protocol`).
+#   - An in-band error (a chunk with an `error` member, or an SSE `event: error`) raises as for
+#     answers; a mid-stream error is then `server`, `overloaded` or `rate_limit` when its type or
+#     code says so (OpenAI's `server_error`, vLLM's 500 code, ...), else `protocol`.
+
+FINISH_REASONS = {
+    "stop": STOP, "length": LENGTH, "tool_calls": TOOL_CALLS, "content_filter": CONTENT_FILTER,
+    "function_call": TOOL_CALLS, "model_length": LENGTH,
+}
+# finish reasons that say the upstream gave up mid-answer: what came is not the whole answer
+FAILED_FINISHES = frozenset({"error", "abort", "insufficient_system_resource"})
+
+# an in-band error's type or code -> the failure it is (any other: protocol)
+IN_BAND_FAILURES = {
+    "server_error": FailureClass.SERVER, "api_error": FailureClass.SERVER, "internal_error": FailureClass.SERVER,
+    "InternalServerError": FailureClass.SERVER, "timeout": FailureClass.SERVER,
+    "overloaded": FailureClass.OVERLOADED, "overloaded_error": FailureClass.OVERLOADED,
+    "service_unavailable": FailureClass.OVERLOADED, "ServiceUnavailableError": FailureClass.OVERLOADED,
+    "rate_limit_exceeded": FailureClass.RATE_LIMIT, "rate_limit_error": FailureClass.RATE_LIMIT,
+    "RateLimitError": FailureClass.RATE_LIMIT,
+}
+
+
+def _protocol(message: str) -> UpstreamError:
+    return UpstreamError(FailureClass.PROTOCOL, message)
+
+
+def in_band_error(error: Any) -> UpstreamError:
+    """An error an upstream sent inside a 200 answer or stream (`{"error": X}`'s X, or vLLM's
+    bare ErrorResponse) as an UpstreamError: `server`, `overloaded` or `rate_limit` when its
+    `type` or `code` names one (an integer code is read as an HTTP status: vLLM, OpenRouter),
+    else `protocol` (the deployment misbehaved)."""
+    if isinstance(error, dict):
+        message, kinds = error.get("message"), (error.get("type"), error.get("code"))
+    else:
+        message, kinds = error, ()
+    failure = FailureClass.PROTOCOL
+    for kind in kinds:
+        if isinstance(kind, str) and kind in IN_BAND_FAILURES:
+            failure = IN_BAND_FAILURES[kind]
+            break
+        if isinstance(kind, int) and not isinstance(kind, bool) and (kind == 429 or kind >= 500):
+            failure = (FailureClass.RATE_LIMIT if kind == 429 else
+                       FailureClass.OVERLOADED if kind in (503, 529) else FailureClass.SERVER)
+            break
+    text = message if isinstance(message, str) and message else "in-band error from upstream"
+    return UpstreamError(failure, text)
+
+
+def finish_of(reason: Any, refused: bool) -> str:
+    """The neutral finish reason for an OpenAI `finish_reason` (raises for one that says the
+    upstream failed)."""
+    neutral = FINISH_REASONS.get(reason) if reason is not None else STOP
+    if neutral is None:
+        if reason in FAILED_FINISHES:
+            raise UpstreamError(FailureClass.SERVER, f"the upstream ended the answer early (finish_reason {reason})")
+        neutral = STOP
+    return CONTENT_FILTER if refused and neutral == STOP else neutral
+
+
+def read_usage(counted: dict) -> Usage:
+    """An OpenAI `usage` object as neutral usage."""
+    details = counted.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    if cached is None:
+        cached = counted.get("prompt_cache_hit_tokens")  # DeepSeek
+    return Usage(int(counted.get("prompt_tokens") or 0), int(counted.get("completion_tokens") or 0),
+                 int(cached or 0))
+
+
+def read_parts(parts: list) -> tuple[str, str]:
+    """Content sent as a list of parts (Mistral's reasoning models) as (text, reasoning)."""
+    text, reasoning = [], []
+    for part in parts:
+        kind = part.get("type")
+        if kind == "text":
+            text.append(part.get("text") or "")
+        elif kind == "thinking":  # {"type": "thinking", "thinking": [{"type": "text", "text": ...}]}
+            thinking = part.get("thinking")
+            if isinstance(thinking, str):
+                reasoning.append(thinking)
+            elif isinstance(thinking, list):
+                reasoning.extend(item.get("text") or "" for item in thinking if item.get("type") == "text")
+    return "".join(text), "".join(reasoning)
+
+
+def read_arguments(arguments: Any) -> str:
+    if arguments is None or isinstance(arguments, str):
+        return arguments or ""
+    return orjson.dumps(arguments).decode()  # an object (or array) some servers send as it is
+
+
+def read_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError("a text field is not a string")
+
+
+def read_tool_call(call: dict) -> ToolCall:
+    function = call["function"]
+    if not isinstance(function, dict):
+        raise TypeError("a tool call without a function object")
+    return ToolCall(read_text(call.get("id")) or "", read_text(function.get("name")) or "",
+                    read_arguments(function.get("arguments")))
+
+
+def decode_answer(payload: dict, created: int | None = None) -> Answer:
+    """An OpenAI `chat.completion` (parsed) as a neutral answer: its first choice, read as the
+    section's comment says. `created` stands in where the answer has none (some servers).
+    Raises UpstreamError: in-band errors by their type, malformed answers as `protocol`."""
+    if not isinstance(payload, dict):
+        raise _protocol("upstream answer is not a JSON object")
+    error = payload.get("error")
+    if error or payload.get("object") == "error":
+        raise in_band_error(error or payload)
+    choices = payload.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise _protocol("upstream answer has no choices")
+    try:
+        choice = choices[0]
+        message = choice["message"]
+        content = message.get("content")
+        reasoning = message.get("reasoning_content") or message.get("reasoning")
+        if isinstance(content, list):
+            content, from_parts = read_parts(content)
+            reasoning = reasoning or from_parts
+        text = read_text(content)
+        refusal = read_text(message.get("refusal"))
+        if refusal:
+            text = (text or "") + refusal
+        calls = message.get("tool_calls")
+        tool_calls = tuple(map(read_tool_call, calls)) if calls else ()
+        legacy = message.get("function_call")
+        if not tool_calls and legacy:  # the deprecated functions API: one call, no id
+            tool_calls = (read_tool_call({"function": legacy}),)
+        counted = payload.get("usage")
+        stamp = payload.get("created")
+        return Answer(
+            read_text(payload.get("id")) or "", read_text(payload.get("model")) or "",
+            stamp if type(stamp) is int else (int(time.time()) if created is None else created),
+            text, finish_of(choice.get("finish_reason"), bool(refusal)),
+            read_usage(counted) if isinstance(counted, dict) else Usage(), tool_calls,
+            reasoning if isinstance(reasoning, str) and reasoning else None,
+        )
+    except (AttributeError, KeyError, TypeError, ValueError):
+        raise _protocol("malformed chat.completion from upstream") from None
+
+
+class StreamDecoder(StreamTranslator):
+    """OpenAI `chat.completion.chunk` events in (`feed(event, data)`, `data` without its
+    `data: ` prefix), neutral stream events out, read as the section's comment says. Pure: no I/O.
+
+    `usage` is the last usage seen; `done` is set by `[DONE]` alone; `finished` once the
+    Finish is out."""
+
+    def __init__(self, created: int | None = None) -> None:
+        self.created = int(time.time()) if created is None else created  # for chunks without one
+        self.usage: Usage | None = None
+        self.done = False
+        self.finished = False
+        self.started = False
+        self._refused = False
+        self._calls: set[int] | None = None  # the tool-call indexes seen, once there is one
+        self._last_call: tuple[int, str | None] | None = None  # (index, id) of the last call started
+
+    def feed(self, event: bytes, data: bytes) -> list[StreamEvent]:
+        if self.done:
+            return []
+        if data == b"[DONE]":
+            return self._end()
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            if data.strip() == b"[DONE]":
+                return self._end()
+            raise _protocol("malformed stream event from upstream") from None
+        if type(payload) is not dict:
+            raise _protocol("malformed stream event from upstream")
+        error = payload.get("error")
+        if error or event == b"error":
+            raise in_band_error(error or payload)
+        try:
+            return self._chunk(payload)
+        except (AttributeError, KeyError, TypeError, ValueError):
+            raise _protocol("malformed chat.completion.chunk from upstream") from None
+
+    def _end(self) -> list[StreamEvent]:
+        self.done = True
+        if self.started and not self.finished:
+            self.finished = True
+            return [Finish(STOP)]
+        return []
+
+    def _chunk(self, chunk: dict) -> list[StreamEvent]:
+        counted = chunk.get("usage")
+        if counted:
+            self.usage = read_usage(counted)
+        choices = chunk.get("choices")
+        if not choices:
+            if chunk.get("object") == "error":  # vLLM's bare ErrorResponse
+                raise in_band_error(chunk)
+            return []
+        choice = choices[0]
+        if choice.get("index"):  # another choice's (n > 1): look for the first's
+            for choice in choices:
+                if not choice.get("index"):
+                    break
+            else:
+                return []
+        delta = choice.get("delta") or EMPTY
+        content = delta.get("content")
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        if content is None:
+            text = ""
+        elif type(content) is str:
+            text = content
+        else:
+            text, more = read_parts(content)
+            reasoning = reasoning or more
+        if type(reasoning) is not str:  # auxiliary: a shape other than text is left out
+            reasoning = ""
+        refusal = delta.get("refusal")
+        if refusal:
+            text += refusal
+            self._refused = True
+        calls = delta.get("tool_calls")
+        pieces = self._pieces(calls) if calls else ()
+        reason = choice.get("finish_reason")
+        if self.finished:
+            if text or reasoning or pieces:
+                raise _protocol("upstream stream went on after its finish_reason")
+            return []
+        if not self.started:
+            self.started = True
+            stamp = chunk.get("created")
+            out: list[StreamEvent] = [Start(text, reasoning, pieces, id=read_text(chunk.get("id")) or "",
+                                            model=read_text(chunk.get("model")) or "",
+                                            created=stamp if type(stamp) is int else self.created)]
+        elif text or reasoning or pieces:
+            out = [Delta(text, reasoning, pieces)]
+        else:
+            out = []
+        if reason:
+            if counted is None:  # Groq counts in the finishing chunk's x_groq
+                extra = chunk.get("x_groq")
+                if isinstance(extra, dict) and isinstance(extra.get("usage"), dict):
+                    self.usage = read_usage(extra["usage"])
+            out.append(Finish(finish_of(reason, self._refused)))
+            self.finished = True
+        return out
+
+    def _pieces(self, calls: list) -> tuple[ToolCallDelta, ...]:
+        seen = self._calls
+        if seen is None:
+            seen = self._calls = set()
+        out = []
+        for call in calls:
+            function = call.get("function") or EMPTY
+            index, id_ = call.get("index"), call.get("id")
+            if index is None:  # a server that leaves it out: one call after the other
+                last = self._last_call
+                index = last[0] if last is not None and (id_ is None or id_ == last[1]) else len(seen)
+            elif type(index) is not int:
+                raise TypeError("a tool call's index is not an integer")
+            arguments = read_arguments(function.get("arguments"))
+            if index in seen:
+                out.append(ToolCallDelta(index, arguments))
+            else:
+                seen.add(index)
+                self._last_call = (index, id_)
+                out.append(ToolCallDelta(index, arguments, read_text(id_) or "",
+                                         read_text(function.get("name")) or ""))
+        return tuple(out)

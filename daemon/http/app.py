@@ -20,6 +20,7 @@ import logging
 
 from aiohttp import web
 
+from gatewayd.daemon.http.anthropic import AnthropicHandlers
 from gatewayd.daemon.http.api import MODEL_PATH, OpenAIHandlers
 from gatewayd.daemon.http.errors import ApiError, error_body
 from gatewayd.daemon.http.eventstream import add_event_routes
@@ -98,6 +99,8 @@ def create_app(runtime: Runtime) -> GatewayHandler:
     routes.post("/v1/embeddings", openai.embeddings)
     routes.get("/v1/models", openai.models)
     routes.add_prefix("GET", MODEL_PATH, openai.model)
+    anthropic = AnthropicHandlers(runtime)
+    routes.post("/v1/messages", anthropic.messages)
     routes.get("/healthz", healthz)
 
     async def readyz(request: web.BaseRequest) -> web.Response:

@@ -138,7 +138,7 @@ class Pipeline:
                                param="model")
             inbound.check(body)
             call = Request(inbound.operation, inbound.format, body, stream=inbound.wants_stream(body),
-                           decode=inbound.decode)
+                           decode=inbound.decode, headers=request.headers)
             outcome = await runtime.router.route(snapshot, route, call)
             record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
             headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts)
