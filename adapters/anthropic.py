@@ -161,6 +161,12 @@ class AnthropicAdapter(HttpAdapter):
     async def embeddings(self, deployment: Deployment, request: Request) -> Reply:
         raise unsupported("anthropic", "embeddings")
 
+    async def count_tokens(self, deployment: Deployment, request: Request) -> bytes:
+        """An Anthropic client's `POST /v1/messages/count_tokens`, relayed: the upstream's answer."""
+        url = self.join(self.provider.base_url, "/v1/messages/count_tokens")
+        return await self.fetch(deployment, url, relayed_body(request.body, deployment.model),
+                                headers=self.forwarded_headers(request))
+
 
 ANTHROPIC = ProviderType("anthropic", AnthropicAdapter, base_url="https://api.anthropic.com",
                          keys={"anthropic_version": TypeKey()})

@@ -113,6 +113,7 @@ class FakeAnthropic(Recorder):
         self.default = text("Hello from Claude")
         self.app = web.Application()
         self.app.router.add_post("/v1/messages", self.messages)
+        self.app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
 
     @staticmethod
     def error(status: int, type_: str, message: str, headers: dict | None = None) -> web.Response:
@@ -128,6 +129,16 @@ class FakeAnthropic(Recorder):
                       "cache_read_input_tokens": 0, "output_tokens": plan.output_tokens,
                       "service_tier": "standard"},
         }
+
+    async def count_tokens(self, request: web.Request) -> web.Response:
+        """Anthropic's token count: `{"input_tokens": N}`; here N is the messages' count times 10,
+        so a test can tell an upstream's answer from the gateway's estimate."""
+        body = await self.record(request)
+        if request.headers.get("x-api-key") != self.key:
+            return self.error(401, "authentication_error", "invalid x-api-key")
+        if not request.headers.get("anthropic-version"):
+            return self.error(400, "invalid_request_error", "anthropic-version: header is required")
+        return web.json_response({"input_tokens": 10 * len(body.get("messages") or [])})
 
     async def messages(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)

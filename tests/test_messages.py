@@ -214,3 +214,48 @@ async def test_a_stream_that_fails_after_its_first_byte_ends_with_an_error_event
     assert "message_stop" not in events
     last = json.loads(raw.strip().split("\n\n")[-1].split("data: ", 1)[1])
     assert last["type"] == "error" and last["error"]["type"] in ("overloaded_error", "api_error")
+
+
+# --- count_tokens ------------------------------------------------------------------------------
+
+async def test_count_tokens_goes_to_the_first_usable_anthropic_deployment(gateway, anthropic_fake, fake_openai):
+    upstream = await fake_openai("oai")
+    plan = """aliases:
+          smart: {targets: [gpt], fallbacks: [haiku]}"""
+    gw = await messages_gateway(gateway, anthropic_fake, upstream, plan=plan)
+    async with client(gw) as sdk:
+        raw = await sdk.messages.with_raw_response.count_tokens(
+            model="smart", messages=[*user("one"), {"role": "assistant", "content": "two"}, *user("three")])
+        counted = await raw.parse()
+    assert counted.input_tokens == 30  # the upstream's count (the fake counts 10 a message)
+    assert raw.headers["x-gatewayd-deployment"] == "haiku" and "x-gatewayd-estimate" not in raw.headers
+    (seen,) = anthropic_fake.requests
+    assert seen["path"] == "/v1/messages/count_tokens" and seen["json"]["model"] == "claude-haiku-4-5"
+    assert upstream.requests == []
+
+
+async def test_count_tokens_is_estimated_when_the_plan_has_no_anthropic_deployment(gateway):
+    gw = await messages_gateway(gateway)
+    text_ = "word " * 400
+    response = await gw.post("/v1/messages/count_tokens", {"model": "echo", "messages": user(text_)})
+    assert response.status == 200 and response.headers["x-gatewayd-estimate"] == "true"
+    estimate = (await response.json())["input_tokens"]
+    assert 400 <= estimate <= 700  # about four characters a token over 2,000 characters of text
+    unknown = await gw.post("/v1/messages/count_tokens", {"model": "nope", "messages": user("x")})
+    assert unknown.status == 404 and (await unknown.json())["error"]["type"] == "not_found_error"
+
+
+# --- GET /v1/models in Anthropic's shape -------------------------------------------------------
+
+async def test_the_model_list_is_anthropic_shaped_for_an_anthropic_client(gateway, anthropic_fake):
+    gw = await messages_gateway(gateway, anthropic_fake)
+    async with client(gw) as sdk:
+        page = await sdk.models.list()
+        one = await sdk.models.retrieve("haiku")
+        with pytest.raises(anthropic.NotFoundError) as missing:
+            await sdk.models.retrieve("nope")
+    assert [model.id for model in page.data] == ["echo", "haiku"] and page.has_more is False
+    assert one.id == "haiku" and one.type == "model"
+    assert missing.value.body["error"]["type"] == "not_found_error"
+    async with gw.session.get(gw.url + "/v1/models") as openai_shaped:  # no anthropic-version: OpenAI's
+        assert (await openai_shaped.json())["object"] == "list"

@@ -14,10 +14,11 @@ import orjson
 from aiohttp import web
 
 from gatewayd.daemon.core.exchange import Operation, WireFormat
+from gatewayd.daemon.formats import anthropic as anthropic_codec
 from gatewayd.daemon.formats import openai as codec
 from gatewayd.daemon.formats.openai import decode_chat, decode_embed
 from gatewayd.daemon.http import catalog
-from gatewayd.daemon.http.errors import ApiError, error_body
+from gatewayd.daemon.http.errors import ApiError, error_body, error_kind
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.pipeline import Pipeline, gateway_headers
 from gatewayd.daemon.observe.accesslog import AccessRecord
@@ -76,6 +77,10 @@ class OpenAIInbound:
     upstream_error_body = staticmethod(codec.upstream_error_body)
     error_body = staticmethod(error_body)
 
+    @staticmethod
+    def error_event(status: int, code: str, message: str) -> bytes:
+        return b"data: " + error_body(status, code, message) + b"\n\n"
+
     def __init__(self, operation: Operation) -> None:
         self.operation = operation
         self.chat = operation is Operation.CHAT
@@ -115,24 +120,32 @@ class OpenAIHandlers:
         return self.listing(request, AccessRecord(request.method, MODEL_PATH + "{id}", model=name), name)
 
     async def listing(self, request: web.BaseRequest, record: AccessRecord, name: str | None) -> web.Response:
-        """The list (`name` None) or the entry of `name`, after the same checks, with its access line."""
+        """The list (`name` None) or the entry of `name`, after the same checks, with its access line;
+        in Anthropic's shapes for a client that sends `anthropic-version` (the `anthropic` SDKs do)."""
         snapshot = self.runtime.holder.current
         graph = snapshot.graph
         record.config = graph.version
         headers = gateway_headers(snapshot, None, 0)
+        anthropic = "anthropic-version" in request.headers
         try:
             refuse_cross_origin(request)
             key = authenticate(request, graph)
             record.key = key.name if key else None
             if name is None:
-                body = {"object": "list", "data": [catalog.entry(listed) for listed in catalog.listed(graph, key)]}
+                names = catalog.listed(graph, key)
+                body = catalog.anthropic_list(names) if anthropic else {
+                    "object": "list", "data": [catalog.entry(listed) for listed in names]}
             elif catalog.is_listed(graph, key, name):
-                body = catalog.entry(name)
+                body = catalog.anthropic_entry(name) if anthropic else catalog.entry(name)
             else:
                 raise ApiError(404, "model_not_found", f"the model '{name}' does not exist", param="model")
         except ApiError as error:
             record.status, record.error = error.status, error.message
             self.runtime.access.emit(record, graph.server.log_format)
+            if anthropic:
+                body = anthropic_codec.error_body(error.message, error_kind(error.status), error.code)
+                return web.Response(status=error.status, body=body, content_type="application/json",
+                                    headers={**error.headers, **headers})
             return error.response(headers)
         record.status = 200
         self.runtime.access.emit(record, graph.server.log_format)

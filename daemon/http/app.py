@@ -8,8 +8,9 @@ Shutdown support (the order lives in server.py): every request runs inside
 `GatewayHandler`, which keeps the set of handler tasks in flight so the server
 can wait for them, and, once `runtime.stopping` is set, turns the cancellation
 of a request still running at the end of the grace into a last message: a 503
-`shutting_down` answer when nothing was sent yet, or an SSE error event
-(`data: {"error": {... "code": "shutting_down"}}`, no `[DONE]`) ending a stream.
+`shutting_down` answer when nothing was sent yet, or an SSE error event in the stream's
+client format (OpenAI's `data: {"error": {... "code": "shutting_down"}}`, no `[DONE]`;
+Anthropic's `event: error`, no `message_stop`) ending a stream.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gatewayd.daemon.http.eventstream import add_event_routes
 from gatewayd.daemon.http.ops import add_ops_routes, json_response
 from gatewayd.daemon.http.paths import Routes
 from gatewayd.daemon.http.runtime import Runtime
-from gatewayd.daemon.http.streaming import PREPARED
+from gatewayd.daemon.http.streaming import ERROR_EVENT, PREPARED
 
 log = logging.getLogger("gatewayd")
 
@@ -84,7 +85,11 @@ async def last_word(request: web.BaseRequest) -> web.StreamResponse:
     if response.content_type != "text/event-stream":
         raise asyncio.CancelledError  # a body is half sent: closing the connection is all that is left
     with contextlib.suppress(ConnectionError, RuntimeError):
-        await response.write(b"data: " + error_body(503, "shutting_down", SHUTTING_DOWN) + b"\n\n")
+        error_event = request.get(ERROR_EVENT)
+        if error_event is None:
+            await response.write(b"data: " + error_body(503, "shutting_down", SHUTTING_DOWN) + b"\n\n")
+        else:
+            await response.write(error_event(503, "shutting_down", SHUTTING_DOWN))
         await response.write_eof()
         return response
     raise asyncio.CancelledError
@@ -101,6 +106,7 @@ def create_app(runtime: Runtime) -> GatewayHandler:
     routes.add_prefix("GET", MODEL_PATH, openai.model)
     anthropic = AnthropicHandlers(runtime)
     routes.post("/v1/messages", anthropic.messages)
+    routes.post("/v1/messages/count_tokens", anthropic.count_tokens)
     routes.get("/healthz", healthz)
 
     async def readyz(request: web.BaseRequest) -> web.Response:

@@ -41,3 +41,14 @@ def is_listed(graph: Graph, key: AppKey | None, name: str) -> bool:
 def entry(name: str) -> dict:
     """One model object, as OpenAI's API shapes it."""
     return {"id": name, "object": "model", "created": 0, "owned_by": "gatewayd"}
+
+
+def anthropic_entry(name: str) -> dict:
+    """One model object, as Anthropic's API shapes it (for a client that sends `anthropic-version`)."""
+    return {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
+
+
+def anthropic_list(names: list[str]) -> dict:
+    """Anthropic's list shape: one page holding every name."""
+    return {"data": [anthropic_entry(name) for name in names], "has_more": False,
+            "first_id": names[0] if names else None, "last_id": names[-1] if names else None}

@@ -26,7 +26,7 @@ from gatewayd.daemon.core.replies import Answer, Embeddings, StreamEvent, Usage
 from gatewayd.daemon.http.errors import ApiError
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.jsonsyntax import explain_invalid_json
-from gatewayd.daemon.http.streaming import PREPARED, SSE_HEADERS
+from gatewayd.daemon.http.streaming import ERROR_EVENT, PREPARED, SSE_HEADERS
 from gatewayd.daemon.observe.accesslog import AccessRecord
 from gatewayd.daemon.routing.router import Outcome, RoutingFailed
 
@@ -68,6 +68,9 @@ class Inbound(Protocol):
         """What the client is told of an upstream's refusal of its request."""
 
     def error_body(self, status: int, code: str, message: str, param: str | None = None) -> bytes: ...
+
+    def error_event(self, status: int, code: str, message: str) -> bytes:
+        """An error of the gateway's own as the event that ends a stream (a shutdown past its grace)."""
 
 
 async def read_json(request: web.BaseRequest, server: ServerSettings) -> dict:
@@ -180,6 +183,7 @@ class Pipeline:
         try:
             await response.prepare(request)
             request[PREPARED] = response  # a shutdown past the grace ends it with an SSE error event
+            request[ERROR_EVENT] = inbound.error_event
             await response.write(outcome.first if encode is None else encode(outcome.first))
             record.ttfb_ms = (time.monotonic() - started) * 1000
             while True:
