@@ -29,7 +29,8 @@ from gatewayd.adapters.base import (
     expect_stream,
     upstream_json,
 )
-from gatewayd.adapters.sse import read_events
+from gatewayd.adapters.responses_relay import RelayedResponsesStream, relayed_response
+from gatewayd.adapters.sse import read_event_batches, read_events
 from gatewayd.daemon.core.conversation import too_deep_to_forward
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
@@ -40,7 +41,8 @@ if TYPE_CHECKING:
     from gatewayd.daemon.core.exchange import Request
     from gatewayd.daemon.core.graph import Deployment, Provider
 
-WIRE = WireFormat.OPENAI  # what this adapter's upstreams speak, and the only clients it serves
+WIRE = WireFormat.OPENAI  # what this adapter's upstreams speak
+RESPONSES = WireFormat.RESPONSES  # their other API: its clients' requests are relayed too
 
 
 def to_upstream(body: dict, model: str) -> bytes:
@@ -142,21 +144,38 @@ def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
 
 
 class OpenAIStream(UpstreamStream):
-    """Relays each event as it came, once `check_chunk` has read it."""
+    """Relays the events as they came, each once `check_chunk` has read it. An item is every
+    whole event one read of the upstream brought, checked one by one and joined, so that the
+    relay writes them at once; the first event comes alone, so the first byte waits for no
+    check of another. Events before a failing one come first, then the failure."""
 
     format = WIRE
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         scrub = self.scrub
-        async for _event, data in read_events(self.response.content, self.max_read):
-            event, usage = check_chunk(scrub(data))
-            if usage is not None:
-                self.usage = usage
-            if event is None:
-                self.done = True
-                yield DONE_EVENT
-                return
-            yield event
+        batches = read_event_batches(self.response.content, self.max_read)
+        try:
+            async for batch in batches:
+                checked: list[bytes] = []
+                try:
+                    for _event, data in batch:
+                        event, usage = check_chunk(scrub(data))
+                        if usage is not None:
+                            self.usage = usage
+                        if event is None:
+                            self.done = True
+                            checked.append(DONE_EVENT)
+                            break
+                        checked.append(event)
+                except Exception:
+                    if checked:  # relayed before the failure, as each came before it
+                        yield b"".join(checked)
+                    raise
+                yield checked[0] if len(checked) == 1 else b"".join(checked)
+                if self.done:
+                    return
+        finally:
+            await batches.aclose()  # here: the loop's async-generator finalizer would wake the loop for it
 
 
 class OpenAIAdapter(HttpAdapter):
@@ -168,8 +187,15 @@ class OpenAIAdapter(HttpAdapter):
     def url(self, deployment: Deployment, operation: str) -> str:
         return self.join(self.provider.base_url, f"/{operation}")
 
+    def responses_url(self) -> str:
+        """Where a Responses client's request goes (the Responses API names its model in the body)."""
+        return self.join(self.provider.base_url, "/responses")
+
     # `chat` and `embeddings` return fetch's coroutine as their own (see HttpAdapter.fetch)
     def chat(self, deployment: Deployment, request: Request) -> Awaitable[Reply]:
+        if request.format is RESPONSES:
+            return self.fetch(deployment, self.responses_url(), to_upstream(request.body, deployment.model),
+                              relayed_response)
         url = self.url(deployment, "chat/completions")
         if request.format is WIRE:
             return self.fetch(deployment, url, to_upstream(request.body, deployment.model), from_upstream)
@@ -181,7 +207,13 @@ class OpenAIAdapter(HttpAdapter):
         return self.fetch(deployment, self.url(deployment, "embeddings"),
                           to_upstream(request.body, deployment.model), from_upstream)
 
-    async def stream(self, deployment: Deployment, request: Request) -> OpenAIStream | TranslatedStream:
+    async def stream(self, deployment: Deployment,
+                     request: Request) -> OpenAIStream | TranslatedStream | RelayedResponsesStream:
+        if request.format is RESPONSES:
+            body = request.body if request.body.get("stream") is True else {**request.body, "stream": True}
+            response = await self.send(deployment, self.responses_url(), to_upstream(body, deployment.model))
+            expect_stream(response, "text/event-stream", "an event stream")
+            return RelayedResponsesStream(response, self.scrub, self._max_answer)
         url = self.url(deployment, "chat/completions")
         if request.format is WIRE:
             body = request.body if request.body.get("stream") is True else {**request.body, "stream": True}
@@ -207,6 +239,10 @@ class AzureOpenAIAdapter(OpenAIAdapter):
     def url(self, deployment: Deployment, operation: str) -> str:
         return self.join(self.provider.base_url, f"/openai/deployments/{deployment.model}/{operation}"
                                                  f"?api-version={self._api_version}")
+
+    def responses_url(self) -> str:
+        # Azure's Responses API is not under a deployment: the body's `model` names it
+        return self.join(self.provider.base_url, f"/openai/responses?api-version={self._api_version}")
 
 
 OPENAI = ProviderType("openai", OpenAIAdapter, base_url="https://api.openai.com/v1")

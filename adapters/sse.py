@@ -7,6 +7,11 @@ keep-alives) are skipped. See the WHATWG HTML spec, "Server-sent events",
 for the field grammar. No line and no event larger than the caller's limit
 (`server.max_upstream_body`) is held: one is the upstream's protocol failure,
 and a connection that breaks while it is read a connect failure.
+
+`read_event_batches` yields the same events grouped as they arrived: every whole event
+one read of the connection completed, in one list, so that a relay can check them all and
+write them at once, never waiting for more. Both take what the response's buffer holds
+(`readany`) and split it, rather than awaiting one `readline` per line.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 import aiohttp
-from aiohttp.http_exceptions import LineTooLong
 
 from gatewayd.adapters.base import stream_broke
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
@@ -32,38 +36,115 @@ def event_too_large(limit: int) -> UpstreamError:
                                                 "(server.max_upstream_body)")
 
 
-async def read_events(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[tuple[bytes, bytes]]:
-    """The events of `content`; an event (or one line) larger than `limit` bytes raises a
-    protocol UpstreamError, a broken connection a connect one."""
+FIRST_LINES = 8  # lines split off a read before the stream's first event has gone (most first events have 2)
+
+
+async def read_event_batches(content: aiohttp.StreamReader,
+                             limit: int) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+    """The events of `content` as `read_events` has them, in lists: each holds every event
+    whose end one read brought, and comes as soon as that read is split. The stream's first
+    event comes alone, before the rest of its read is split: a relay's first byte waits for
+    no other event. A failure (a line or an event larger than `limit` bytes: protocol; a
+    broken connection: connect) comes after the events that were whole before it."""
     event = b""
     data: list[bytes] = []
     size = 0  # of an event's data lines, counted from its second one (one line is bounded already)
-    readline = content.readline
-    while True:
+    tail: list[bytes] = []  # the pieces of a line whose end has not come yet
+    tail_size = 0
+    first = True
+    ended = False
+    readany = content.readany
+    while not ended:
         try:
-            raw = await readline(max_line_length=limit)
-        except LineTooLong:
-            raise event_too_large(limit) from None
+            chunk = await readany()
         except (aiohttp.ClientError, OSError) as exc:
             raise stream_broke(exc) from None
-        if not raw:
-            break
-        line = raw.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield event, b"\n".join(data)
-            event, data, size = b"", [], 0
+        bound = limit  # a line, with its "\n", is at most `limit` bytes
+        if not chunk:  # the end: a last line without its "\n" is a line all the same
+            if not tail:
+                break
+            ended, bound = True, limit + 1
+            tail.append(b"\n")
+        elif b"\n" not in chunk:
+            tail_size += len(chunk)
+            if tail_size > limit:
+                raise event_too_large(limit)
+            tail.append(chunk)
             continue
-        if line.startswith(b":"):
-            continue
-        name, value = parse_field(line)
-        if name == b"data":
-            if data:  # a second data line: the event as a whole is bounded too
-                size = (size or len(data[0])) + len(value)
-                if size > limit:
-                    raise event_too_large(limit)
-            data.append(value)
-        elif name == b"event":
-            event = value
+        else:
+            tail.append(chunk)
+        unsplit: bytes | None = tail[0] if len(tail) == 1 else b"".join(tail)
+        tail, tail_size = [], 0
+        batch: list[tuple[bytes, bytes]] = []
+        failure = None
+        rest = b""
+        while unsplit is not None:
+            if first:  # only the first lines, until the first event has gone
+                lines = unsplit.split(b"\n", FIRST_LINES)
+                unsplit = lines.pop() if len(lines) > FIRST_LINES else None
+            else:
+                lines, unsplit = unsplit.split(b"\n"), None
+            if unsplit is None:
+                rest = lines.pop()  # after the last "\n": the start of a line still arriving
+            for line in lines:
+                if len(line) >= bound:
+                    failure = event_too_large(limit)
+                    break
+                if line.endswith(b"\r"):
+                    line = line.rstrip(b"\r")
+                if not line:
+                    if data:
+                        batch.append((event, data[0] if len(data) == 1 else b"\n".join(data)))
+                        if first:
+                            first = False
+                            yield batch
+                            batch = []
+                        data, size = [], 0
+                    event = b""
+                    continue
+                if line.startswith(b"data:"):  # the common field first, without parse_field's call
+                    value = line[6:] if line.startswith(b"data: ") else line[5:]
+                    if data:  # a second data line: the event as a whole is bounded too
+                        size = (size or len(data[0])) + len(value)
+                        if size > limit:
+                            failure = event_too_large(limit)
+                            break
+                    data.append(value)
+                    continue
+                if line.startswith(b":"):
+                    continue
+                name, value = parse_field(line)
+                if name == b"data":
+                    if data:
+                        size = (size or len(data[0])) + len(value)
+                        if size > limit:
+                            failure = event_too_large(limit)
+                            break
+                    data.append(value)
+                elif name == b"event":
+                    event = value
+            if failure is not None:
+                break
+        if failure is None and rest:
+            if len(rest) > limit:
+                failure = event_too_large(limit)
+            else:
+                tail, tail_size = [rest], len(rest)
+        if batch:
+            yield batch
+        if failure is not None:
+            raise failure
     if data:  # a final event without its blank line: the stream was cut mid-event
-        yield event, b"\n".join(data)
+        yield [(event, data[0] if len(data) == 1 else b"\n".join(data))]
+
+
+async def read_events(content: aiohttp.StreamReader, limit: int) -> AsyncIterator[tuple[bytes, bytes]]:
+    """The events of `content`; an event (or one line) larger than `limit` bytes raises a
+    protocol UpstreamError, a broken connection a connect one."""
+    batches = read_event_batches(content, limit)
+    try:
+        async for batch in batches:
+            for item in batch:
+                yield item
+    finally:
+        await batches.aclose()

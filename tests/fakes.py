@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiohttp import web
 
@@ -95,6 +96,13 @@ def chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
     return b"data: " + json.dumps(payload).encode() + b"\n\n"
 
 
+FIXTURES = Path(__file__).parent / "fixtures" / "responses"
+RESPONSES_ANSWER = (FIXTURES / "answer_text.json").read_bytes()
+# the recorded stream as its events, the source's comment lines left out
+RESPONSES_STREAM = b"".join(line for line in (FIXTURES / "text_stream.sse").read_bytes().splitlines(keepends=True)
+                            if not line.startswith(b":")).lstrip(b"\n")
+
+
 class Recorder:
     """What every fake upstream shares: the script of behaviours and the requests it saw."""
 
@@ -134,6 +142,7 @@ class FakeOpenAI(Recorder):
         self.app = web.Application()
         self.app.router.add_post("/v1/chat/completions", self.chat)
         self.app.router.add_post("/v1/embeddings", self.embeddings)
+        self.app.router.add_post("/v1/responses", self.responses)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         body = await self.record(request)
@@ -226,6 +235,23 @@ class FakeOpenAI(Recorder):
         finally:
             self.written.append(written)
         return response
+
+    async def responses(self, request: web.Request) -> web.StreamResponse:
+        """The Responses API, answering recorded OpenAI answers (tests/fixtures/responses/): the
+        text stream, or the text answer; a queued `Status` is its error answer."""
+        body = await self.record(request)
+        behaviour = self.next()
+        if isinstance(behaviour, Status):
+            error = {"error": {"message": behaviour.message, "type": behaviour.type,
+                               "param": behaviour.param, "code": behaviour.code}}
+            return web.json_response(error, status=behaviour.status, headers=behaviour.headers)
+        if body.get("stream"):
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(RESPONSES_STREAM)
+            await response.write_eof()
+            return response
+        return web.Response(body=RESPONSES_ANSWER, content_type="application/json")
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await self.record(request)

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 
-class Operation(str, Enum):
-    """What a request asks for; an adapter serves it with its method of the same name."""
+class Operation:
+    """What a request asks for; an adapter serves it with its method of the same name. Plain
+    strings, not an Enum: a request's operation is read on every request, and an Enum's
+    `value` is a descriptor call each time."""
 
     CHAT = "chat"
     EMBEDDINGS = "embeddings"
@@ -34,6 +36,7 @@ class WireFormat(str, Enum):
 
     OPENAI = "openai"  # chat completions and embeddings
     ANTHROPIC = "anthropic"  # Messages
+    RESPONSES = "responses"  # OpenAI's Responses API
     OLLAMA = "ollama"  # /api/chat and /api/embed
 
 
@@ -45,7 +48,7 @@ class Request:
 
     __slots__ = ("operation", "format", "body", "stream", "headers", "capability", "_decode", "_neutral")
 
-    def __init__(self, operation: Operation, format: WireFormat, body: dict[str, Any], *, stream: bool = False,
+    def __init__(self, operation: str, format: WireFormat, body: dict[str, Any], *, stream: bool = False,
                  decode: Callable[[dict[str, Any]], Chat | Embed] | None = None,
                  headers: Mapping[str, str] = NO_HEADERS) -> None:
         self.operation = operation
@@ -53,7 +56,7 @@ class Request:
         self.body = body
         self.stream = stream
         self.headers = headers
-        self.capability = "stream" if stream else operation.value
+        self.capability = "stream" if stream else operation
         self._decode = decode  # the client format's decoder for this operation
         self._neutral: Any = None
 
@@ -71,7 +74,7 @@ class Request:
             self._neutral = self._decoded(Operation.EMBEDDINGS)
         return self._neutral
 
-    def _decoded(self, operation: Operation) -> Any:
-        if self.operation is not operation or self._decode is None:
-            raise TypeError(f"a {self.format.value} {self.operation.value} request has no {operation.value} decoder")
+    def _decoded(self, operation: str) -> Any:
+        if self.operation != operation or self._decode is None:
+            raise TypeError(f"a {self.format.value} {self.operation} request has no {operation} decoder")
         return self._decode(self.body)

@@ -735,6 +735,9 @@ class StreamEncoder:
                                       {"type": "input_json_delta", "partial_json": piece.arguments}))
         return b"".join(out)
 
+    def fail(self, error: UpstreamError) -> bytes:
+        return stream_error(error)
+
     def end(self, counted: Usage | None) -> bytes:
         """The stream's last events: message_delta with the stop reason and the usage, then message_stop."""
         out = [] if self.started else [self.message_start(None)]

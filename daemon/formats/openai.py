@@ -453,6 +453,9 @@ class StreamEncoder:
             delta["tool_calls"] = [tool_call_delta(piece) for piece in event.tool_calls]
         return b"data: " + orjson.dumps(self.chunk(delta)) + b"\n\n"
 
+    def fail(self, error: UpstreamError) -> bytes:
+        return stream_error(error)
+
     def end(self, counted: Usage | None) -> bytes:
         """The stream's last events: the usage chunk if the client asked for it, then [DONE]."""
         if not self.include_usage:

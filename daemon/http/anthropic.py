@@ -36,9 +36,9 @@ if TYPE_CHECKING:
     from gatewayd.daemon.http.runtime import Runtime
 
 
-def check_body(body: dict) -> None:
+def check_body(body: dict) -> bool:
     """What Anthropic refuses before any model sees the request, refused here the same way:
-    a 400 now, never a 500 later."""
+    a 400 now, never a 500 later. Says whether the client asks for a stream."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "invalid_value", "messages: must be a non-empty array of message objects",
@@ -56,6 +56,7 @@ def check_body(body: dict) -> None:
     tools = body.get("tools")
     if tools is not None and not (isinstance(tools, list) and all(isinstance(tool, dict) for tool in tools)):
         raise ApiError(400, "invalid_type", "tools: must be an array of tool objects", param="tools")
+    return stream is True
 
 
 class AnthropicInbound:
@@ -68,10 +69,6 @@ class AnthropicInbound:
     stream_error = staticmethod(codec.stream_error)
     upstream_error_body = staticmethod(codec.upstream_error_body)
     check = staticmethod(check_body)
-
-    @staticmethod
-    def wants_stream(body: dict) -> bool:
-        return body.get("stream") is True
 
     @staticmethod
     def encode_reply(answer: Answer | Embeddings, body: dict) -> bytes:

@@ -27,6 +27,7 @@ from gatewayd.daemon.http.errors import ApiError, error_body
 from gatewayd.daemon.http.eventstream import add_event_routes
 from gatewayd.daemon.http.ops import add_ops_routes, json_response
 from gatewayd.daemon.http.paths import Routes
+from gatewayd.daemon.http.responses import ResponsesHandlers
 from gatewayd.daemon.http.runtime import Runtime
 from gatewayd.daemon.http.streaming import ERROR_EVENT, PREPARED
 
@@ -107,6 +108,7 @@ def create_app(runtime: Runtime) -> GatewayHandler:
     anthropic = AnthropicHandlers(runtime)
     routes.post("/v1/messages", anthropic.messages)
     routes.post("/v1/messages/count_tokens", anthropic.count_tokens)
+    routes.post("/v1/responses", ResponsesHandlers(runtime).create)
     routes.get("/healthz", healthz)
 
     async def readyz(request: web.BaseRequest) -> web.Response:

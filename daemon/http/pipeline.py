@@ -39,9 +39,13 @@ log = logging.getLogger("gatewayd")
 
 
 class StreamWriter(Protocol):
+    """One client's stream in its format: each neutral event, the end, or the failure that ends it."""
+
     def encode(self, event: StreamEvent) -> bytes: ...
 
     def end(self, usage: Usage | None) -> bytes: ...
+
+    def fail(self, error: UpstreamError) -> bytes: ...
 
 
 class Inbound(Protocol):
@@ -50,10 +54,9 @@ class Inbound(Protocol):
     format: WireFormat
     operation: Operation
 
-    def check(self, body: dict) -> None:
-        """Raise ApiError (a 400) for a body this format refuses; runs before routing."""
-
-    def wants_stream(self, body: dict) -> bool: ...
+    def check(self, body: dict) -> bool:
+        """Raise ApiError (a 400) for a body this format refuses, before routing; else say
+        whether the client asks for a stream."""
 
     decode: Callable[[dict], Chat | Embed]  # the body as a neutral request, for translating adapters
 
@@ -110,6 +113,15 @@ def gateway_headers(snapshot: Snapshot, deployment: str | None, attempts: int) -
             "x-gatewayd-config": snapshot.graph.version}
 
 
+class EventStreamResponse(web.StreamResponse):
+    """A streamed answer whose headers wait for its first event and go out with it, in one write:
+    aiohttp sends a StreamResponse's headers at `prepare()` on their own, a packet and a wake-up
+    of the client before the first event's. (`relay` writes the first event right after
+    `prepare()`; a shutdown's last event and `write_eof()` send waiting headers too.)"""
+
+    _send_headers_immediately = False
+
+
 class Pipeline:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
@@ -139,8 +151,7 @@ class Pipeline:
             if key is not None and key.allow is not None and model not in key.allow:
                 raise ApiError(403, "model_not_allowed", f"the app key '{key.name}' may not use '{model}'",
                                param="model")
-            inbound.check(body)
-            call = Request(inbound.operation, inbound.format, body, stream=inbound.wants_stream(body),
+            call = Request(inbound.operation, inbound.format, body, stream=inbound.check(body),
                            decode=inbound.decode, headers=request.headers)
             outcome = await runtime.router.route(snapshot, route, call)
             record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
@@ -170,8 +181,10 @@ class Pipeline:
                     headers: dict[str, str], record: AccessRecord, started: float,
                     graph: Graph) -> web.StreamResponse:
         """Relay an open stream; a failure after the first byte ends it with an error event, and
-        no end marker: the client must not take it for a complete answer."""
-        response = web.StreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+        no end marker: the client must not take it for a complete answer. The headers go out
+        with the first event, in one write; then each item the stream yields in one write (from
+        an upstream of the client's format, every event one read brought, each checked)."""
+        response = EventStreamResponse(status=200, headers={**SSE_HEADERS, **headers})
         record.status = 200
         stream = outcome.stream
         events = outcome.events
@@ -186,11 +199,12 @@ class Pipeline:
             request[ERROR_EVENT] = inbound.error_event
             await response.write(outcome.first if encode is None else encode(outcome.first))
             record.ttfb_ms = (time.monotonic() - started) * 1000
+            bound, following, write = self.runtime.router.deadlines.bound, events.__anext__, response.write
             while True:
                 wait = min(timeouts.idle, deadline - time.monotonic())
                 try:
-                    with self.runtime.router.deadlines.bound(wait):
-                        event = await events.__anext__()
+                    with bound(wait):
+                        event = await following()
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -206,12 +220,12 @@ class Pipeline:
                     error = UpstreamError(FailureClass.INTERNAL,
                                           f"internal error while relaying ({type(exc).__name__})")
                     break
-                await response.write(event if encode is None else encode(event))
+                await write(event if encode is None else encode(event))
             if error is None and not stream.done:
                 error = UpstreamError(FailureClass.CONNECT, "the upstream closed the stream before it was complete")
             if error is not None:
                 record.error = error.describe()
-                await response.write(inbound.stream_error(error))
+                await response.write(inbound.stream_error(error) if writer is None else writer.fail(error))
             elif writer is not None:
                 await response.write(writer.end(stream.usage))
             self.runtime.router.finish_stream(outcome, error)

@@ -250,7 +250,7 @@ class Router:
         that streams), bounded by the first-byte deadline."""
         with self.deadlines.bound(first_byte):
             if not request.stream:
-                serve = getattr(adapter, request.operation.value)
+                serve = getattr(adapter, request.operation)
                 return Outcome(deployment, None, 0, reply=await serve(deployment, request))  # type: ignore[arg-type]
             stream = await adapter.stream(deployment, request)
             try:
