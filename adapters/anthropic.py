@@ -10,7 +10,7 @@ Wire format: POST {base_url}/v1/messages with `x-api-key: KEY` and `anthropic-ve
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import orjson
@@ -21,12 +21,11 @@ from gatewayd.adapters.base import (
     ProviderType,
     TranslatedStream,
     TypeKey,
-    UpstreamStream,
     expect_stream,
     unsupported,
     upstream_json,
 )
-from gatewayd.adapters.sse import read_events
+from gatewayd.adapters.sse import RelayedEvents, read_events
 from gatewayd.daemon.core.conversation import too_deep_to_forward
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
@@ -84,7 +83,7 @@ def relayed_body(body: dict, model: str) -> bytes:
         raise too_deep_to_forward() from None
 
 
-class RelayedStream(UpstreamStream):
+class RelayedStream(RelayedEvents):
     """An Anthropic stream relayed to an Anthropic client: every event goes on as its bytes, once
     the decoder has read it (the usage, the end, an in-band error, a malformed event)."""
 
@@ -102,14 +101,8 @@ class RelayedStream(UpstreamStream):
     def done(self) -> bool:  # type: ignore[override]
         return self.decoder.done
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        decoder, scrub = self.decoder, self.scrub
-        async for event, data in read_events(self.response.content, self.max_read):
-            data = scrub(data)
-            decoder.feed(event, data)
-            yield (b"event: " + event + b"\ndata: " + data + b"\n\n") if event else (b"data: " + data + b"\n\n")
-            if decoder.done:
-                return
+    def check(self, event: bytes, data: bytes) -> None:
+        self.decoder.feed(event, data)
 
 
 class AnthropicAdapter(HttpAdapter):

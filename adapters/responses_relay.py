@@ -10,12 +10,9 @@ upstream's failure after its first byte.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
-
 import msgspec
 
-from gatewayd.adapters.base import UpstreamStream
-from gatewayd.adapters.sse import read_events
+from gatewayd.adapters.sse import RelayedEvents
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Reply, Usage
@@ -72,24 +69,17 @@ def relayed_response(raw: bytes) -> Reply:
     return Reply(raw, usage_of(fields), WIRE)
 
 
-class RelayedResponsesStream(UpstreamStream):
+class RelayedResponsesStream(RelayedEvents):
     format = WIRE
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        scrub = self.scrub
-        async for event, data in read_events(self.response.content, self.max_read):
-            data = scrub(data)
-            try:
-                fields = EVENT.decode(data)
-            except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-                raise UpstreamError(FailureClass.PROTOCOL, "malformed stream event from upstream") from None
-            kind = event or fields.type.encode()
-            if kind in FAILURES:
-                message = fields.message or "the upstream's response failed"
-                raise UpstreamError(FailureClass.PROTOCOL, message)
-            if kind in ENDS and fields.response is not None:
-                self.usage = usage_of(fields.response)
-                self.done = True
-            yield (b"event: " + event + b"\ndata: " + data + b"\n\n") if event else (b"data: " + data + b"\n\n")
-            if self.done:
-                return
+    def check(self, event: bytes, data: bytes) -> None:
+        try:
+            fields = EVENT.decode(data)
+        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+            raise UpstreamError(FailureClass.PROTOCOL, "malformed stream event from upstream") from None
+        kind = event or fields.type.encode()
+        if kind in FAILURES:
+            raise UpstreamError(FailureClass.PROTOCOL, fields.message or "the upstream's response failed")
+        if kind in ENDS and fields.response is not None:
+            self.usage = usage_of(fields.response)
+            self.done = True

@@ -12,6 +12,9 @@ and a connection that breaks while it is read a connect failure.
 one read of the connection completed, in one list, so that a relay can check them all and
 write them at once, never waiting for more. Both take what the response's buffer holds
 (`readany`) and split it, rather than awaiting one `readline` per line.
+
+`RelayedEvents` relays such a stream to a client of its own format: each event, once read,
+written back as it came.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from typing import AsyncIterator
 
 import aiohttp
 
-from gatewayd.adapters.base import stream_broke
+from gatewayd.adapters.base import UpstreamStream, stream_broke
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 
 
@@ -148,3 +151,42 @@ async def read_events(content: aiohttp.StreamReader, limit: int) -> AsyncIterato
                 yield item
     finally:
         await batches.aclose()
+
+
+def sse_event(event: bytes, data: bytes) -> bytes:
+    """An SSE event written back as upstreams write them: `event:` (when it has one), `data:`."""
+    return (b"event: " + event + b"\ndata: " + data + b"\n\n") if event else (b"data: " + data + b"\n\n")
+
+
+class RelayedEvents(UpstreamStream):
+    """An SSE stream relayed to a client of its own format: every event goes on as it came,
+    once `check(event, data)` has read it (keeping `usage` and `done` current, raising on an
+    in-band error or a malformed event). As `OpenAIStream`, the first event comes alone and
+    then each item is every event one read brought, so that the relay writes them at once;
+    events before a failing one come first, then the failure."""
+
+    def check(self, event: bytes, data: bytes) -> None:
+        raise NotImplementedError
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        scrub, check = self.scrub, self.check
+        batches = read_event_batches(self.response.content, self.max_read)
+        try:
+            async for batch in batches:
+                relayed: list[bytes] = []
+                try:
+                    for event, data in batch:
+                        data = scrub(data)
+                        check(event, data)
+                        relayed.append(sse_event(event, data))
+                        if self.done:
+                            break
+                except Exception:
+                    if relayed:
+                        yield b"".join(relayed)
+                    raise
+                yield relayed[0] if len(relayed) == 1 else b"".join(relayed)
+                if self.done:
+                    return
+        finally:
+            await batches.aclose()  # here: the loop's async-generator finalizer would wake the loop for it

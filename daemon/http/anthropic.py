@@ -27,7 +27,7 @@ from gatewayd.daemon.core.failures import UpstreamError
 from gatewayd.daemon.formats import anthropic as codec
 from gatewayd.daemon.http.errors import ApiError, error_kind
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
-from gatewayd.daemon.http.pipeline import Pipeline, gateway_headers, read_json
+from gatewayd.daemon.http.pipeline import Pipeline, gateway_headers, read_json, route_of
 from gatewayd.daemon.observe.accesslog import AccessRecord
 from gatewayd.daemon.routing.admission import judge
 
@@ -120,16 +120,7 @@ class AnthropicHandlers:
             key = authenticate(request, graph)
             record.key = key.name if key else None
             body = await read_json(request, graph.server)
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                raise ApiError(400, "missing_model", "model: a model name is required", param="model")
-            record.model = model
-            route = graph.routes.get(model)
-            if route is None:
-                raise ApiError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
-            if key is not None and key.allow is not None and model not in key.allow:
-                raise ApiError(403, "model_not_allowed", f"the app key '{key.name}' may not use '{model}'",
-                               param="model")
+            route = route_of(body, graph, key, record)
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
                 raise ApiError(400, "invalid_value", "messages: must be a non-empty array of message objects",

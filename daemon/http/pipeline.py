@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Callable, Protocol
 import orjson
 from aiohttp import web
 
-from gatewayd.daemon.core.exchange import Operation, Request, WireFormat
+from gatewayd.daemon.core.exchange import Request, WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
-from gatewayd.daemon.core.graph import Graph, ServerSettings
+from gatewayd.daemon.core.graph import AppKey, Graph, Route, ServerSettings
 from gatewayd.daemon.core.replies import Answer, Embeddings, StreamEvent, Usage
 from gatewayd.daemon.http.errors import ApiError
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
@@ -52,7 +52,7 @@ class Inbound(Protocol):
     """An inbound wire format's codec for one operation: what the pipeline asks of it."""
 
     format: WireFormat
-    operation: Operation
+    operation: str  # an Operation
 
     def check(self, body: dict) -> bool:
         """Raise ApiError (a 400) for a body this format refuses, before routing; else say
@@ -108,6 +108,20 @@ def parse_body(body: bytes | bytearray) -> dict:
     return payload
 
 
+def route_of(body: dict, graph: Graph, key: AppKey | None, record: AccessRecord) -> Route:
+    """The plan of the body's `model`, which the app key may use; noted in the access line."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ApiError(400, "missing_model", "the body needs a 'model' naming an alias or model", param="model")
+    record.model = model
+    route = graph.routes.get(model)
+    if route is None:
+        raise ApiError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
+    if key is not None and key.allow is not None and model not in key.allow:
+        raise ApiError(403, "model_not_allowed", f"the app key '{key.name}' may not use '{model}'", param="model")
+    return route
+
+
 def gateway_headers(snapshot: Snapshot, deployment: str | None, attempts: int) -> dict[str, str]:
     return {"x-gatewayd-deployment": deployment or "", "x-gatewayd-attempts": str(attempts),
             "x-gatewayd-config": snapshot.graph.version}
@@ -140,17 +154,7 @@ class Pipeline:
             key = authenticate(request, graph)
             record.key = key.name if key else None
             body = await read_json(request, graph.server)
-            model = body.get("model")
-            if not isinstance(model, str) or not model:
-                raise ApiError(400, "missing_model", "the body needs a 'model' naming an alias or model",
-                               param="model")
-            record.model = model
-            route = graph.routes.get(model)
-            if route is None:
-                raise ApiError(404, "model_not_found", f"the model '{model}' does not exist", param="model")
-            if key is not None and key.allow is not None and model not in key.allow:
-                raise ApiError(403, "model_not_allowed", f"the app key '{key.name}' may not use '{model}'",
-                               param="model")
+            route = route_of(body, graph, key, record)
             call = Request(inbound.operation, inbound.format, body, stream=inbound.check(body),
                            decode=inbound.decode, headers=request.headers)
             outcome = await runtime.router.route(snapshot, route, call)
