@@ -44,6 +44,13 @@ answer = sys.argv[1].encode()
 events = sys.argv[2].encode()
 embedding = b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2,0.3]}],' \
             b'"model":"text-embedding-3-small","usage":{"prompt_tokens":2,"total_tokens":2}}'
+# the same answer as Anthropic's Messages API words it
+message = b'{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assistant",' \
+          b'"model":"claude-haiku-4-5-20251001","content":[{"type":"text",' \
+          b'"text":"Hello! How can I assist you today? Let me know what you need."}],' \
+          b'"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":8,' \
+          b'"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":15,' \
+          b'"service_tier":"standard"}}'
 async def chat(request):
     await request.read()
     return web.Response(body=answer, content_type="application/json")
@@ -53,11 +60,15 @@ async def stream(request):
 async def embeddings(request):
     await request.read()
     return web.Response(body=embedding, content_type="application/json")
+async def messages(request):
+    await request.read()
+    return web.Response(body=message, content_type="application/json")
 async def main():
     for port, handler in ((18100, chat), (18101, stream)):
         app = web.Application()
         app.router.add_post("/v1/chat/completions", handler)
         app.router.add_post("/v1/embeddings", embeddings)
+        app.router.add_post("/v1/messages", messages)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -90,6 +101,11 @@ KINDS = {
     "stream": ("/v1/chat/completions", {"model": "bench-stream", "stream": True,
                                         "messages": [{"role": "user", "content": "hello"}]}),
     "embeddings": ("/v1/embeddings", {"model": "bench", "input": "hello"}),
+    # an Anthropic client: to an Anthropic upstream (relayed), to an OpenAI one (translated)
+    "messages": ("/v1/messages", {"model": "bench-anthropic", "max_tokens": 100,
+                                  "messages": [{"role": "user", "content": "hello"}]}),
+    "messages-translated": ("/v1/messages", {"model": "bench", "max_tokens": 100,
+                                             "messages": [{"role": "user", "content": "hello"}]}),
 }
 
 

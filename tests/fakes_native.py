@@ -151,6 +151,8 @@ class FakeAnthropic(Recorder):
         plan = self.next()
         if callable(plan) and not isinstance(plan, Message):
             plan = plan(body)
+        if isinstance(plan, bytes):  # a recorded stream, answered as it is
+            return web.Response(body=plan, content_type="text/event-stream")
         if isinstance(plan, AnthropicError):
             return self.error(plan.status, plan.type, plan.message, plan.headers)
         if body.get("stream"):

@@ -5,6 +5,7 @@ Anthropic's shape, the gateway's own included."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import anthropic
 import pytest
@@ -13,6 +14,7 @@ from tests.fakes import Ok, Status, Stream
 from tests.fakes_native import ANTHROPIC_KEY, AnthropicError, BoundedGateways, FakeAnthropic, serve, text, tool_use
 
 BOUND = 10.0
+FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 APP_KEY = "sk-app-messages-0001"
 WEATHER = {"name": "get_weather", "description": "Current weather for a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
@@ -259,3 +261,61 @@ async def test_the_model_list_is_anthropic_shaped_for_an_anthropic_client(gatewa
     assert missing.value.body["error"]["type"] == "not_found_error"
     async with gw.session.get(gw.url + "/v1/models") as openai_shaped:  # no anthropic-version: OpenAI's
         assert (await openai_shaped.json())["object"] == "list"
+
+
+# --- retries and cooldowns, as on every endpoint ---------------------------------------------
+
+async def test_an_anthropic_client_is_retried_then_a_cooling_deployment_is_skipped(gateway, fake_openai):
+    upstream = await fake_openai("oai")
+    plan = """aliases:
+          smart: {targets: [gpt], fallbacks: [echo]}"""
+    gw = await gateway(f"""
+        version: 1
+        providers:
+          demo: {{type: mock}}
+          oai: {{type: openai, base_url: "{upstream.base_url}", api_key: sk-up,
+                 retry: {{attempts: 2, backoff: {{initial: 1ms, max: 2ms}}}},
+                 cooldown: {{failures: 1, initial: 60s}}}}
+        models:
+          echo: {{provider: demo, model: echo}}
+          gpt: {{provider: oai, model: gpt-4o-mini}}
+        {plan}
+    """)
+    upstream.queue(Status(500), Ok("after a retry"))
+    async with client(gw) as sdk:
+        raw = await sdk.messages.with_raw_response.create(model="smart", max_tokens=20, messages=user("hi"))
+        retried = await raw.parse()
+        assert retried.content[0].text == "after a retry" and raw.headers["x-gatewayd-attempts"] == "2"
+        upstream.queue(Status(500), Status(500))  # both tries fail: it cools down, the mock answers
+        fell = await sdk.messages.with_raw_response.create(model="smart", max_tokens=20, messages=user("first"))
+        assert (await fell.parse()).content[0].text == "first" and fell.headers["x-gatewayd-deployment"] == "echo"
+        calls = upstream.calls
+        skipped = await sdk.messages.with_raw_response.create(model="smart", max_tokens=20, messages=user("next"))
+        assert skipped.headers["x-gatewayd-deployment"] == "echo" and skipped.headers["x-gatewayd-attempts"] == "1"
+    assert upstream.calls == calls  # cooling down: not tried at all
+    status = await gw.status()
+    assert status["deployments"]["gpt"]["state"] == "cooldown"
+
+
+async def test_the_access_line_names_the_clients_format(gateway, caplog):
+    gw = await messages_gateway(gateway)
+    with caplog.at_level("INFO", logger="gatewayd.access"):
+        await gw.post("/v1/messages", {"model": "echo", "max_tokens": 5, "messages": user("x")})
+        await gw.chat("echo")
+        await gw.post("/v1/responses", {"model": "echo", "input": "x"})
+    lines = [record.getMessage() for record in caplog.records if record.name == "gatewayd.access"]
+    assert [line.split(" format=")[1].split(" ")[0] for line in lines] == ["anthropic", "openai", "responses"]
+
+
+async def test_a_recorded_thinking_stream_reaches_the_client_byte_for_byte(gateway, anthropic_fake):
+    """Thinking blocks, signature deltas and all, from Anthropic's documented stream."""
+    recorded = (FIXTURES / "docs_thinking_stream.sse").read_bytes().splitlines(keepends=True)
+    stream = b"".join(line for line in recorded if not line.startswith(b":")).lstrip(b"\n")
+    assert b"thinking_delta" in stream and b"signature_delta" in stream
+    gw = await messages_gateway(gateway, anthropic_fake)
+    anthropic_fake.queue(stream)
+    response = await gw.post("/v1/messages", {"model": "haiku", "max_tokens": 20000, "stream": True,
+                                              "thinking": {"type": "enabled", "budget_tokens": 16000},
+                                              "messages": user("GCD of 1071 and 462?")})
+    assert response.status == 200 and await response.read() == stream
+    assert anthropic_fake.requests[0]["json"]["thinking"] == {"type": "enabled", "budget_tokens": 16000}

@@ -152,3 +152,36 @@ async def test_the_gateways_own_errors_are_openai_shaped(gateway):
     assert unknown.value.code == "model_not_found"
     empty = await gw.post("/v1/responses", {"model": "echo", "input": ""})
     assert empty.status == 400 and (await empty.json())["error"]["param"] == "input"
+
+
+async def test_a_translated_stream_that_fails_after_its_first_byte_ends_with_response_failed(
+        gateway, anthropic_fake):
+    gw = await responses_gateway(gateway, anthropic_fake=anthropic_fake)
+    anthropic_fake.queue(text("one two three four five six", error_after=1))
+    response = await gw.post("/v1/responses", {"model": "haiku", "input": "count", "stream": True,
+                                               "max_output_tokens": 50})
+    blocks = (await response.read()).decode().strip().split("\n\n")
+    kinds = [block.split("\n")[0].removeprefix("event: ") for block in blocks]
+    assert kinds[0] == "response.created" and "response.output_text.delta" in kinds
+    assert kinds[-1] == "response.failed" and "response.completed" not in kinds
+    failed = orjson.loads(blocks[-1].split("data: ", 1)[1])
+    assert failed["response"]["status"] == "failed"
+    numbers = [orjson.loads(block.split("data: ", 1)[1])["sequence_number"] for block in blocks]
+    assert numbers == list(range(len(numbers)))  # the failure goes on from the stream's own numbering
+
+
+async def test_a_responses_client_is_retried_at_an_openai_deployment(gateway, fake_openai):
+    upstream = await fake_openai("oai")
+    gw = await gateway(f"""
+        version: 1
+        providers:
+          oai: {{type: openai, base_url: "{upstream.base_url}", api_key: sk-up,
+                 retry: {{attempts: 2, backoff: {{initial: 1ms, max: 2ms}}}}}}
+        models:
+          gpt: {{provider: oai, model: gpt-4o}}
+    """)
+    upstream.queue(Status(503))
+    async with sdk(gw) as client:
+        raw = await client.responses.with_raw_response.create(model="gpt", input="hi")
+    assert raw.headers["x-gatewayd-attempts"] == "2" and raw.parse().status == "completed"
+    assert [seen["path"] for seen in upstream.requests] == ["/v1/responses", "/v1/responses"]

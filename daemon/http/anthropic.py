@@ -63,6 +63,7 @@ class AnthropicInbound:
     """Anthropic's Messages format, as the pipeline reads and answers it."""
 
     format = WireFormat.ANTHROPIC
+    label = format.value
     operation = Operation.CHAT
     decode = staticmethod(codec.decode_chat)
     stream_writer = staticmethod(codec.StreamEncoder)

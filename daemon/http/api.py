@@ -77,6 +77,7 @@ class OpenAIInbound:
     """OpenAI's wire format for one operation, as the pipeline reads and answers it."""
 
     format = WireFormat.OPENAI
+    label = format.value
     encode_reply = staticmethod(codec.encode_reply)
     stream_writer = staticmethod(codec.StreamEncoder)
     stream_error = staticmethod(codec.stream_error)

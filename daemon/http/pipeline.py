@@ -52,6 +52,7 @@ class Inbound(Protocol):
     """An inbound wire format's codec for one operation: what the pipeline asks of it."""
 
     format: WireFormat
+    label: str  # the format's name, for the access line (an Enum's `value` is a call each time)
     operation: str  # an Operation
 
     def check(self, body: dict) -> bool:
@@ -147,7 +148,7 @@ class Pipeline:
         snapshot = runtime.holder.current
         graph = snapshot.graph
         started = time.monotonic()
-        record = AccessRecord(request.method, request.path, config=graph.version)
+        record = AccessRecord(request.method, request.path, config=graph.version, format=inbound.label)
         snapshot.enter()
         try:
             refuse_cross_origin(request)

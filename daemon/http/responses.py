@@ -57,6 +57,7 @@ class ResponsesInbound:
     """The Responses API's format, as the pipeline reads and answers it."""
 
     format = WireFormat.RESPONSES
+    label = format.value
     operation = Operation.CHAT
     decode = staticmethod(decode_stateless)
     encode_reply = staticmethod(codec.encode_answer)

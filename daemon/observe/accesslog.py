@@ -44,6 +44,7 @@ class AccessRecord:
     key: str | None = None  # the app key's name
     error: str | None = None
     config: str | None = None
+    format: str | None = None  # the client's wire format (openai, anthropic, responses), for the API's paths
 
 
 def clip(value: str, limit: int) -> str:
@@ -95,8 +96,9 @@ def text_line(r: AccessRecord, values: TextValues) -> str:
     keys and versions come from the config, whose names are plain words; only
     what a client chose goes through `values`, the model clipped first.
     """
-    model, deployment, ttfb, prompt, completion, cost, key, config, error = (
-        r.model, r.deployment, r.ttfb_ms, r.prompt_tokens, r.completion_tokens, r.cost, r.key, r.config, r.error)
+    model, deployment, ttfb, prompt, completion, cost, key, config, error, format_ = (
+        r.model, r.deployment, r.ttfb_ms, r.prompt_tokens, r.completion_tokens, r.cost, r.key, r.config, r.error,
+        r.format)
     known = values.known.get
     return (
         f"{r.method} {r.path} {r.status}"
@@ -109,6 +111,7 @@ def text_line(r: AccessRecord, values: TextValues) -> str:
         f"{'' if cost is None else f' cost={cost:.6f}'}"
         f"{'' if key is None else f' key={known(key) or values(key)}'}"
         f"{'' if config is None else f' config={config}'}"
+        f"{'' if format_ is None else f' format={format_}'}"
         f"{'' if error is None else f' error={json.dumps(clip(error, ERROR_LIMIT))}'}"
     )
 
@@ -145,6 +148,8 @@ def json_line(r: AccessRecord) -> str:
         fields["error"] = clip(error, ERROR_LIMIT) if isinstance(error, str) else error
     if r.config is not None:
         fields["config"] = r.config
+    if r.format is not None:
+        fields["format"] = r.format
     return orjson.dumps(fields).decode()
 
 
