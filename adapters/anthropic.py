@@ -22,6 +22,7 @@ from gatewayd.adapters.base import (
     TranslatedStream,
     TypeKey,
     expect_stream,
+    glance_at,
     unsupported,
     upstream_json,
 )
@@ -61,10 +62,7 @@ GLANCE = msgspec.json.Decoder(MessageFields)
 
 def relayed_answer(raw: bytes) -> Reply:
     """An Anthropic client's answer, as the upstream's bytes, once its usage is read."""
-    try:
-        fields = GLANCE.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a message") from None
+    fields = glance_at(GLANCE, raw, "a message")
     if fields.type != "message":
         raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a message")
     usage = fields.usage

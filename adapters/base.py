@@ -22,6 +22,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Literal, Mapping, Protocol, TypeVar
 
 import aiohttp
+import msgspec
 import orjson
 from aiohttp import hdrs
 from aiohttp.http_exceptions import LineTooLong
@@ -161,6 +162,15 @@ def too_large(limit: int) -> UpstreamError:
                                                 "(server.max_upstream_body)")
 
 
+def glance_at(decoder: msgspec.json.Decoder, raw: bytes, what: str) -> Any:
+    """The few fields `decoder` reads of an answer relayed as its bytes, the rest skipped unread;
+    text that is not such JSON is the upstream's protocol failure (not `what`)."""
+    try:
+        return decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        raise UpstreamError(FailureClass.PROTOCOL, f"upstream answer is not {what}") from None
+
+
 def json_or_none(raw: bytes) -> Any:
     """An error answer's body as JSON, or None: an upstream in trouble may answer HTML, or nothing."""
     try:
@@ -202,10 +212,11 @@ async def read_lines(content: aiohttp.StreamReader, limit: int) -> AsyncIterator
 class UpstreamStream:
     """An upstream's open stream (a `ReplyStream`): what every streaming adapter shares.
 
-    A subclass's `__aiter__` reads `response.content` through a bounded reader (`read_events`,
-    `read_lines`), passes each piece through `scrub` before it is relayed or quoted in an error,
-    and keeps `usage` and `done` current. `aclose` hands the connection back to the pool once
-    the upstream ended its stream, and closes it otherwise: the rest would never be read.
+    A subclass's `__aiter__` reads `response.content` through a bounded reader (sse.py's
+    `read_event_batches` or `read_events`, `read_lines`), passes each piece through `scrub`
+    before it is relayed or quoted in an error, and keeps `usage` and `done` current. `aclose`
+    hands the connection back to the pool once the upstream ended its stream, and closes it
+    otherwise: the rest would never be read.
     """
 
     format: WireFormat | None = None  # the wire format of the bytes it yields; None: it yields neutral events

@@ -1,6 +1,5 @@
 """OpenAI and every OpenAI-compatible server (vLLM, llama.cpp, LM Studio, Groq,
-Together, OpenRouter, Mistral, DeepSeek): requests pass through with only
-`model` changed, answers and stream events are relayed as they came.
+Together, OpenRouter, Mistral, DeepSeek).
 
 Wire format: POST {base_url}/chat/completions and /embeddings with
 `Authorization: Bearer KEY`; streams are SSE `data: {chat.completion.chunk}`
@@ -9,7 +8,8 @@ events ending with `data: [DONE]`; errors are `{"error": {...}}` bodies.
 An OpenAI client's request goes on as it came, only `model` replaced, and the answer and
 stream events come back as the upstream's bytes (each event still read). Any other client's
 request is its `Chat` written by daemon/formats/openai.py, whose decoders read the answers
-and events back into neutral values.
+and events back into neutral values. A Responses API client's request goes to /responses as it
+came (adapters/responses_relay.py).
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import msgspec
 
+from gatewayd.adapters.base import glance_at
 from gatewayd.adapters.sse import RelayedEvents
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
@@ -60,10 +61,7 @@ def usage_of(fields: ResponseFields) -> Usage | None:
 
 def relayed_response(raw: bytes) -> Reply:
     """A Responses client's answer, as the upstream's bytes, once its usage is read."""
-    try:
-        fields = RESPONSE.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a response") from None
+    fields = glance_at(RESPONSE, raw, "a response")
     if fields.object != "response":
         raise UpstreamError(FailureClass.PROTOCOL, "upstream answer is not a response")
     return Reply(raw, usage_of(fields), WIRE)
