@@ -319,3 +319,15 @@ async def test_a_recorded_thinking_stream_reaches_the_client_byte_for_byte(gatew
                                               "messages": user("GCD of 1071 and 462?")})
     assert response.status == 200 and await response.read() == stream
     assert anthropic_fake.requests[0]["json"]["thinking"] == {"type": "enabled", "budget_tokens": 16000}
+
+
+async def test_requests_are_counted_by_the_clients_format(gateway):
+    gw = await messages_gateway(gateway)
+    await gw.post("/v1/messages", {"model": "echo", "max_tokens": 5, "messages": user("x")})
+    await gw.post("/v1/responses", {"model": "echo", "input": "x"})
+    await gw.chat("echo")
+    async with gw.session.get(gw.url + "/metrics") as scraped:
+        lines = [line for line in (await scraped.text()).splitlines() if line.startswith("gatewayd_requests_total{")]
+    formats = sorted(line.split('format="')[1].split('"')[0] for line in lines)
+    assert formats == ["anthropic", "openai", "responses"]
+    assert all(line.endswith(" 1.0") for line in lines)

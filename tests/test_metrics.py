@@ -64,11 +64,15 @@ def value(samples: dict, name: str, **labels) -> float:
     return samples[(name, tuple(sorted(labels.items())))]
 
 
+def requests_total(samples: dict, model: str, deployment: str, status: str, format: str = "openai") -> float:
+    return value(samples, "gatewayd_requests_total", model=model, deployment=deployment, status=status, format=format)
+
+
 async def test_requests_attempts_and_failures(scraped):
     samples, text, _ = scraped
-    assert value(samples, "gatewayd_requests_total", model="chat", deployment="priced", status="200") == 3
-    assert value(samples, "gatewayd_requests_total", model="priced", deployment="priced", status="200") == 1
-    assert value(samples, "gatewayd_requests_total", model="-", deployment="-", status="404") == 1
+    assert requests_total(samples, "chat", "priced", "200") == 3
+    assert requests_total(samples, "priced", "priced", "200") == 1
+    assert requests_total(samples, "-", "-", "404") == 1
     assert value(samples, "gatewayd_upstream_attempts_total", model="chat") == 5  # 2 x (flaky, priced) + priced
     assert value(samples, "gatewayd_upstream_failures_total", deployment="flaky", **{"class": "server"}) == 2
     assert value(samples, "gatewayd_fallbacks_total", model="chat", deployment="flaky") == 2
@@ -190,7 +194,7 @@ async def test_counters_and_histograms_add_up_across_scrapes(gateway, fake_opena
     await ask(gw, 2, model="nope", status=404)
     after = await scrape(gw)
     for samples, answered, unknown in ((before, 2, None), (after, 5, 2)):
-        assert value(samples, "gatewayd_requests_total", model="m", deployment="m", status="200") == answered
+        assert requests_total(samples, "m", "m", "200") == answered
         assert value(samples, "gatewayd_upstream_attempts_total", model="m") == answered
         # the fake upstream reports 9 prompt and 3 completion tokens per answer
         assert value(samples, "gatewayd_tokens_total", deployment="m", kind="prompt") == 9 * answered
@@ -200,11 +204,12 @@ async def test_counters_and_histograms_add_up_across_scrapes(gateway, fake_opena
             assert value(samples, f"{name}_count", model="m") == answered
             assert buckets(samples, name, model="m")[-1] == answered
         if unknown is not None:  # an unknown model is counted under "-", with no attempt and no first byte
-            assert value(samples, "gatewayd_requests_total", model="-", deployment="-", status="404") == unknown
+            assert requests_total(samples, "-", "-", "404") == unknown
             assert value(samples, "gatewayd_upstream_attempts_total", model="-") == 0
             assert value(samples, "gatewayd_request_duration_seconds_count", model="-") == unknown
             assert value(samples, "gatewayd_time_to_first_byte_seconds_count", model="-") == 0
-    for name, labels in (("gatewayd_requests_created", {"model": "m", "deployment": "m", "status": "200"}),
+    answered_labels = {"model": "m", "deployment": "m", "status": "200", "format": "openai"}
+    for name, labels in (("gatewayd_requests_created", answered_labels),
                          ("gatewayd_upstream_attempts_created", {"model": "m"}),
                          ("gatewayd_request_duration_seconds_created", {"model": "m"}),
                          ("gatewayd_tokens_created", {"deployment": "m", "kind": "prompt"})):
@@ -248,7 +253,7 @@ async def test_an_upstreams_negative_usage_is_not_counted(gateway, aiohttp_serve
     """)
     await ask(gw, 2)
     samples = await scrape(gw)
-    assert value(samples, "gatewayd_requests_total", model="m", deployment="m", status="200") == 2
+    assert requests_total(samples, "m", "m", "200") == 2
     assert value(samples, "gatewayd_tokens_total", deployment="m", kind="prompt") == 0
     assert value(samples, "gatewayd_tokens_total", deployment="m", kind="completion") == 8
     assert value(samples, "gatewayd_cost_total", deployment="m") == 0

@@ -64,7 +64,7 @@ class Buckets:
 
 
 class RequestSeries:
-    """`gatewayd_requests_total` for one (model, deployment, status)."""
+    """`gatewayd_requests_total` for one (model, deployment, status, client format)."""
 
     __slots__ = ("count", "created")
 
@@ -152,7 +152,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         # the per-request series by their label values, never dropped (a counter that vanished would reset)
-        self._requests: dict[tuple[str, str, str], RequestSeries] = {}
+        self._requests: dict[tuple[str, str, str, str], RequestSeries] = {}
         self._models: dict[str, ModelSeries] = {}
         self._usage: dict[str, UsageSeries] = {}  # by deployment name, a name from the config
         # registered in this order, the order /metrics lists them in
@@ -184,7 +184,7 @@ class Metrics:
     def observe(self, record: AccessRecord) -> None:
         model = record.model if record.deployment is not None or record.status in (200, 429, 503, 504) else None
         model = model or "-"
-        labels = (model, record.deployment or "-", str(record.status))
+        labels = (model, record.deployment or "-", str(record.status), record.format or "-")
         requests = self._requests.get(labels)
         if requests is None:
             requests = self._requests[labels] = RequestSeries()
@@ -227,7 +227,7 @@ class Metrics:
         return generate_latest(self.registry)
 
     def _requests_family(self) -> Metric:
-        return counter("gatewayd_requests", "Requests answered", ["model", "deployment", "status"],
+        return counter("gatewayd_requests", "Requests answered", ["model", "deployment", "status", "format"],
                        ((labels, series.count, series.created) for labels, series in self._requests.items()))
 
     def _attempts_family(self) -> Metric:
