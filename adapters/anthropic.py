@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-import orjson
 from multidict import CIMultiDictProxy
 
 from gatewayd.adapters.base import (
@@ -23,11 +22,11 @@ from gatewayd.adapters.base import (
     TypeKey,
     expect_stream,
     glance_at,
+    relayed_body,
     unsupported,
     upstream_json,
 )
 from gatewayd.adapters.sse import RelayedEvents, read_events
-from gatewayd.daemon.core.conversation import too_deep_to_forward
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Reply, Usage
@@ -71,14 +70,6 @@ def relayed_answer(raw: bytes) -> Reply:
     cached = usage.cache_read_input_tokens or 0
     prompt = usage.input_tokens + (usage.cache_creation_input_tokens or 0) + cached
     return Reply(raw, Usage(prompt, usage.output_tokens, cached), WIRE)
-
-
-def relayed_body(body: dict, model: str) -> bytes:
-    """An Anthropic client's body with the deployment's model."""
-    try:
-        return orjson.dumps({**body, "model": model})
-    except orjson.JSONEncodeError:
-        raise too_deep_to_forward() from None
 
 
 class RelayedStream(RelayedEvents):

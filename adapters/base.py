@@ -29,7 +29,7 @@ from aiohttp.http_exceptions import LineTooLong
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from gatewayd.daemon.core.conversation import client_error
+from gatewayd.daemon.core.conversation import client_error, too_deep_to_forward
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError, classify_status
 from gatewayd.daemon.core.failures import upstream_json as upstream_json  # re-exported for the adapters
@@ -162,6 +162,16 @@ def too_large(limit: int) -> UpstreamError:
                                                 "(server.max_upstream_body)")
 
 
+def relayed_body(body: dict, model: str) -> bytes:
+    """A client's body for an upstream of its own format: as it came, with the deployment's
+    `model`. (Not `chat_encoder`'s guard: a passthrough has no shape to misread, and this runs
+    on every request, where a wrapper's frame would cost more than the `try`.)"""
+    try:
+        return orjson.dumps({**body, "model": model})
+    except orjson.JSONEncodeError:
+        raise too_deep_to_forward() from None
+
+
 def glance_at(decoder: msgspec.json.Decoder, raw: bytes, what: str) -> Any:
     """The few fields `decoder` reads of an answer relayed as its bytes, the rest skipped unread;
     text that is not such JSON is the upstream's protocol failure (not `what`)."""
@@ -253,11 +263,15 @@ class TranslatedStream(UpstreamStream):
 
     async def __aiter__(self) -> AsyncIterator[StreamEvent]:
         translator, scrub = self.translator, self.scrub
-        async for event, data in self.read(self.response.content, self.max_read):
-            for out in translator.feed(event, scrub(data)):
-                yield out
-            if translator.done:
-                return
+        pieces = self.read(self.response.content, self.max_read)
+        try:
+            async for event, data in pieces:
+                for out in translator.feed(event, scrub(data)):
+                    yield out
+                if translator.done:
+                    return
+        finally:
+            await pieces.aclose()  # here: the loop's async-generator finalizer would wake the loop for it
 
 
 class HttpAdapter:

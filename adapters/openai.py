@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Literal
 from urllib.parse import quote
 
 import msgspec
-import orjson
 
 from gatewayd.adapters.base import (
     HttpAdapter,
@@ -27,11 +26,11 @@ from gatewayd.adapters.base import (
     TypeKey,
     UpstreamStream,
     expect_stream,
+    relayed_body,
     upstream_json,
 )
 from gatewayd.adapters.responses_relay import RelayedResponsesStream, relayed_response
 from gatewayd.adapters.sse import read_event_batches, read_events
-from gatewayd.daemon.core.conversation import too_deep_to_forward
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Reply, Usage
@@ -43,16 +42,6 @@ if TYPE_CHECKING:
 
 WIRE = WireFormat.OPENAI  # what this adapter's upstreams speak
 RESPONSES = WireFormat.RESPONSES  # their other API: its clients' requests are relayed too
-
-
-def to_upstream(body: dict, model: str) -> bytes:
-    """The request as the upstream expects it: the client's body with `model` replaced.
-    (Not `chat_encoder`'s guard: a passthrough has no shape to misread, and this runs on
-    every request, where a wrapper's frame would cost more than the `try`.)"""
-    try:
-        return orjson.dumps({**body, "model": model})
-    except orjson.JSONEncodeError:
-        raise too_deep_to_forward() from None
 
 
 class UsageFields(msgspec.Struct):
@@ -194,30 +183,30 @@ class OpenAIAdapter(HttpAdapter):
     # `chat` and `embeddings` return fetch's coroutine as their own (see HttpAdapter.fetch)
     def chat(self, deployment: Deployment, request: Request) -> Awaitable[Reply]:
         if request.format is RESPONSES:
-            return self.fetch(deployment, self.responses_url(), to_upstream(request.body, deployment.model),
+            return self.fetch(deployment, self.responses_url(), relayed_body(request.body, deployment.model),
                               relayed_response)
         url = self.url(deployment, "chat/completions")
         if request.format is WIRE:
-            return self.fetch(deployment, url, to_upstream(request.body, deployment.model), from_upstream)
+            return self.fetch(deployment, url, relayed_body(request.body, deployment.model), from_upstream)
         return self.fetch(deployment, url, encode_chat(request.chat(), deployment.model), translated_answer)
 
     def embeddings(self, deployment: Deployment, request: Request) -> Awaitable[Reply]:
         if request.format is not WIRE:  # no other client format asks for embeddings
             raise TypeError(f"a {request.format.value} client's embeddings request")
         return self.fetch(deployment, self.url(deployment, "embeddings"),
-                          to_upstream(request.body, deployment.model), from_upstream)
+                          relayed_body(request.body, deployment.model), from_upstream)
 
     async def stream(self, deployment: Deployment,
                      request: Request) -> OpenAIStream | TranslatedStream | RelayedResponsesStream:
         if request.format is RESPONSES:
             body = request.body if request.body.get("stream") is True else {**request.body, "stream": True}
-            response = await self.send(deployment, self.responses_url(), to_upstream(body, deployment.model))
+            response = await self.send(deployment, self.responses_url(), relayed_body(body, deployment.model))
             expect_stream(response, "text/event-stream", "an event stream")
             return RelayedResponsesStream(response, self.scrub, self._max_answer)
         url = self.url(deployment, "chat/completions")
         if request.format is WIRE:
             body = request.body if request.body.get("stream") is True else {**request.body, "stream": True}
-            response = await self.send(deployment, url, to_upstream(body, deployment.model))
+            response = await self.send(deployment, url, relayed_body(body, deployment.model))
             expect_stream(response, "text/event-stream", "an event stream")
             return OpenAIStream(response, self.scrub, self._max_answer)
         response = await self.send(deployment, url, encode_chat(request.chat(), deployment.model))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from tests.wire import recorded_stream
+
 
 @dataclass
 class Ok:
@@ -98,9 +100,7 @@ def chunk(model: str, delta: dict, finish: str | None = None) -> bytes:
 
 FIXTURES = Path(__file__).parent / "fixtures" / "responses"
 RESPONSES_ANSWER = (FIXTURES / "answer_text.json").read_bytes()
-# the recorded stream as its events, the source's comment lines left out
-RESPONSES_STREAM = b"".join(line for line in (FIXTURES / "text_stream.sse").read_bytes().splitlines(keepends=True)
-                            if not line.startswith(b":")).lstrip(b"\n")
+RESPONSES_STREAM = recorded_stream(FIXTURES / "text_stream.sse")
 
 
 class Recorder:

@@ -52,6 +52,7 @@ from gatewayd.daemon.formats.anthropic import (
     stream_error,
     upstream_error_body,
 )
+from tests.wire import pieces_of, recorded_pairs, recorded_stream
 
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
 MODEL = "upstream-model"
@@ -94,14 +95,7 @@ PNG = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAW
 # --- helpers -----------------------------------------------------------------------------------
 
 def fixture_events(name: str) -> list[tuple[bytes, bytes]]:
-    """A recorded SSE stream's (event, data) pairs; `:` lines are comments (the source)."""
-    pairs = []
-    for chunk in (FIXTURES / name).read_bytes().split(b"\n\n"):
-        lines = [line for line in chunk.split(b"\n") if line and not line.startswith(b":")]
-        if lines:
-            event, data = lines
-            pairs.append((event.removeprefix(b"event: "), data.removeprefix(b"data: ")))
-    return pairs
+    return recorded_pairs(FIXTURES / name)
 
 
 def written_events(raw: bytes) -> list[tuple[str, dict]]:
@@ -155,7 +149,7 @@ def sdk_create(raw: bytes, status: int = 200):
 
 
 def fixture_bytes(name: str) -> bytes:
-    return b"".join(b"event: " + event + b"\ndata: " + data + b"\n\n" for event, data in fixture_events(name))
+    return recorded_stream(FIXTURES / name)
 
 
 def seen(message) -> dict:
@@ -834,11 +828,6 @@ SEGMENTS = st.lists(st.one_of(
               st.dictionaries(st.sampled_from(["a", "b", "ünï"]),
                               st.one_of(st.integers(-2**53, 2**53), st.text(max_size=5), st.booleans()), max_size=3)),
 ), max_size=6)
-
-
-def pieces_of(data: st.DataObject, text: str) -> list[str]:
-    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(text) - 1, 1)), max_size=3)))
-    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True) if text[a:b]] or [text]
 
 
 @settings(max_examples=150, deadline=None)

@@ -52,6 +52,7 @@ from gatewayd.daemon.formats.responses import (
     stream_error,
     upstream_error_body,
 )
+from tests.wire import pieces_of, recorded_pairs
 
 FIXTURES = Path(__file__).parent / "fixtures" / "responses"
 MODEL = "upstream-model"
@@ -84,13 +85,7 @@ DEFAULT_SETTINGS = {
 
 def fixture_events(name: str) -> list[tuple[str, dict]]:
     """A recorded SSE stream's (event, data) pairs; `:` lines are comments (the source)."""
-    pairs = []
-    for chunk in (FIXTURES / name).read_text().split("\n\n"):
-        lines = [line for line in chunk.split("\n") if line and not line.startswith(":")]
-        if lines:
-            event, data = lines
-            pairs.append((event.removeprefix("event: "), orjson.loads(data.removeprefix("data: "))))
-    return pairs
+    return [(event.decode(), orjson.loads(data)) for event, data in recorded_pairs(FIXTURES / name)]
 
 
 def fixture_bytes(name: str) -> bytes:
@@ -847,11 +842,6 @@ SEGMENTS = st.lists(st.one_of(
               st.dictionaries(st.sampled_from(["a", "b", "ünï"]),
                               st.one_of(st.integers(-2**53, 2**53), st.text(max_size=5), st.booleans()), max_size=3)),
 ), max_size=6)
-
-
-def pieces_of(data: st.DataObject, text: str) -> list[str]:
-    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(text) - 1, 1)), max_size=3)))
-    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True) if text[a:b]] or [text]
 
 
 @settings(max_examples=150, deadline=None)

@@ -11,7 +11,18 @@ import anthropic
 import pytest
 
 from tests.fakes import Ok, Status, Stream
-from tests.fakes_native import ANTHROPIC_KEY, AnthropicError, BoundedGateways, FakeAnthropic, serve, text, tool_use
+from tests.fakes_native import (
+    ANTHROPIC_KEY,
+    AnthropicError,
+    BoundedGateways,
+    FakeAnthropic,
+    FakeOllama,
+    serve,
+    text,
+    tool_use,
+)
+from tests.fakes_native import Chat as OllamaChat
+from tests.wire import recorded_stream
 
 BOUND = 10.0
 FIXTURES = Path(__file__).parent / "fixtures" / "anthropic"
@@ -309,8 +320,7 @@ async def test_the_access_line_names_the_clients_format(gateway, caplog):
 
 async def test_a_recorded_thinking_stream_reaches_the_client_byte_for_byte(gateway, anthropic_fake):
     """Thinking blocks, signature deltas and all, from Anthropic's documented stream."""
-    recorded = (FIXTURES / "docs_thinking_stream.sse").read_bytes().splitlines(keepends=True)
-    stream = b"".join(line for line in recorded if not line.startswith(b":")).lstrip(b"\n")
+    stream = recorded_stream(FIXTURES / "docs_thinking_stream.sse")
     assert b"thinking_delta" in stream and b"signature_delta" in stream
     gw = await messages_gateway(gateway, anthropic_fake)
     anthropic_fake.queue(stream)
@@ -331,3 +341,29 @@ async def test_requests_are_counted_by_the_clients_format(gateway):
     formats = sorted(line.split('format="')[1].split('"')[0] for line in lines)
     assert formats == ["anthropic", "openai", "responses"]
     assert all(line.endswith(" 1.0") for line in lines)
+
+
+async def test_an_anthropic_client_reaches_an_ollama_upstream(gateway, aiohttp_server):
+    ollama = await serve(aiohttp_server, FakeOllama())
+    gw = await gateway(f"""
+        version: 1
+        providers:
+          local: {{type: ollama, base_url: "{ollama.base_url}"}}
+        models:
+          llama: {{provider: local, model: 'llama3.1:8b'}}
+    """)
+    ollama.queue(OllamaChat(content="Hello from llama", prompt_eval_count=12, eval_count=4),
+                 OllamaChat(content="one two three"))
+    async with client(gw) as sdk:
+        message = await sdk.messages.create(model="llama", max_tokens=30, system="Be brief.",
+                                            messages=user("Hello"), stop_sequences=["END"])
+        async with sdk.messages.stream(model="llama", max_tokens=30, messages=user("count")) as stream:
+            streamed = await stream.get_final_message()
+    assert message.content[0].text == "Hello from llama" and message.stop_reason == "end_turn"
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (12, 4)
+    assert streamed.content[0].text == "one two three" and streamed.stop_reason == "end_turn"
+    sent = ollama.requests[0]["json"]
+    assert sent["model"] == "llama3.1:8b" and sent["stream"] is False
+    assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
+    assert sent["options"] == {"num_predict": 30, "stop": ["END"]}
+    assert ollama.requests[1]["json"]["stream"] is True

@@ -4,7 +4,10 @@ by the OpenAI codec (daemon/formats/openai.py), exactly as the gateway writes th
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import orjson
+from hypothesis import strategies as st
 
 from gatewayd.daemon.core.exchange import Operation, Request, WireFormat
 from gatewayd.daemon.core.failures import UpstreamError
@@ -12,13 +15,8 @@ from gatewayd.daemon.core.replies import Reply
 from gatewayd.daemon.formats import openai as codec
 
 
-def decode_chat(body):
-    from gatewayd.daemon.formats.openai import decode_chat as decode
-    return decode(body)
-
-
 def chat_request(body: dict, *, stream: bool = False) -> Request:
-    return Request(Operation.CHAT, WireFormat.OPENAI, body, stream=stream, decode=decode_chat)
+    return Request(Operation.CHAT, WireFormat.OPENAI, body, stream=stream, decode=codec.decode_chat)
 
 
 def embeddings_request(body: dict) -> Request:
@@ -73,3 +71,25 @@ async def relayed(stream, body: dict | None = None) -> list[bytes]:
 
 def stream_request(body: dict) -> Request:
     return chat_request(body, stream=True)
+
+
+def recorded_pairs(path: Path) -> list[tuple[bytes, bytes]]:
+    """A recorded SSE stream's (event, data) pairs; `:` lines are comments (the source)."""
+    pairs = []
+    for chunk in path.read_bytes().split(b"\n\n"):
+        lines = [line for line in chunk.split(b"\n") if line and not line.startswith(b":")]
+        if lines:
+            event, data = lines
+            pairs.append((event.removeprefix(b"event: "), data.removeprefix(b"data: ")))
+    return pairs
+
+
+def recorded_stream(path: Path) -> bytes:
+    """A recorded SSE stream as an upstream sends it: its events, the source's comments left out."""
+    return b"".join(b"event: " + event + b"\ndata: " + data + b"\n\n" for event, data in recorded_pairs(path))
+
+
+def pieces_of(data, text: str) -> list[str]:
+    """`text` cut where hypothesis's `data` draws (at most three cuts), as a stream brings it."""
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(len(text) - 1, 1)), max_size=3)))
+    return [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True) if text[a:b]] or [text]

@@ -1,5 +1,6 @@
-"""Errors the HTTP API answers with, in OpenAI's shape:
-`{"error": {"message", "type", "code", "param"}}`.
+"""The gateway's own errors: a status, a code and a message, written in OpenAI's shape
+`{"error": {"message", "type", "code", "param"}}` here, and by each client format's codec on
+its endpoints (`/v1/messages` answers them in Anthropic's shape).
 
     status  type                    code (examples)
     400     invalid_request_error   invalid_json, missing_model, invalid_body,
