@@ -7,8 +7,9 @@ Runs `gatewayd run -c bench/gateway.bench.yaml` under
 (a small aiohttp server in its own process answering the same fixed bodies as
 bench/upstream.nginx.conf), sends --warmup requests, zeroes the counters
 (`callgrind_control -z`), sends --requests sequential keep-alive requests of each
-kind (chat, stream, embeddings), dumps the counters (`callgrind_control -d`)
-after each kind and divides the main thread's instructions by the count.
+kind (chat, stream, embeddings; messages and responses, relayed and translated),
+dumps the counters (`callgrind_control -d`) after each kind and divides the main
+thread's instructions by the count.
 
 Times on a shared machine drift from run to run; instruction counts move by
 about 1 % (the timers fire by the clock), so two builds compare closely (run
@@ -51,6 +52,15 @@ message = b'{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assist
           b'"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":8,' \
           b'"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":15,' \
           b'"service_tier":"standard"}}'
+# and as OpenAI's Responses API words it
+response = b'{"id":"resp_689a0b2545288193953c892439b42e2800b2e36c65a1fd4b","object":"response",' \
+           b'"created_at":1754925861,"status":"completed","error":null,"incomplete_details":null,' \
+           b'"model":"gpt-4o-mini-2024-07-18","output":[{"id":"msg_689a0b2637b08193ac478e568f49e3f9",' \
+           b'"type":"message","status":"completed","content":[{"type":"output_text","annotations":[],' \
+           b'"logprobs":[],"text":"Hello! How can I assist you today? Let me know what you need."}],' \
+           b'"role":"assistant"}],"parallel_tool_calls":true,"previous_response_id":null,"store":true,' \
+           b'"usage":{"input_tokens":8,"input_tokens_details":{"cached_tokens":0},"output_tokens":15,' \
+           b'"output_tokens_details":{"reasoning_tokens":0},"total_tokens":23},"metadata":{}}'
 async def chat(request):
     await request.read()
     return web.Response(body=answer, content_type="application/json")
@@ -63,12 +73,16 @@ async def embeddings(request):
 async def messages(request):
     await request.read()
     return web.Response(body=message, content_type="application/json")
+async def responses(request):
+    await request.read()
+    return web.Response(body=response, content_type="application/json")
 async def main():
     for port, handler in ((18100, chat), (18101, stream)):
         app = web.Application()
         app.router.add_post("/v1/chat/completions", handler)
         app.router.add_post("/v1/embeddings", embeddings)
         app.router.add_post("/v1/messages", messages)
+        app.router.add_post("/v1/responses", responses)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -106,6 +120,10 @@ KINDS = {
                                   "messages": [{"role": "user", "content": "hello"}]}),
     "messages-translated": ("/v1/messages", {"model": "bench", "max_tokens": 100,
                                              "messages": [{"role": "user", "content": "hello"}]}),
+    # a Responses client: to an OpenAI upstream (relayed), to an Anthropic one (translated)
+    "responses": ("/v1/responses", {"model": "bench", "input": "hello"}),
+    "responses-translated": ("/v1/responses", {"model": "bench-anthropic", "input": "hello",
+                                               "max_output_tokens": 100}),
 }
 
 

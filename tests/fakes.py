@@ -238,9 +238,15 @@ class FakeOpenAI(Recorder):
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
         """The Responses API, answering recorded OpenAI answers (tests/fixtures/responses/): the
-        text stream, or the text answer; a queued `Status` is its error answer."""
+        text stream, or the text answer; a queued `Status` is its error answer, a `Hang` a wait first."""
         body = await self.record(request)
         behaviour = self.next()
+        if isinstance(behaviour, Hang):
+            try:
+                await asyncio.sleep(behaviour.seconds)
+            except asyncio.CancelledError:
+                self.disconnects.append(time.monotonic())
+                raise
         if isinstance(behaviour, Status):
             error = {"error": {"message": behaviour.message, "type": behaviour.type,
                                "param": behaviour.param, "code": behaviour.code}}

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 
-from tests.fakes import Recorder
+from tests.fakes import RESPONSES_ANSWER, Recorder
 
 ANTHROPIC_KEY = "sk-ant-fake-key-0001"
 AZURE_KEY = "azure-fake-key-0001"
@@ -77,6 +78,7 @@ class Message:
     output_tokens: int = 7
     pieces: int = 3  # stream: deltas per block
     error_after: int | None = None  # stream: an in-band `error` event after this many text deltas, then the end
+    gap: float = 0.0  # stream: seconds between deltas
 
 
 def text(value: str, **extra) -> Message:
@@ -111,6 +113,7 @@ class FakeAnthropic(Recorder):
         self.key = key
         self.model_echo = model_echo  # the dated model id Anthropic reports back
         self.default = text("Hello from Claude")
+        self.disconnects: list[float] = []  # monotonic times a client went away mid-stream
         self.app = web.Application()
         self.app.router.add_post("/v1/messages", self.messages)
         self.app.router.add_post("/v1/messages/count_tokens", self.count_tokens)
@@ -156,7 +159,11 @@ class FakeAnthropic(Recorder):
         if isinstance(plan, AnthropicError):
             return self.error(plan.status, plan.type, plan.message, plan.headers)
         if body.get("stream"):
-            return await self.stream(request, body, plan)
+            try:
+                return await self.stream(request, body, plan)
+            except (asyncio.CancelledError, ConnectionResetError):
+                self.disconnects.append(time.monotonic())
+                raise
         return web.json_response(self.message(body, plan))
 
     async def stream(self, request: web.Request, body: dict, plan: Message) -> web.StreamResponse:
@@ -185,6 +192,8 @@ class FakeAnthropic(Recorder):
                         return response
                     await send("content_block_delta", {"type": "content_block_delta", "index": index,
                                                        "delta": {"type": "text_delta", "text": piece}})
+                    if plan.gap:
+                        await asyncio.sleep(plan.gap)
             else:
                 await send("content_block_start", {
                     "type": "content_block_start", "index": index,
@@ -299,8 +308,9 @@ class FakeAzure(Recorder):
         self.app = web.Application()
         self.app.router.add_post("/openai/deployments/{deployment}/chat/completions", self.chat)
         self.app.router.add_post("/openai/deployments/{deployment}/embeddings", self.embeddings)
+        self.app.router.add_post("/openai/responses", self.responses)
 
-    def refuse(self, request: web.Request) -> web.Response | None:
+    def refuse(self, request: web.Request, deployment: str | None = None) -> web.Response | None:
         if request.query.get("api-version") != self.api_version:
             return web.json_response({"error": {"code": "404", "message": "Resource not found"}}, status=404)
         if request.headers.get("api-key") != self.key:
@@ -308,7 +318,7 @@ class FakeAzure(Recorder):
                 "code": "401", "message": "Access denied due to invalid subscription key or wrong API endpoint. "
                 "Make sure to provide a valid key for an active subscription and use a correct regional API "
                 "endpoint for your resource."}}, status=401)
-        if request.match_info["deployment"] not in self.deployments:
+        if (deployment or request.match_info["deployment"]) not in self.deployments:
             return web.json_response({"error": {
                 "code": "DeploymentNotFound",
                 "message": "The API deployment for this resource does not exist."}}, status=404)
@@ -344,6 +354,15 @@ class FakeAzure(Recorder):
             "usage": {"prompt_tokens": 11, "completion_tokens": 4, "total_tokens": 15},
             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}],
         })
+
+    async def responses(self, request: web.Request) -> web.Response:
+        """Azure's Responses API: one URL for the resource, the deployment named by the body's
+        `model`; answered with OpenAI's recorded answer, since Azure speaks the same format."""
+        body = await self.record(request)
+        refused = self.refuse(request, str(body.get("model")))
+        if refused is not None:
+            return refused
+        return web.Response(body=RESPONSES_ANSWER, content_type="application/json")
 
     async def embeddings(self, request: web.Request) -> web.Response:
         body = await self.record(request)

@@ -4,13 +4,15 @@ Anthropic's shape, the gateway's own included."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from pathlib import Path
 
 import anthropic
 import pytest
 
-from tests.fakes import Ok, Status, Stream
+from tests.fakes import Ok, Status, Stream, deployment_status, eventually
 from tests.fakes_native import (
     ANTHROPIC_KEY,
     AnthropicError,
@@ -367,3 +369,43 @@ async def test_an_anthropic_client_reaches_an_ollama_upstream(gateway, aiohttp_s
     assert sent["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]
     assert sent["options"] == {"num_predict": 30, "stop": ["END"]}
     assert ollama.requests[1]["json"]["stream"] is True
+
+
+# --- clients that go away ----------------------------------------------------------------------
+
+async def leave_after_events(response, events: int) -> float:
+    """Read `events` SSE events of `response`, then close it; returns when the client left."""
+    seen = 0
+    while seen < events:
+        line = await asyncio.wait_for(response.content.readline(), 2)
+        seen += line.startswith(b"data: ")
+    left = time.monotonic()
+    response.close()
+    return left
+
+
+async def test_a_client_leaving_a_relayed_stream_cancels_the_upstream_at_once(gateway, anthropic_fake):
+    gw = await messages_gateway(gateway, anthropic_fake)
+    anthropic_fake.queue(text(" ".join(str(i) for i in range(40)), pieces=40, gap=0.1))
+    response = await gw.post("/v1/messages", {"model": "haiku", "max_tokens": 100, "stream": True,
+                                              "messages": user("count")})
+    assert response.status == 200
+    left = await leave_after_events(response, 4)
+    assert await eventually(lambda: anthropic_fake.disconnects, 2)
+    assert anthropic_fake.disconnects[0] - left < 2
+    haiku = await deployment_status(gw, "haiku")
+    assert (haiku["state"], haiku["failures"]) == ("ok", 0)  # the client left: not the deployment's fault
+
+
+async def test_a_client_leaving_a_translated_stream_cancels_the_upstream_at_once(gateway, fake_openai):
+    upstream = await fake_openai("oai")
+    gw = await messages_gateway(gateway, openai_fake=upstream)
+    upstream.queue(Stream(pieces=tuple(f"{i} " for i in range(40)), gap=0.1))
+    response = await gw.post("/v1/messages", {"model": "gpt", "max_tokens": 100, "stream": True,
+                                              "messages": user("count")})
+    assert response.status == 200
+    left = await leave_after_events(response, 4)
+    assert await eventually(lambda: upstream.disconnects, 2)
+    assert upstream.disconnects[0] - left < 2
+    gpt = await deployment_status(gw, "gpt")
+    assert (gpt["state"], gpt["failures"]) == ("ok", 0)

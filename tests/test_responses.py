@@ -5,12 +5,25 @@ formats."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
+import aiohttp
 import openai
 import orjson
 import pytest
 
-from tests.fakes import RESPONSES_ANSWER, RESPONSES_STREAM, Status
-from tests.fakes_native import ANTHROPIC_KEY, BoundedGateways, FakeAnthropic, serve, text, tool_use
+from tests.fakes import RESPONSES_ANSWER, RESPONSES_STREAM, Hang, Status, deployment_status, eventually
+from tests.fakes_native import (
+    ANTHROPIC_KEY,
+    AZURE_KEY,
+    BoundedGateways,
+    FakeAnthropic,
+    FakeAzure,
+    serve,
+    text,
+    tool_use,
+)
 
 BOUND = 10.0
 WEATHER = {"type": "function", "name": "get_weather", "description": "Current weather for a city",
@@ -185,3 +198,59 @@ async def test_a_responses_client_is_retried_at_an_openai_deployment(gateway, fa
         raw = await client.responses.with_raw_response.create(model="gpt", input="hi")
     assert raw.headers["x-gatewayd-attempts"] == "2" and raw.parse().status == "completed"
     assert [seen["path"] for seen in upstream.requests] == ["/v1/responses", "/v1/responses"]
+
+
+async def test_an_azure_deployment_gets_the_request_at_its_resources_responses_url(gateway, aiohttp_server):
+    azure = FakeAzure(api_version="2025-03-01-preview")
+    await serve(aiohttp_server, azure)
+    gw = await gateway(f"""
+        version: 1
+        providers:
+          azure: {{type: azure-openai, base_url: "{azure.base_url}", api_key: {AZURE_KEY},
+                   api_version: 2025-03-01-preview}}
+        models:
+          gpt4o: {{provider: azure, model: gpt4o-prod}}
+    """)
+    async with sdk(gw) as client:
+        answer = await client.responses.create(model="gpt4o", input="hi", max_output_tokens=20)
+    assert answer.status == "completed" and answer.output_text
+    seen = azure.requests[0]
+    assert seen["path"] == "/openai/responses" and seen["query"] == {"api-version": "2025-03-01-preview"}
+    assert seen["json"] == {"model": "gpt4o-prod", "input": "hi", "max_output_tokens": 20}
+    assert seen["headers"]["api-key"] == AZURE_KEY and "Authorization" not in seen["headers"]
+
+
+# --- clients that go away ----------------------------------------------------------------------
+
+async def test_a_client_leaving_before_the_first_byte_cancels_the_relayed_request(gateway, fake_openai):
+    upstream = await fake_openai("oai")
+    gw = await responses_gateway(gateway, upstream)
+    upstream.queue(Hang(30))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.3)) as impatient:
+        with pytest.raises(TimeoutError):
+            async with impatient.post(gw.url + "/v1/responses",
+                                      json={"model": "gpt", "input": "hi", "stream": True}) as response:
+                await response.read()
+    left = time.monotonic()
+    assert await eventually(lambda: upstream.disconnects, 2)
+    assert upstream.disconnects[0] - left < 2
+    gpt = await deployment_status(gw, "gpt")
+    assert (gpt["state"], gpt["failures"]) == ("ok", 0)
+
+
+async def test_a_client_leaving_a_translated_stream_cancels_the_upstream_at_once(gateway, anthropic_fake):
+    gw = await responses_gateway(gateway, anthropic_fake=anthropic_fake)
+    anthropic_fake.queue(text(" ".join(str(i) for i in range(40)), pieces=40, gap=0.1))
+    response = await gw.post("/v1/responses", {"model": "haiku", "input": "count", "stream": True,
+                                               "max_output_tokens": 100})
+    assert response.status == 200
+    deltas = 0
+    while deltas < 3:
+        line = await asyncio.wait_for(response.content.readline(), 2)
+        deltas += line.startswith(b"event: response.output_text.delta")
+    left = time.monotonic()
+    response.close()
+    assert await eventually(lambda: anthropic_fake.disconnects, 2)
+    assert anthropic_fake.disconnects[0] - left < 2
+    haiku = await deployment_status(gw, "haiku")
+    assert (haiku["state"], haiku["failures"]) == ("ok", 0)
