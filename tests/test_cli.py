@@ -153,8 +153,8 @@ def test_explain_at_tuesday_noon_in_berlin_puts_the_night_model_out():
         "  tier 1 from 'chat' (ordered):",
         "    1. [out] claude-haiku (anthropic/claude-haiku-4-5) — provider 'anthropic' disabled: "
         "its api_key resolved to an empty value",
-        "    2. [out] gpt-4o-mini (openai/gpt-4o-mini) — provider 'openai' disabled: "
-        "its api_key resolved to an empty value",
+        "    2. [out] gpt-4o-mini (openai/gpt-4o-mini) [limits: rpm 500, tpm 200000, concurrency 50, queue 2s] "
+        "— provider 'openai' disabled: its api_key resolved to an empty value",
         "  tier 2 from 'cheap' (weighted):",
         "    3. [out] llama-night (local/llama3.1:8b) weight 3 — outside window "
         "(only: mon-fri 20:00-07:00, sat,sun; now Tue 12:00 Europe/Berlin)",

@@ -339,8 +339,8 @@ def test_a_refused_part_is_reported_by_the_schema_only_and_its_name_still_resolv
           odd: {targets: []}
         """)
     assert [p.split(": ", 1)[1] for p in problems(config)] == [
-        "unknown key 'colour' in models.broken; allowed keys: provider, model, pricing, windows, timeouts, retry, "
-        "cooldown",
+        "unknown key 'colour' in models.broken; allowed keys: provider, model, pricing, windows, limits, queue, "
+        "max_output_tokens, timeouts, retry, cooldown",
         "models.also-broken is missing the required key 'model'",
         "aliases.odd.targets must not be empty",
     ]

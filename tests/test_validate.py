@@ -385,7 +385,7 @@ def test_schema_errors_stop_before_the_compiler():
         models:
           m: {provider: nope, model: x, colour: red}
         """) == [(f"{F}:3:33: unknown key 'colour' in models.m; allowed keys: "
-                 "provider, model, pricing, windows, timeouts, retry, cooldown")]
+                 "provider, model, pricing, windows, limits, queue, max_output_tokens, timeouts, retry, cooldown")]
 
 
 # --- numbers that are not numbers ------------------------------------------------------------

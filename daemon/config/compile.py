@@ -26,10 +26,12 @@ from gatewayd.daemon.config.yamldoc import Document
 from gatewayd.daemon.core.graph import (
     AppKey,
     Backoff,
+    Budget,
     Candidate,
     CooldownPolicy,
     Deployment,
     Graph,
+    Limits,
     Policy,
     Pricing,
     Provider,
@@ -48,6 +50,7 @@ from gatewayd.daemon.core.windows import Windows, WindowSyntaxError, load_zone, 
 TYPE_KEY_READERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
     {"text": lambda value: value, "duration": seconds, "number": float})
 POLICY_KEYS = ("timeouts", "retry", "cooldown")
+LIMIT_KEYS = ("rpm", "tpm", "concurrency")
 HEX_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")
 
 
@@ -148,6 +151,7 @@ class Compiler:
         name = entry["name"]
         allow = frozenset(entry["allow"]) if "allow" in entry else None
         admin = entry.get("role", schemadoc.default("appKey", "role")) == "admin"
+        admission = self.admission(path, entry)
         if "key" in entry and "key_sha256" in entry:
             self.error(path + ("key_sha256",), f"app key '{name}': give either key or key_sha256, not both",
                        key=True)
@@ -159,7 +163,7 @@ class Compiler:
                 self.error(path + ("key_sha256",), f"app key '{name}': key_sha256 must be 64 hex digits, "
                            "the SHA-256 of the key (`gatewayd hash-key` prints it)")
                 return None
-            return AppKey.from_sha256(name, digest, allow, admin)
+            return AppKey.from_sha256(name, digest, allow, admin, **admission)
         if "key" not in entry:
             self.error(path, f"app key '{name}' needs key (the key itself) or key_sha256 (its SHA-256, "
                        "from `gatewayd hash-key`)")
@@ -167,7 +171,28 @@ class Compiler:
         if not entry["key"]:
             self.error(path + ("key",), f"app key '{name}' is empty; set the variable it names or remove the entry")
             return None
-        return AppKey.plain(name, Secret(entry["key"]), allow, admin)
+        return AppKey.plain(name, Secret(entry["key"]), allow, admin, **admission)
+
+    def admission(self, path: tuple, entry: Mapping[str, Any]) -> dict[str, Any]:
+        """An app key's `limits`, `budget` and `priority`, as AppKey's keyword arguments."""
+        budget = None
+        if "budget" in entry:
+            raw = entry["budget"]
+            budget = Budget(float(raw["usd"]), raw.get("period", schemadoc.default("appKey", "budget", "period")))
+        return {"limits": self.limits(path, entry, f"app key '{entry['name']}'"), "budget": budget,
+                "priority": entry.get("priority", schemadoc.default("appKey", "priority"))}
+
+    def limits(self, path: tuple, raw: Mapping[str, Any], owner: str) -> Limits | None:
+        """`limits:` of an app key or a model; one that names no limit is a mistake, not "no limits"."""
+        if "limits" not in raw:
+            return None
+        given = raw["limits"]
+        if not any(key in given for key in LIMIT_KEYS):
+            self.error(path + ("limits",), f"limits of {owner} is empty: give rpm, tpm or concurrency, "
+                       "or remove limits")
+            return None
+        # int(): the schema's integer admits 5.0
+        return Limits(**{key: int(given[key]) for key in LIMIT_KEYS if key in given})
 
     def providers(self, max_upstream_body: int) -> dict[str, Provider]:
         providers = {}
@@ -220,9 +245,13 @@ class Compiler:
             options[key] = TYPE_KEY_READERS[spec.reads_as](value)
         return options
 
+    def zone_name(self) -> str:
+        """`defaults.timezone` as written, or the schema's default."""
+        return (self.data.get("defaults") or {}).get("timezone", schemadoc.default("defaults", "timezone"))
+
     def default_zone(self) -> str | None:
-        """`defaults.timezone`, checked once whether or not any model has windows."""
-        name = (self.data.get("defaults") or {}).get("timezone", schemadoc.default("defaults", "timezone"))
+        """`defaults.timezone`, checked once whether or not any model has windows or budgets."""
+        name = self.zone_name()
         try:
             load_zone(name)
         except WindowSyntaxError as exc:
@@ -258,6 +287,14 @@ class Compiler:
         default_zone = self.default_zone()
         for name, raw in (self.data.get("models") or {}).items():
             path = ("models", name)
+            limits = self.limits(path, raw, f"model '{name}'")
+            queue = raw.get("queue") or {}
+            queue_wait = seconds(queue.get("max_wait", schemadoc.default("model", "queue", "max_wait")))
+            if queue_wait > 0 and (limits is None or limits.concurrency is None):
+                # only a deployment at its concurrency queues; at its rpm or tpm it is skipped
+                self.warn(path + ("queue", "max_wait"), f"model '{name}': queue.max_wait has no effect "
+                          "without limits.concurrency (requests wait only for a free slot)")
+            max_output = raw.get("max_output_tokens")
             provider = providers.get(raw["provider"])
             if provider is None:
                 if raw["provider"] not in raw_providers:  # else: the provider's own error is reported
@@ -272,7 +309,8 @@ class Compiler:
             deployments[name] = Deployment(
                 name=name, provider=provider, model=raw["model"],
                 policy=self.policy(defaults, raw_providers[raw["provider"]], raw),
-                windows=windows, pricing=pricing,
+                windows=windows, pricing=pricing, limits=limits, queue_wait=queue_wait,
+                max_output_tokens=None if max_output is None else int(max_output),
             )
         return deployments
 
@@ -479,4 +517,5 @@ def compile_graph(document: Document, secrets: Mapping[str, str] | None = None) 
         aliases=tuple(name for name, r in routes.items() if r.kind == "alias"),
         default_policy=compiler.policy(document.data.get("defaults") or {}),
         warnings=tuple(str(w) for w in sorted(compiler.warnings, key=lambda p: (p.line, p.column))),
+        timezone=compiler.zone_name(),
     )

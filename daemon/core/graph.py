@@ -169,6 +169,28 @@ class Pricing:
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1e6
 
 
+PRIORITIES = ("low", "normal", "high")  # an app key's `priority`, lowest first
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """`limits:` of an app key or a deployment. `rpm` and `tpm` count requests and tokens in
+    a rolling 60 s window, `concurrency` the requests in flight (a stream until its end);
+    None: no such limit."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """`budget:` of an app key: spend in US dollars per period, from each model's `pricing`."""
+
+    usd: float
+    period: str  # day | week | month, in `defaults.timezone`
+
+
 @dataclass(frozen=True, slots=True)
 class Deployment:
     """A model deployment: one provider plus one upstream model, with its policy."""
@@ -179,6 +201,9 @@ class Deployment:
     policy: Policy
     windows: Windows | None = None
     pricing: Pricing | None = None
+    limits: Limits | None = None  # the upstream's quota for this deployment
+    queue_wait: float = 0.0  # `queue.max_wait`: how long a request waits for a free slot (concurrency)
+    max_output_tokens: int | None = None  # what a request that names no maximum is assumed to ask for
     # Runtime state (cooldown, failures, latency) is keyed by this, not by the name.
     # Derived once here: every request looks its deployments' health up by it.
     identity: tuple = field(init=False, repr=False, compare=False)
@@ -234,14 +259,28 @@ class AppKey:
     allow: frozenset[str] | None  # None: every alias and model
     admin: bool = False  # role: admin, the only keys that reach /admin/* (and /metrics unless public)
     key: Secret | None = None  # the key itself, for redaction; None when only its digest is known
+    limits: Limits | None = None
+    budget: Budget | None = None
+    priority: str = "normal"  # one of PRIORITIES: its place in a deployment's queue
+    # what its counters (limits, spend) are kept by: the key's digest, so they survive a reload
+    # that renames it, and a key changed under the same name starts afresh
+    identity: tuple = field(init=False, repr=False, compare=False)
+    limited: bool = field(init=False, repr=False, compare=False)  # a limit or a budget applies to it
+
+    def __post_init__(self) -> None:
+        digest = self.expected if self.hashed else hashlib.sha256(self.expected).digest()
+        object.__setattr__(self, "identity", ("key", digest.hex()[:24]))
+        object.__setattr__(self, "limited", self.limits is not None or self.budget is not None)
 
     @classmethod
-    def plain(cls, name: str, key: Secret, allow: frozenset[str] | None, admin: bool = False) -> AppKey:
-        return cls(name, key.reveal_bytes(), False, allow, admin, key)
+    def plain(cls, name: str, key: Secret, allow: frozenset[str] | None, admin: bool = False,
+              **admission) -> AppKey:
+        return cls(name, key.reveal_bytes(), False, allow, admin, key, **admission)
 
     @classmethod
-    def from_sha256(cls, name: str, hex_digest: str, allow: frozenset[str] | None, admin: bool = False) -> AppKey:
-        return cls(name, bytes.fromhex(hex_digest), True, allow, admin)
+    def from_sha256(cls, name: str, hex_digest: str, allow: frozenset[str] | None, admin: bool = False,
+                    **admission) -> AppKey:
+        return cls(name, bytes.fromhex(hex_digest), True, allow, admin, **admission)
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,11 +314,16 @@ class Graph:
     aliases: tuple[str, ...]
     default_policy: Policy  # `defaults:` merged over the schema's defaults; bounds a request's total
     warnings: tuple[str, ...] = field(default=())
+    timezone: str = "UTC"  # `defaults.timezone`: where budget periods begin
     # every credential of this config, providers' and app keys', in each form an upstream may echo
     # it, longest first: what logs and events replace (derived once, not per line)
     redactions: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    # some deployment has a `tpm`: each request's tokens are estimated (else only a limited key's)
+    counts_tokens: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "counts_tokens", any(
+            d.limits is not None and d.limits.tpm is not None for d in self.deployments.values()))
         forms = {form for provider in self.providers.values() for form in provider.redactions}
         forms.update(redaction_forms(key.key.reveal() for key in self.server.keys or () if key.key))
         object.__setattr__(self, "redactions", tuple(sorted(forms, key=len, reverse=True)))

@@ -15,7 +15,7 @@ from gatewayd.daemon.http.errors import ApiError
 from gatewayd.daemon.http.guard import refuse_cross_origin, require_admin
 from gatewayd.daemon.http.paths import Routes
 from gatewayd.daemon.routing.explain import UnknownRoute, explain_plan, parse_instant
-from gatewayd.daemon.routing.status import deployments_status
+from gatewayd.daemon.routing.status import deployments_status, keys_status
 
 if TYPE_CHECKING:
     from gatewayd.daemon.http.runtime import Runtime
@@ -49,7 +49,8 @@ class OpsHandlers:
             "config": {"path": os.path.abspath(runtime.config_path), "version": snapshot.graph.version,
                        "loaded_at": snapshot.loaded_at.isoformat(timespec="seconds")},
             "last_reload": reloader.last_result() if reloader else None,
-            "deployments": deployments_status(snapshot, runtime.health),
+            "deployments": deployments_status(snapshot, runtime.health, counters=runtime.counters),
+            "keys": keys_status(snapshot, runtime.counters),
         })
 
     async def reload(self, request: web.BaseRequest) -> web.Response:
@@ -72,7 +73,8 @@ class OpsHandlers:
         except ValueError:
             raise ApiError(400, "invalid_at", f"at={at_text!r} is not an ISO 8601 instant", param="at") from None
         try:
-            plan = explain_plan(self.runtime.holder.current.graph, name, at, self.runtime.health)
+            plan = explain_plan(self.runtime.holder.current.graph, name, at, self.runtime.health,
+                                self.runtime.counters)
         except UnknownRoute as exc:
             raise ApiError(404, "model_not_found", str(exc), param="model") from None
         return json_response(plan)

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Callable, Protocol
 
 import orjson
 from aiohttp import web
 
-from gatewayd.daemon.core.exchange import Request, WireFormat
+from gatewayd.daemon.core.exchange import Operation, Request, WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import AppKey, Graph, Route, ServerSettings
 from gatewayd.daemon.core.replies import Answer, Embeddings, StreamEvent, Usage
@@ -28,6 +29,7 @@ from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.jsonsyntax import explain_invalid_json
 from gatewayd.daemon.http.streaming import ERROR_EVENT, PREPARED, SSE_HEADERS
 from gatewayd.daemon.observe.accesslog import AccessRecord
+from gatewayd.daemon.routing.quota import KeyTicket, Refused, estimate_tokens
 from gatewayd.daemon.routing.router import Outcome, RoutingFailed
 
 if TYPE_CHECKING:
@@ -150,6 +152,7 @@ class Pipeline:
         started = time.monotonic()
         record = AccessRecord(request.method, request.path, config=graph.version, format=inbound.label)
         snapshot.enter()
+        ticket: KeyTicket | None = None  # the request's bookings against its key's limits
         try:
             refuse_cross_origin(request)
             key = authenticate(request, graph)
@@ -158,9 +161,18 @@ class Pipeline:
             route = route_of(body, graph, key, record)
             call = Request(inbound.operation, inbound.format, body, stream=inbound.check(body),
                            decode=inbound.decode, headers=request.headers)
-            outcome = await runtime.router.route(snapshot, route, call)
+            limited = key is not None and key.limited
+            tokens = 0
+            if limited or graph.counts_tokens:
+                size = request.content_length or len(orjson.dumps(body))
+                tokens = estimate_tokens(body, size, graph, route, inbound.operation != Operation.EMBEDDINGS)
+            if limited:
+                ticket = runtime.router.quotas.admit_key(key, tokens, time.time(), graph.timezone)
+            outcome = await runtime.router.route(snapshot, route, call, key.priority if key else "normal", tokens)
             record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
             headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts)
+            if ticket is not None:
+                headers.update(ticket.headers)
             if outcome.stream is not None:
                 return await self.relay(request, inbound, body, outcome, headers, record, started, graph)
             reply = outcome.reply
@@ -172,12 +184,21 @@ class Pipeline:
         except ApiError as error:
             record.status, record.error = error.status, error.message
             body = inbound.error_body(error.status, error.code, error.message, error.param)
-            return web.Response(status=error.status, body=body, content_type="application/json",
-                                headers={**error.headers, **gateway_headers(snapshot, None, record.attempts)})
+            headers = {**error.headers, **gateway_headers(snapshot, None, record.attempts)}
+            if ticket is not None:
+                headers.update(ticket.headers)
+            return web.Response(status=error.status, body=body, content_type="application/json", headers=headers)
+        except Refused as refusal:
+            return self.refused(snapshot, inbound, refusal, record)
         except RoutingFailed as failure:
-            return self.routing_failed(snapshot, inbound, failure, record)
+            return self.routing_failed(snapshot, inbound, failure, record, ticket)
         finally:
             snapshot.leave()
+            if ticket is not None:
+                used = record.prompt_tokens
+                if used is not None:
+                    used += record.completion_tokens or 0
+                ticket.settle(used, record.cost, record.status == 200)
             record.latency_ms = (time.monotonic() - started) * 1000
             runtime.metrics.observe(record)
             runtime.access.emit(record, graph.server.log_format)
@@ -254,11 +275,22 @@ class Pipeline:
         if pricing is not None:
             record.cost = pricing.cost(usage.prompt_tokens, usage.completion_tokens)
 
+    def refused(self, snapshot: Snapshot, inbound: Inbound, refusal: Refused, record: AccessRecord) -> web.Response:
+        """A key over its limits or budget: a 429 before any upstream call."""
+        record.status, record.error = 429, refusal.message
+        self.runtime.metrics.rejected(refusal.reason)
+        headers = {**gateway_headers(snapshot, None, 0), **refusal.headers,
+                   "Retry-After": str(max(1, math.ceil(refusal.retry_after)))}
+        return web.Response(status=429, body=inbound.error_body(429, refusal.code, refusal.message),
+                            content_type="application/json", headers=headers)
+
     def routing_failed(self, snapshot: Snapshot, inbound: Inbound, failure: RoutingFailed,
-                       record: AccessRecord) -> web.Response:
+                       record: AccessRecord, ticket: KeyTicket | None = None) -> web.Response:
         record.status, record.attempts, record.deployment = failure.status, failure.attempts, failure.deployment
         record.error = failure.message
         headers = gateway_headers(snapshot, failure.deployment, failure.attempts)
+        if ticket is not None:
+            headers.update(ticket.headers)
         if failure.retry_after is not None:
             headers["Retry-After"] = str(int(failure.retry_after))
         if failure.upstream_error is not None:

@@ -1,6 +1,7 @@
 """What serves across reloads: the holder of the serving snapshot, health by deployment
-identity, connection pools by provider identity, metrics, the access log, the event
-bus, and the set of requests in flight (for the shutdown drain)."""
+identity, limit counters by key and deployment identity, connection pools by provider
+identity, metrics, the access log, the event bus, and the set of requests in flight (for
+the shutdown drain)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from gatewayd.daemon.core.graph import Graph
 from gatewayd.daemon.observe.accesslog import AccessLog
 from gatewayd.daemon.observe.events import EventBus
 from gatewayd.daemon.observe.metrics import Metrics
+from gatewayd.daemon.routing.quota import Quotas
 from gatewayd.daemon.routing.router import Router, RoutingObserver
 from gatewayd.daemon.routing.snapshot import AdapterPool, Holder, Snapshot, close_when_drained
 from gatewayd.daemon.routing.status import deployment_states, usable_count
+from gatewayd.daemon.state.counters import LocalCounterStore
 from gatewayd.daemon.state.health import LocalHealthStore
 from gatewayd.daemon.state.store import HealthView
 
@@ -71,12 +74,14 @@ class Runtime(RoutingObserver):
         self.requests = InFlight()
         self.stopping = asyncio.Event()  # set when shutdown begins (SIGTERM/SIGINT)
         self.health = LocalHealthStore(on_change=self.health_changed)
-        self.router = Router(self.health, observer=self)
+        self.counters = LocalCounterStore()
+        self.router = Router(self.health, observer=self, quotas=Quotas(self.counters))
         self._pool = AdapterPool()
         self._closing: set[asyncio.Task] = set()  # pools of providers that left, closing once drained
         self.holder = Holder()
         self.install(loaded.graph)
         self.metrics.watch_states(self.deployment_states)
+        self.metrics.watch_queues(self.queue_lengths)
         self.metrics.watch_inflight(lambda: len(self.requests))
         self.reloader = None  # server.start_reloader sets it once the daemon listens; tests may run without
 
@@ -88,8 +93,9 @@ class Runtime(RoutingObserver):
         that serves, so a failure here leaves the old snapshot serving with nothing to roll back.
         Then one assignment publishes: every request from there on reads the new snapshot, and
         one in flight finishes on the one it started with. The bookkeeping after it cannot fail:
-        health is kept for the deployment identities still configured, the metrics name the new
-        version, and the pools of providers that left close once the old snapshot's last
+        health and limit counters are kept for the key and deployment identities still configured
+        (a changed `concurrency` lets waiting requests into the slots it frees), the metrics name
+        the new version, and the pools of providers that left close once the old snapshot's last
         request has ended (bounded by the new `shutdown_grace`).
         """
         new = self._pool.build(graph)
@@ -98,6 +104,14 @@ class Runtime(RoutingObserver):
         if old is not None:
             old.retired = True
         self.health.retain(d.identity for d in graph.deployments.values())
+        self.counters.retain((key.identity for key in graph.server.keys or ()),
+                             (d.identity for d in graph.deployments.values()))
+        for deployment in graph.deployments.values():
+            usage = self.counters.peek_deployment(deployment.identity)
+            if usage is not None:
+                limits = deployment.limits
+                concurrency = limits.concurrency if limits is not None else None
+                usage.slots.admit_waiting(concurrency if concurrency is not None else float("inf"))
         self.router.strategies.retain(tier for route in graph.routes.values() for tier in route.tiers)
         gone = self._pool.adopt(new)
         if old is not None and gone:
@@ -128,6 +142,12 @@ class Runtime(RoutingObserver):
         self.metrics.fallback(route, deployment)
         self.events.publish("fallback", alias=route, **{"from": deployment}, error=error.failure.value,
                             status=error.status, detail=error.describe())
+
+    def rejected(self, reason: str) -> None:
+        self.metrics.rejected(reason)
+
+    def queued(self, deployment: str, waited: float, admitted: bool) -> None:
+        self.metrics.queue_wait(deployment, waited, admitted)
 
     # the health store's on_change
     def health_changed(self, event: str, identity: tuple, health: HealthView) -> None:
@@ -161,10 +181,17 @@ class Runtime(RoutingObserver):
         return text
 
     def deployment_states(self):
-        return deployment_states(self.holder.current, self.health)
+        return deployment_states(self.holder.current, self.health, counters=self.counters)
+
+    def queue_lengths(self):
+        """(deployment, requests waiting in its queue) for each deployment with a concurrency limit."""
+        for name, deployment in self.holder.current.graph.deployments.items():
+            if deployment.limits is not None and deployment.limits.concurrency is not None:
+                usage = self.counters.peek_deployment(deployment.identity)
+                yield name, usage.slots.queued if usage is not None else 0
 
     def ready(self) -> bool:
-        return usable_count(self.holder.current, self.health) > 0
+        return usable_count(self.holder.current, self.health, counters=self.counters) > 0
 
     def begin_stopping(self) -> None:
         """Shutdown begins: streams learn it on cancellation, event streams end now."""

@@ -19,7 +19,7 @@ from bisect import bisect_left
 from itertools import accumulate
 from typing import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import metrics as client_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -29,7 +29,8 @@ from gatewayd.daemon.observe.accesslog import AccessRecord
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 LE = tuple(floatToGoString(bound) for bound in LATENCY_BUCKETS) + ("+Inf",)  # `le` as prometheus-client writes it
-STATES = ("ok", "cooldown", "half_open", "disabled", "outside_window")
+STATES = ("ok", "cooldown", "half_open", "limited", "disabled", "outside_window")
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def with_created() -> bool:
@@ -147,6 +148,21 @@ class DeploymentStateCollector:
         yield family
 
 
+class QueueCollector:
+    """Requests waiting in each deployment's queue, read at scrape time."""
+
+    def __init__(self, lengths: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        self._lengths = lengths
+
+    def collect(self):
+        family = GaugeMetricFamily("gatewayd_queue_length",
+                                   "Requests waiting for a slot at a deployment at its concurrency limit",
+                                   labels=["deployment"])
+        for deployment, length in self._lengths():
+            family.add_metric([deployment], float(length))
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -166,6 +182,12 @@ class Metrics:
         r.register(Family(self._cost_family))
         self.fallbacks = Counter("gatewayd_fallbacks", "Times a route left a deployment for the next candidate",
                                  ["model", "deployment"], registry=r)
+        self.rejections = Counter("gatewayd_admission_rejected", "Requests refused at a limit, by reason "
+                                  "(key_rpm, key_tpm, key_concurrency, budget, deployment_rpm, deployment_tpm, "
+                                  "deployment_concurrency)", ["reason"], registry=r)
+        self.queue_waits = Histogram("gatewayd_queue_wait_seconds", "Time requests waited in a deployment's "
+                                     "queue, by whether a slot came", ["deployment", "result"],
+                                     buckets=QUEUE_BUCKETS, registry=r)
         self.inflight = Gauge("gatewayd_inflight_requests", "Requests being served", registry=r)
         self.reloads = Counter("gatewayd_reloads", "Reloads by result", ["result", "trigger"], registry=r)
         self.config = Gauge("gatewayd_config_info", "The serving config version", ["version"], registry=r)
@@ -177,6 +199,15 @@ class Metrics:
 
     def watch_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.registry.register(DeploymentStateCollector(states))
+
+    def watch_queues(self, lengths: Callable[[], Iterable[tuple[str, int]]]) -> None:
+        self.registry.register(QueueCollector(lengths))
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.labels(reason).inc()
+
+    def queue_wait(self, deployment: str, waited: float, admitted: bool) -> None:
+        self.queue_waits.labels(deployment, "admitted" if admitted else "timeout").observe(waited)
 
     def watch_inflight(self, count: Callable[[], int]) -> None:
         self.inflight.set_function(count)

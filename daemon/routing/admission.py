@@ -6,6 +6,7 @@
     capability      its provider type cannot serve the operation (only when one is given)
     disabled        its provider is disabled (an empty key, `disabled: true`)
     outside_window  outside its time windows at the instant
+    limited         at its `rpm` or `tpm` (the upstream's quota) for a request of that size
     cooldown        cooling down after failures
     half_open       its cooldown ended and another request is the half-open probe
 
@@ -21,12 +22,15 @@ from datetime import datetime, timezone
 
 from gatewayd.daemon.core.failures import FailureClass
 from gatewayd.daemon.core.graph import Deployment
+from gatewayd.daemon.routing.quota import quota_wait
+from gatewayd.daemon.state.counters import DeploymentUsage
 from gatewayd.daemon.state.store import ADMITTED, PROBE_IN_FLIGHT, DeploymentHealth
 from gatewayd.daemon.state.store import PROBE as CLAIMABLE  # the half-open probe is there to take
 
 CAPABILITY = "capability"
 DISABLED = "disabled"
 OUTSIDE_WINDOW = "outside_window"
+LIMITED = "limited"
 COOLDOWN = "cooldown"
 HALF_OPEN = "half_open"
 
@@ -37,12 +41,12 @@ class Verdict:
     probe: bool = False  # usable as the half-open probe (claimed when judged with claim=True)
     out: str | None = None  # why not usable: one of the kinds above
     reason: str = ""  # the same in words, as the 503 message names it
-    cooldown_until: float = 0.0  # wall clock, when `out` is cooldown
-    rate_limited: bool = False  # out on health, and its last failure was a 429
+    cooldown_until: float = 0.0  # wall clock, when `out` is cooldown (or limited: when it has room)
+    rate_limited: bool = False  # out at its quota, or on health after a 429
 
     @property
     def state(self) -> str:
-        """What /admin/status calls it: ok | cooldown | half_open | disabled | outside_window."""
+        """What /admin/status calls it: ok | cooldown | half_open | limited | disabled | outside_window."""
         return self.out or (HALF_OPEN if self.probe else "ok")
 
 
@@ -57,10 +61,11 @@ def iso(timestamp: float) -> str:
 
 def judge(deployment: Deployment, health: DeploymentHealth | None, now: float, operation: str | None = None,
           capabilities: frozenset[str] = frozenset(), *, claim: bool = False,
-          at: datetime | None = None) -> Verdict:
+          at: datetime | None = None, usage: DeploymentUsage | None = None, tokens: int = 0) -> Verdict:
     """Whether `deployment` is usable for `operation` (None: any) at `now` (wall clock).
     `health` is its health (None: nothing happened to it yet); `at` is the instant its
-    windows are read at, `now` by default; `claim` makes a PROBE verdict the caller's probe."""
+    windows are read at, `now` by default; `claim` makes a PROBE verdict the caller's probe;
+    `usage` its quota's counters (None: none kept), for a request of `tokens`."""
     if operation is not None and operation not in capabilities:  # "chat", "stream", "embeddings"
         return Verdict(False, out=CAPABILITY,
                        reason=f"provider type {deployment.provider.type} cannot serve {operation}")
@@ -72,6 +77,12 @@ def judge(deployment: Deployment, health: DeploymentHealth | None, now: float, o
         at = at or datetime.fromtimestamp(now, timezone.utc)
         if not windows.is_open(at):
             return Verdict(False, out=OUTSIDE_WINDOW, reason=windows.explain(at) or "outside its window")
+    if usage is not None:  # before health: a deployment at its quota must not take the probe
+        over = quota_wait(deployment.limits, usage, tokens, now)
+        if over is not None:
+            limit, wait = over
+            return Verdict(False, out=LIMITED, reason=f"{limit} (room again in {wait:.1f}s)",
+                           cooldown_until=now + wait, rate_limited=True)
     if health is None:
         return USABLE
     admission = health.admit(now, claim)

@@ -1,8 +1,9 @@
 """Why each candidate of a plan is in or out at a given instant.
 
 Shared by `gatewayd explain` and `GET /admin/explain`; the daemon passes its
-health store so cooldowns show too. Windows are read at the instant asked
-about, health as it is now; the check is `admission.judge`, claiming nothing.
+health store and its counters so cooldowns and deployments at their quota show
+too. Windows are read at the instant asked about, health and quotas as they are
+now; the check is `admission.judge`, claiming nothing.
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ from __future__ import annotations
 import time
 from datetime import datetime, timezone
 
-from gatewayd.daemon.core.graph import Deployment, Graph
+from gatewayd.daemon.core.graph import Deployment, Graph, Limits
 from gatewayd.daemon.core.problems import suggest
 from gatewayd.daemon.routing.admission import DISABLED, judge
+from gatewayd.daemon.state.counters import CounterStore
 from gatewayd.daemon.state.store import HealthStore
 
 
@@ -21,10 +23,11 @@ class UnknownRoute(LookupError):
 
 
 def out_reason(deployment: Deployment, at: datetime, health: HealthStore | None = None,
-               now: float | None = None) -> str | None:
-    """Why `deployment` is out at `at` (its health as at `now`, the present by default), or None."""
+               now: float | None = None, counters: CounterStore | None = None) -> str | None:
+    """Why `deployment` is out at `at` (its health and quota as at `now`, the present by default), or None."""
+    usage = counters.peek_deployment(deployment.identity) if counters and deployment.limits else None
     verdict = judge(deployment, health.peek(deployment) if health else None,
-                    time.time() if now is None else now, at=at)
+                    time.time() if now is None else now, at=at, usage=usage)
     if verdict.usable:
         return None
     if verdict.out is DISABLED:  # operators are told which provider to fix
@@ -32,7 +35,19 @@ def out_reason(deployment: Deployment, at: datetime, health: HealthStore | None 
     return verdict.reason
 
 
-def explain_plan(graph: Graph, name: str, at: datetime, health: HealthStore | None = None) -> dict:
+def describe_limits(limits: Limits | None, queue_wait: float) -> str | None:
+    """A deployment's quota in words: `rpm 500, concurrency 50, queue 2s`."""
+    if limits is None:
+        return None
+    parts = [f"{name} {value}" for name, value in
+             (("rpm", limits.rpm), ("tpm", limits.tpm), ("concurrency", limits.concurrency)) if value is not None]
+    if limits.concurrency is not None:
+        parts.append(f"queue {queue_wait:g}s")
+    return ", ".join(parts)
+
+
+def explain_plan(graph: Graph, name: str, at: datetime, health: HealthStore | None = None,
+                 counters: CounterStore | None = None) -> dict:
     route = graph.routes.get(name)
     if route is None:
         raise UnknownRoute(f"'{name}' is neither an alias nor a model{suggest(name, graph.routes)}")
@@ -42,11 +57,12 @@ def explain_plan(graph: Graph, name: str, at: datetime, health: HealthStore | No
         candidates = []
         for candidate in tier.candidates:
             deployment = graph.deployments[candidate.deployment]
-            reason = out_reason(deployment, at, health, now)
+            reason = out_reason(deployment, at, health, now, counters)
             candidates.append({
                 "model": deployment.name, "provider": deployment.provider.name,
                 "upstream_model": deployment.model, "weight": candidate.weight,
                 "in": reason is None, "why": reason,
+                "limits": describe_limits(deployment.limits, deployment.queue_wait),
             })
         tiers.append({"from": tier.origin, "strategy": tier.strategy, "candidates": candidates})
     return {"model": name, "kind": route.kind, "at": at.isoformat(), "config": graph.version, "tiers": tiers}
@@ -61,9 +77,10 @@ def format_plan(plan: dict) -> str:
             position += 1
             weight = f" weight {candidate['weight']:g}" if tier["strategy"] == "weighted" else ""
             state = "in " if candidate["in"] else "out"
+            limits = f" [limits: {candidate['limits']}]" if candidate.get("limits") else ""
             why = f" — {candidate['why']}" if candidate["why"] else ""
             lines.append(f"    {position}. [{state}] {candidate['model']} "
-                         f"({candidate['provider']}/{candidate['upstream_model']}){weight}{why}")
+                         f"({candidate['provider']}/{candidate['upstream_model']}){weight}{limits}{why}")
     return "\n".join(lines)
 
 

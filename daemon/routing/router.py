@@ -2,10 +2,12 @@
 
 `Router.route()` walks the plan of the request's graph snapshot: orders each
 tier by its strategy, drops candidates that `admission.judge` finds unusable
-(incapable, disabled, outside their windows, cooling down, half-open with a
-probe in flight), and tries the rest in order, retrying and falling back as
-`policy.decide` says; every try is booked through the deployment's
-`DeploymentHealth` from the `HealthStore`. It returns an `Outcome` (a complete
+(incapable, disabled, outside their windows, at their quota, cooling down,
+half-open with a probe in flight), and tries the rest in order, retrying and
+falling back as `policy.decide` says; every try is booked through the
+deployment's `DeploymentHealth` from the `HealthStore`, and against its quota
+(`quota.Quotas`): a deployment at its `concurrency` makes the request wait in
+its queue up to `queue.max_wait` first. It returns an `Outcome` (a complete
 reply, or an open stream whose first event has arrived) or raises
 `RoutingFailed`.
 
@@ -26,10 +28,12 @@ from gatewayd.daemon.core.exchange import Request
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import Deployment, Route
 from gatewayd.daemon.core.replies import Reply, ReplyStream, StreamEvent
-from gatewayd.daemon.routing.admission import CAPABILITY, COOLDOWN, HALF_OPEN, Verdict, judge
+from gatewayd.daemon.routing.admission import CAPABILITY, COOLDOWN, HALF_OPEN, LIMITED, Verdict, judge
 from gatewayd.daemon.routing.deadlines import Deadlines
+from gatewayd.daemon.routing.quota import Lease, Quotas
 from gatewayd.daemon.routing.retry import Action, decide
 from gatewayd.daemon.routing.strategies import Strategies
+from gatewayd.daemon.state.counters import LocalCounterStore, Slots
 from gatewayd.daemon.state.store import DeploymentHealth, HealthStore
 
 if TYPE_CHECKING:
@@ -47,6 +51,12 @@ class RoutingObserver:
     def fell_back(self, route: str, deployment: str, error: UpstreamError) -> None:
         pass
 
+    def rejected(self, reason: str) -> None:
+        """A request was refused at a limit (`deployment_rpm`, `deployment_tpm`, `queue_timeout`)."""
+
+    def queued(self, deployment: str, waited: float, admitted: bool) -> None:
+        """A request waited `waited` seconds in a deployment's queue, and got a slot or not."""
+
 
 @dataclass(slots=True)
 class Outcome:
@@ -59,17 +69,22 @@ class Outcome:
     first: bytes | StreamEvent | None = None  # the stream's first event
     latency: float = 0.0  # seconds from sending to the answer (a stream's first event)
     probe: bool = False  # this request is its deployment's half-open probe
+    lease: Lease | None = None  # its try booked against the deployment's quota
+    slot: Slots | None = None  # the deployment's concurrency slot it holds
 
 
 class InFlightStream:
     """A relayed stream that counts as in flight at its deployment until it is closed, so
     that least-busy sees the streams being relayed, not only the requests still starting."""
 
-    __slots__ = ("_stream", "_health")
+    __slots__ = ("_stream", "_health", "_lease", "_slot")
 
-    def __init__(self, stream: ReplyStream, health: DeploymentHealth) -> None:
+    def __init__(self, stream: ReplyStream, health: DeploymentHealth, lease: Lease | None = None,
+                 slot: Slots | None = None) -> None:
         self._stream: ReplyStream = stream
         self._health: DeploymentHealth | None = health
+        self._lease = lease  # settled from the stream's usage at its end
+        self._slot = slot  # the deployment's concurrency slot, held until the end
         health.started()
 
     @property
@@ -91,6 +106,12 @@ class InFlightStream:
         if self._health is not None:
             self._health.finished()
             self._health = None
+            if self._lease is not None:
+                usage = self._stream.usage
+                if usage is not None:
+                    self._lease.settle(usage.prompt_tokens + usage.completion_tokens)
+            if self._slot is not None:
+                self._slot.release()
         await self._stream.aclose()
 
 
@@ -116,6 +137,9 @@ class Trip:
     route: str
     request: Request
     deadline: float  # monotonic: the request's total deadline
+    priority: str = "normal"  # its key's: its place in a deployment's queue
+    tokens: int = 0  # the request's estimated tokens, for deployments' `tpm`
+    arrival: float = 0.0  # monotonic: its place among equals in a queue
     attempts: int = 0
     capable: int = 0  # candidates whose provider type can serve this operation at all
     reasons: dict[str, str] = field(default_factory=dict)
@@ -126,16 +150,20 @@ class Trip:
 
 class Router:
     def __init__(self, health: HealthStore, strategies: Strategies | None = None,
-                 observer: RoutingObserver | None = None, deadlines: Deadlines | None = None) -> None:
+                 observer: RoutingObserver | None = None, deadlines: Deadlines | None = None,
+                 quotas: Quotas | None = None) -> None:
         self.health = health
         self.strategies = strategies or Strategies()
         self.observer = observer or RoutingObserver()
         self.deadlines = deadlines or Deadlines()
+        self.quotas = quotas or Quotas(LocalCounterStore())
 
-    async def route(self, snapshot: Snapshot, route: Route, request: Request) -> Outcome:
+    async def route(self, snapshot: Snapshot, route: Route, request: Request, priority: str = "normal",
+                    tokens: int = 0) -> Outcome:
+        """`priority` and `tokens` (the estimate) matter only at deployments with limits."""
         deployments = snapshot.graph.deployments
-        deadline = time.monotonic() + snapshot.graph.default_policy.timeouts.total
-        trip = Trip(route.name, request, deadline)
+        now = time.monotonic()
+        trip = Trip(route.name, request, now + snapshot.graph.default_policy.timeouts.total, priority, tokens, now)
 
         def health_of(candidate) -> DeploymentHealth:
             return self.health.get(deployments[candidate.deployment])
@@ -155,22 +183,25 @@ class Router:
                                 f"{request.capability}: " + describe(trip.reasons), trip.attempts, reasons=trip.reasons)
         raise self.exhausted(trip)
 
-    @staticmethod
-    def admit(trip: Trip, deployment: Deployment, adapter, health: DeploymentHealth) -> Verdict:
+    def admit(self, trip: Trip, deployment: Deployment, adapter, health: DeploymentHealth) -> Verdict:
         """May this request use `deployment` now? A half-open deployment's
         probe is claimed for it; a candidate that is out has its reason noted in `trip`, for
         the answer when nothing is usable (step 10)."""
-        verdict = judge(deployment, health, time.time(), trip.request.capability, adapter.capabilities, claim=True)
+        usage = self.quotas.usage_of(deployment) if deployment.limits is not None else None
+        verdict = judge(deployment, health, time.time(), trip.request.capability, adapter.capabilities, claim=True,
+                        usage=usage, tokens=trip.tokens)
         if verdict.usable:
             trip.capable += 1
             return verdict
         if verdict.out is not CAPABILITY:
             trip.capable += 1
         trip.reasons[deployment.name] = verdict.reason
-        if verdict.out is COOLDOWN:
+        if verdict.out is COOLDOWN or verdict.out is LIMITED:
             trip.cooldown_ends.append(verdict.cooldown_until)
-        if verdict.out in (COOLDOWN, HALF_OPEN):
+        if verdict.out in (COOLDOWN, HALF_OPEN, LIMITED):
             trip.rate_limited.append(verdict.rate_limited)
+        if verdict.out is LIMITED:
+            self.observer.rejected("deployment_rpm" if " rpm " in verdict.reason else "deployment_tpm")
         return verdict
 
     async def try_deployment(self, trip: Trip, deployment: Deployment, adapter, health: DeploymentHealth,
@@ -182,11 +213,27 @@ class Router:
         error: UpstreamError | None = None
         deadline_hit = False  # the request's total deadline cut the last attempt short
         settled = False  # the attempt's verdict is booked (success or failure)
+        limits = deployment.limits
+        usage = self.quotas.usage_of(deployment) if limits is not None else None
+        slot = usage.slots if usage is not None and limits.concurrency is not None else None
+        holding = False  # this request holds a concurrency slot at the deployment
         try:
+            if slot is not None:
+                holding = await self.take_slot(trip, deployment, slot)
+                if not holding:
+                    return None
             for attempt in range(1, policy.retry.attempts + 1):
                 remaining = trip.deadline - time.monotonic()
                 if remaining <= 0:
                     raise self.timed_out(trip, name)
+                lease = None
+                if usage is not None and (limits.rpm is not None or limits.tpm is not None):
+                    lease = self.quotas.lease(limits, usage, trip.tokens, time.time())
+                    if lease is None:  # its quota filled up since it was judged (while this request waited)
+                        trip.reasons[name] = judge(deployment, None, time.time(), usage=usage,
+                                                   tokens=trip.tokens).reason or "at its limit"
+                        trip.rate_limited.append(True)
+                        return None
                 trip.attempts += 1
                 error = None
                 began = time.monotonic()
@@ -214,10 +261,16 @@ class Router:
                     outcome.latency = time.monotonic() - began
                     if outcome.stream is None:
                         health.succeed(outcome.latency)
-                    else:  # in flight at its deployment until the relay closes it
-                        outcome.stream = InFlightStream(outcome.stream, health)
+                        if lease is not None:
+                            used = outcome.reply.usage
+                            lease.settle(used.prompt_tokens + used.completion_tokens if used else None)
+                    else:  # in flight at its deployment, holding its slot, until the relay closes it
+                        outcome.stream = InFlightStream(outcome.stream, health, lease, slot if holding else None)
+                        holding = False
                     settled = True  # a stream's verdict comes in finish_stream
                     return outcome
+                if lease is not None:
+                    lease.release()
                 self.observer.attempt_failed(name, error)
                 decision = decide(error, policy.retry, attempt)
                 if decision.action is Action.RETURN:
@@ -234,6 +287,8 @@ class Router:
         finally:
             if probe and not settled:
                 health.abandon_probe()
+            if holding:
+                slot.release()
         trip.reasons[name] = error.describe()
         if deadline_hit:
             raise self.timed_out(trip, name)
@@ -244,6 +299,26 @@ class Router:
         trip.last_error = error
         self.observer.fell_back(trip.route, name, error)
         return None
+
+    async def take_slot(self, trip: Trip, deployment: Deployment, slots: Slots) -> bool:
+        """A concurrency slot at `deployment`: free now, or after waiting in its queue up to
+        `queue.max_wait` (within the request's total deadline). False, with the reason noted,
+        when none came: the next candidate is tried."""
+        limit = deployment.limits.concurrency
+        if slots.try_take(limit):
+            return True
+        wait = min(deployment.queue_wait, trip.deadline - time.monotonic())
+        began = time.monotonic()
+        taken = wait > 0 and await slots.take(limit, trip.priority, trip.arrival, wait)
+        if wait > 0:
+            self.observer.queued(deployment.name, time.monotonic() - began, taken)
+        if taken:
+            return True
+        waited = f" (no slot came within {wait:.3g}s in its queue)" if wait > 0 else ""
+        trip.reasons[deployment.name] = f"limit concurrency {limit}{waited}"
+        trip.rate_limited.append(True)
+        self.observer.rejected("deployment_concurrency")
+        return False
 
     async def attempt(self, adapter, deployment: Deployment, request: Request, first_byte: float) -> Outcome:
         """One try: the adapter's method for the request's operation (its `stream` for a chat

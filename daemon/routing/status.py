@@ -1,6 +1,6 @@
-"""The state of every deployment, as /admin/status, /readyz and the deployment-state
-gauge of /metrics show it: `admission.judge` at `now` (wall clock, the present unless a
-test gives one), claiming nothing."""
+"""The state of every deployment and the usage of every limited key, as /admin/status,
+/readyz and the deployment-state gauge of /metrics show it: `admission.judge` at `now`
+(wall clock, the present unless a test gives one), claiming nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator
 
 from gatewayd.daemon.routing.admission import HALF_OPEN, iso, judge
+from gatewayd.daemon.routing.quota import deployment_limits_status, key_status
+from gatewayd.daemon.state.counters import CounterStore
 from gatewayd.daemon.state.store import FRESH, HealthStore
 
 if TYPE_CHECKING:
@@ -17,31 +19,51 @@ if TYPE_CHECKING:
 USABLE_STATES = ("ok", HALF_OPEN)  # a half-open deployment takes its probe: the daemon is ready
 
 
-def deployment_states(snapshot: Snapshot, store: HealthStore, now: float | None = None) -> Iterator[tuple[str, str]]:
-    """(name, state) of each deployment: ok | cooldown | half_open | disabled | outside_window."""
+def deployment_states(snapshot: Snapshot, store: HealthStore, now: float | None = None,
+                      counters: CounterStore | None = None) -> Iterator[tuple[str, str]]:
+    """(name, state) of each deployment: ok | cooldown | half_open | limited | disabled | outside_window."""
     now = time.time() if now is None else now
     at = datetime.fromtimestamp(now, timezone.utc)
     for name, deployment in snapshot.graph.deployments.items():
-        yield name, judge(deployment, store.peek(deployment), now, at=at).state
+        usage = counters.peek_deployment(deployment.identity) if counters and deployment.limits else None
+        yield name, judge(deployment, store.peek(deployment), now, at=at, usage=usage).state
 
 
-def deployments_status(snapshot: Snapshot, store: HealthStore, now: float | None = None) -> dict[str, dict]:
+def deployments_status(snapshot: Snapshot, store: HealthStore, now: float | None = None,
+                       counters: CounterStore | None = None) -> dict[str, dict]:
     """`deployments` of /admin/status, exactly the fields docs/operations.md lists; `last_error` comes
-    from the adapters, which scrub the provider's key out of what upstreams send."""
+    from the adapters, which scrub the provider's key out of what upstreams send. A deployment
+    with limits has them too, each with what is used and what remains."""
     now = time.time() if now is None else now
     at = datetime.fromtimestamp(now, timezone.utc)
     result = {}
     for name, deployment in snapshot.graph.deployments.items():
         health = store.peek(deployment)
         view = health.view() if health is not None else FRESH
+        usage = counters.peek_deployment(deployment.identity) if counters and deployment.limits else None
+        verdict = judge(deployment, health, now, at=at, usage=usage)
         result[name] = {
-            "state": judge(deployment, health, now, at=at).state,
+            "state": verdict.state,
             "cooldown_until": iso(view.cooldown_until) if view.cooldown_until > now else None,
             "failures": view.failures,
             "last_error": view.last_error,
         }
+        if deployment.limits is not None:
+            result[name]["limits"] = deployment_limits_status(deployment.limits, usage, now)
+            if verdict.state == "limited":
+                result[name]["limited"] = verdict.reason
     return result
 
 
-def usable_count(snapshot: Snapshot, store: HealthStore, now: float | None = None) -> int:
-    return sum(1 for _name, state in deployment_states(snapshot, store, now) if state in USABLE_STATES)
+def keys_status(snapshot: Snapshot, counters: CounterStore, now: float | None = None) -> dict[str, dict]:
+    """`keys` of /admin/status: each app key with limits or a budget, by name, with its usage
+    and headroom (never the key)."""
+    now = time.time() if now is None else now
+    graph = snapshot.graph
+    return {key.name: key_status(key, counters.peek_key(key.identity), now, graph.timezone)
+            for key in graph.server.keys or () if key.limited}
+
+
+def usable_count(snapshot: Snapshot, store: HealthStore, now: float | None = None,
+                 counters: CounterStore | None = None) -> int:
+    return sum(1 for _name, state in deployment_states(snapshot, store, now, counters) if state in USABLE_STATES)

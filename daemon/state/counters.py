@@ -1,0 +1,268 @@
+"""Counters behind admission control, keyed by stable identities (an app key's digest,
+`Deployment.identity`), whatever keeps them.
+
+    Window           a rolling 60 s log of what was admitted (requests, or tokens)
+    Slots            requests in flight against a `concurrency`, and the queue of those
+                     waiting for a slot: ordered by priority, then arrival, with ageing
+    KeyUsage         one app key's windows, requests in flight and spend in its budget period
+    DeploymentUsage  one deployment's windows and slots
+    CounterStore     the interface the router and the pipeline use: `key`, `deployment`
+                     (created on first use), `peek_*` (never creates), `retain`
+    LocalCounterStore   the one-process implementation
+
+The limits themselves stay in the graph: a counter holds only what happened, so a reload
+that changes a limit applies it at once to the running counts. Times are wall-clock
+seconds (`time.time()`), as the health store's, so another process could share them.
+
+Exactness: a window admits only while what it holds in the last 60 s, plus the new
+amount, is within the limit; so no 60 s window, wherever it starts, ever holds more
+than the limit (tests/test_counters.py checks it for any arrival pattern).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+from collections import deque
+from typing import Iterable, Protocol
+
+WINDOW = 60.0  # seconds: rpm and tpm are rolling windows of one minute
+PRIORITY_STEP = 1.0  # seconds of waiting worth one priority level in a queue (ageing)
+RANKS = {"high": 0.0, "normal": PRIORITY_STEP, "low": 2 * PRIORITY_STEP}  # added to a waiter's arrival
+
+
+class Entry:
+    """One admission in a window: when, and how much (1 request, or the tokens reserved)."""
+
+    __slots__ = ("at", "amount", "live")
+
+    def __init__(self, at: float, amount: int) -> None:
+        self.at = at
+        self.amount = amount
+        self.live = True  # still inside the window (counted in its total)
+
+
+class Window:
+    """What was admitted in the last 60 s. `fits` and `add` are separate so the caller can
+    check every window before booking any (an admission takes all its windows or none)."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[Entry] = deque()
+        self.total = 0
+
+    def expire(self, now: float) -> None:
+        entries = self.entries
+        horizon = now - WINDOW
+        while entries and entries[0].at <= horizon:
+            entry = entries.popleft()
+            entry.live = False
+            self.total -= entry.amount
+
+    def used(self, now: float) -> int:
+        self.expire(now)
+        return self.total
+
+    def wait(self, limit: int, amount: int, now: float) -> float:
+        """Seconds until `amount` more fits under `limit`: 0 when it fits now; `WINDOW` when it
+        never can (more than the limit alone)."""
+        self.expire(now)
+        excess = self.total + amount - limit
+        if excess <= 0:
+            return 0.0
+        if amount > limit:
+            return WINDOW
+        for entry in self.entries:  # oldest first: the first ones to leave the window
+            excess -= entry.amount
+            if excess <= 0:
+                return max(entry.at + WINDOW - now, 0.001)
+        return WINDOW  # unreachable while total is the sum of the entries
+
+    def add(self, amount: int, now: float) -> Entry:
+        entry = Entry(now, amount)
+        self.entries.append(entry)
+        self.total += amount
+        return entry
+
+    def settle(self, entry: Entry, amount: int) -> None:
+        """Replace what `entry` reserved by what was really used (0 releases it)."""
+        if entry.live:
+            self.total += amount - entry.amount
+        entry.amount = amount
+
+    def reset_in(self, now: float) -> float:
+        """Seconds until the window is empty again (what `x-ratelimit-reset-*` says)."""
+        self.expire(now)
+        return self.entries[-1].at + WINDOW - now if self.entries else 0.0
+
+
+class Waiter:
+    __slots__ = ("score", "order", "future")
+
+    def __init__(self, score: float, order: int, future: asyncio.Future) -> None:
+        self.score = score
+        self.order = order
+        self.future = future
+
+    def __lt__(self, other: Waiter) -> bool:
+        return (self.score, self.order) < (other.score, other.order)
+
+
+class Slots:
+    """Requests in flight against a `concurrency` limit, and the queue of those waiting.
+
+    A released slot goes straight to the first waiter (no race for it, no thundering herd).
+    Waiters are ordered by `arrival + RANKS[priority]`: by priority, then arrival, and a
+    request that has waited long enough goes ahead of a higher priority that came later, so
+    `low` never starves."""
+
+    __slots__ = ("inflight", "limit", "waiters", "_order")
+
+    def __init__(self) -> None:
+        self.inflight = 0
+        self.limit = 0  # the limit last asked with: a release hands off only below it
+        self.waiters: list[Waiter] = []
+        self._order = itertools.count()
+
+    def try_take(self, limit: int) -> bool:
+        self.limit = limit
+        if self.inflight < limit and not self.waiters:
+            self.inflight += 1
+            return True
+        return False
+
+    async def take(self, limit: int, priority: str, arrival: float, timeout: float) -> bool:
+        """A slot now, or after waiting in the queue up to `timeout` seconds; False when none
+        came in time. A caller cancelled while waiting (its client left) leaves the queue at once."""
+        if self.try_take(limit):
+            return True
+        if timeout <= 0:
+            return False
+        future = asyncio.get_running_loop().create_future()
+        waiter = Waiter(arrival + RANKS.get(priority, PRIORITY_STEP), next(self._order), future)
+        heapq.heappush(self.waiters, waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+            return True
+        except TimeoutError:
+            if future.done() and not future.cancelled():
+                return True  # the slot came as the time ran out: it is this request's
+            self._leave(waiter)
+            return False
+        except BaseException:  # cancelled: its client left
+            if future.done() and not future.cancelled():
+                self.release()  # handed over just now: pass it on
+            else:
+                self._leave(waiter)
+            raise
+
+    def _leave(self, waiter: Waiter) -> None:
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            return
+        heapq.heapify(self.waiters)
+
+    def release(self) -> None:
+        """A slot's request ended: the slot goes to the first waiter, or back to the pool."""
+        waiters = self.waiters
+        while waiters and self.inflight <= self.limit:
+            waiter = heapq.heappop(waiters)
+            if not waiter.future.done():
+                waiter.future.set_result(None)  # the slot passes on: inflight stays
+                return
+        self.inflight -= 1
+
+    def admit_waiting(self, limit: int) -> None:
+        """A reload raised (or set) the limit: waiters take the slots that are free now."""
+        self.limit = limit
+        while self.waiters and self.inflight < limit:
+            waiter = heapq.heappop(self.waiters)
+            if not waiter.future.done():
+                self.inflight += 1
+                waiter.future.set_result(None)
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiters)
+
+
+class KeyUsage:
+    """One app key's counters: its windows, its requests in flight, its spend this period."""
+
+    __slots__ = ("requests", "tokens", "inflight", "spent", "period_start")
+
+    def __init__(self) -> None:
+        self.requests = Window()
+        self.tokens = Window()
+        self.inflight = 0
+        self.spent = 0.0  # US dollars since `period_start`
+        self.period_start = 0.0  # wall clock; 0: no spend yet
+
+
+class DeploymentUsage:
+    """One deployment's counters against its upstream quota."""
+
+    __slots__ = ("requests", "tokens", "slots")
+
+    def __init__(self) -> None:
+        self.requests = Window()
+        self.tokens = Window()
+        self.slots = Slots()
+
+
+class CounterStore(Protocol):
+    """Counters by identity: they survive reloads for keys and deployments whose identity
+    did not change."""
+
+    def key(self, identity: tuple) -> KeyUsage:
+        """The key's counters, created on first use."""
+        ...
+
+    def deployment(self, identity: tuple) -> DeploymentUsage:
+        """The deployment's counters, created on first use."""
+        ...
+
+    def peek_key(self, identity: tuple) -> KeyUsage | None: ...
+
+    def peek_deployment(self, identity: tuple) -> DeploymentUsage | None: ...
+
+    def retain(self, keys: Iterable[tuple], deployments: Iterable[tuple]) -> None:
+        """Drop the counters of keys and deployments that left the config."""
+        ...
+
+
+class LocalCounterStore:
+    """The counters of this process."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple, KeyUsage] = {}
+        self._deployments: dict[tuple, DeploymentUsage] = {}
+
+    def key(self, identity: tuple) -> KeyUsage:
+        usage = self._keys.get(identity)
+        if usage is None:
+            usage = self._keys[identity] = KeyUsage()
+        return usage
+
+    def deployment(self, identity: tuple) -> DeploymentUsage:
+        usage = self._deployments.get(identity)
+        if usage is None:
+            usage = self._deployments[identity] = DeploymentUsage()
+        return usage
+
+    def peek_key(self, identity: tuple) -> KeyUsage | None:
+        return self._keys.get(identity)
+
+    def peek_deployment(self, identity: tuple) -> DeploymentUsage | None:
+        return self._deployments.get(identity)
+
+    def retain(self, keys: Iterable[tuple], deployments: Iterable[tuple]) -> None:
+        kept_keys, kept_deployments = set(keys), set(deployments)
+        for identity in [i for i in self._keys if i not in kept_keys]:
+            del self._keys[identity]
+        for identity in [i for i in self._deployments if i not in kept_deployments]:
+            del self._deployments[identity]
