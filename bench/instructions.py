@@ -1,13 +1,14 @@
 """Instructions per request: what one request costs gatewayd, exactly (callgrind).
 
-    python bench/instructions.py [--requests 1000] [--warmup 100] [--gatewayd PATH]
+    python bench/instructions.py [--requests 1000] [--warmup 100] [--kinds chat,stream] [--gatewayd PATH]
 
 Runs `gatewayd run -c bench/gateway.bench.yaml` under
 `valgrind --tool=callgrind --separate-threads=yes`, in front of a fake upstream
 (a small aiohttp server in its own process answering the same fixed bodies as
 bench/upstream.nginx.conf), sends --warmup requests, zeroes the counters
 (`callgrind_control -z`), sends --requests sequential keep-alive requests of each
-kind (chat, stream, embeddings; messages and responses, relayed and translated),
+kind (chat, stream, embeddings; messages and responses, relayed and translated;
+chat-limited: a key with every limit, to a deployment with every quota),
 dumps the counters (`callgrind_control -d`) after each kind and divides the main
 thread's instructions by the count.
 
@@ -101,8 +102,8 @@ def fixed_bodies() -> tuple[str, str]:
     return bodies[0], bodies[1]
 
 
-def request(conn: http.client.HTTPConnection, path: str, body: dict) -> None:
-    conn.request("POST", path, json.dumps(body), {"Authorization": f"Bearer {KEY}",
+def request(conn: http.client.HTTPConnection, path: str, body: dict, key: str = KEY) -> None:
+    conn.request("POST", path, json.dumps(body), {"Authorization": f"Bearer {key}",
                                                   "Content-Type": "application/json"})
     response = conn.getresponse()
     data = response.read()
@@ -124,7 +125,11 @@ KINDS = {
     "responses": ("/v1/responses", {"model": "bench", "input": "hello"}),
     "responses-translated": ("/v1/responses", {"model": "bench-anthropic", "input": "hello",
                                                "max_output_tokens": 100}),
+    # a key with every limit, to a deployment with a quota of every kind
+    "chat-limited": ("/v1/chat/completions", {"model": "bench-limited",
+                                              "messages": [{"role": "user", "content": "hello"}]}),
 }
+KEYS = {"chat-limited": "sk-test-limited"}  # the key each kind sends, when not KEY
 
 
 def main_thread_total(out_dir: str, pid: int) -> int:
@@ -141,6 +146,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--kinds", default=",".join(KINDS), help="which kinds, comma-separated (default: all)")
     beside_python = str(Path(sys.executable).with_name("gatewayd"))
     parser.add_argument("--gatewayd", default=shutil.which("gatewayd") or beside_python,
                         help="the gatewayd to measure (default: the one on PATH, else beside this python)")
@@ -169,12 +175,14 @@ def main() -> int:
                 raise SystemExit(f"gatewayd did not start; see {out_dir}/gatewayd.log")
             time.sleep(0.5)
         conn = http.client.HTTPConnection("127.0.0.1", 18080, timeout=60)
-        for kind, (path, body) in KINDS.items():
+        for kind in args.kinds.split(","):
+            path, body = KINDS[kind]
+            key = KEYS.get(kind, KEY)
             for _ in range(args.warmup):
-                request(conn, path, body)
+                request(conn, path, body, key)
             subprocess.run(["callgrind_control", "-z", str(gateway.pid)], check=True, capture_output=True)
             for _ in range(args.requests):
-                request(conn, path, body)
+                request(conn, path, body, key)
             subprocess.run(["callgrind_control", "-d", str(gateway.pid)], check=True, capture_output=True)
             per_request = main_thread_total(out_dir, gateway.pid) / args.requests
             print(f"{kind}: {per_request:,.0f} instructions per request ({args.requests} requests)", flush=True)

@@ -181,6 +181,13 @@ class Limits:
     rpm: int | None = None
     tpm: int | None = None
     concurrency: int | None = None
+    # as `x-ratelimit-limit-*` writes them, on every answer to a limited key
+    rpm_text: str = field(init=False, repr=False, compare=False)
+    tpm_text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rpm_text", str(self.rpm))
+        object.__setattr__(self, "tpm_text", str(self.tpm))
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,10 +327,17 @@ class Graph:
     redactions: tuple[str, ...] = field(init=False, repr=False, compare=False)
     # some deployment has a `tpm`: each request's tokens are estimated (else only a limited key's)
     counts_tokens: bool = field(init=False, repr=False, compare=False)
+    # by route name: the largest `max_output_tokens` among its deployments (0: none names one),
+    # what a request that names no maximum is assumed to ask for
+    output_tokens: Mapping[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        deployments = self.deployments
         object.__setattr__(self, "counts_tokens", any(
-            d.limits is not None and d.limits.tpm is not None for d in self.deployments.values()))
+            d.limits is not None and d.limits.tpm is not None for d in deployments.values()))
+        object.__setattr__(self, "output_tokens", MappingProxyType({
+            name: max((deployments[d].max_output_tokens or 0 for d in route.deployments()), default=0)
+            for name, route in self.routes.items()}))
         forms = {form for provider in self.providers.values() for form in provider.redactions}
         forms.update(redaction_forms(key.key.reveal() for key in self.server.keys or () if key.key))
         object.__setattr__(self, "redactions", tuple(sorted(forms, key=len, reverse=True)))

@@ -16,12 +16,11 @@ the graph of each request, so a reload's new limit applies at once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from gatewayd.daemon.core.graph import AppKey, Budget, Deployment, Graph, Limits, Route
-from gatewayd.daemon.state.counters import CounterStore, DeploymentUsage, Entry, KeyUsage, Window
+from gatewayd.daemon.state.counters import WINDOW, CounterStore, DeploymentUsage, Entry, KeyUsage, Window
 
 BYTES_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 1024  # a request's output when neither it nor its deployments name a maximum
@@ -45,27 +44,27 @@ def estimate_tokens(body: dict, size: int, graph: Graph, route: Route, answers: 
         return size // BYTES_PER_TOKEN
     output = requested_output(body)
     if output is None:
-        deployments = graph.deployments
-        named = [deployments[name].max_output_tokens for name in route.deployments()
-                 if deployments[name].max_output_tokens]
-        output = max(named) if named else DEFAULT_OUTPUT_TOKENS
+        output = graph.output_tokens.get(route.name) or DEFAULT_OUTPUT_TOKENS
     return size // BYTES_PER_TOKEN + output
 
 
 def duration(seconds: float) -> str:
     """A reset time as OpenAI's `x-ratelimit-reset-*` headers write it: `1s`, `6m0s`, `250ms`."""
     if seconds < 1:
-        return f"{max(0, math.ceil(seconds * 1000))}ms"
+        milliseconds = math.ceil(seconds * 1000)
+        if milliseconds < 1000:
+            return f"{max(0, milliseconds)}ms"
     whole = math.ceil(seconds)
-    minutes, rest = divmod(whole, 60)
-    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+    return f"{whole}s" if whole < 60 else f"{whole // 60}m{whole % 60}s"
 
 
 def period_bounds(period: str, now: float, zone: str) -> tuple[float, float]:
     """The start and end (wall clock) of the budget period containing `now`: a day from local
     midnight, a week from Monday, a month from the 1st, in `zone`."""
-    local = datetime.fromtimestamp(now, ZoneInfo(zone))
-    start = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    # whole seconds: fromtimestamp rounds to the microsecond, which may cross a midnight
+    local = datetime.fromtimestamp(math.floor(now), ZoneInfo(zone))
+    # fold=0: where the hour after midnight repeats, the day began at the first midnight
+    start = local.replace(hour=0, minute=0, second=0, microsecond=0, fold=0)
     if period == "week":
         start -= timedelta(days=start.weekday())
         end = start + timedelta(days=7)
@@ -92,16 +91,17 @@ class Refused(Exception):
         self.headers = headers
 
 
-@dataclass(slots=True)
 class KeyTicket:
     """One admitted request's bookings against its key, settled once at its end."""
 
-    key: AppKey
-    usage: KeyUsage
-    tokens: Entry | None  # the reservation in the key's token window
-    concurrent: bool  # counted in the key's requests in flight
-    headers: dict[str, str] = field(default_factory=dict)  # x-ratelimit-*, on every answer
-    settled: bool = False
+    __slots__ = ("usage", "tokens", "concurrent", "headers", "settled")
+
+    def __init__(self, usage: KeyUsage, tokens: Entry | None, concurrent: bool, headers: dict[str, str]) -> None:
+        self.usage = usage
+        self.tokens = tokens  # the reservation in the key's token window
+        self.concurrent = concurrent  # counted in the key's requests in flight
+        self.headers = headers  # x-ratelimit-*, on every answer
+        self.settled = False
 
     def settle(self, used_tokens: int | None, cost: float | None, answered: bool) -> None:
         """The request ended: its reservation becomes what the answer used (released when it
@@ -120,12 +120,14 @@ class KeyTicket:
             self.usage.spent += cost
 
 
-@dataclass(slots=True)
 class Lease:
     """One try at a deployment with a quota: its request counted, its tokens reserved."""
 
-    usage: DeploymentUsage
-    tokens: Entry | None
+    __slots__ = ("usage", "tokens")
+
+    def __init__(self, usage: DeploymentUsage, tokens: Entry | None) -> None:
+        self.usage = usage
+        self.tokens = tokens
 
     def settle(self, used_tokens: int | None) -> None:
         if self.tokens is not None and used_tokens is not None:
@@ -169,61 +171,102 @@ class Quotas:
     def admit_key(self, key: AppKey, tokens: int, now: float, zone: str) -> KeyTicket:
         """Book a request against its key's limits and budget, all or nothing; raise `Refused`."""
         usage = self.store.key(key.identity)
-        limits, budget = key.limits, key.budget
+        budget = key.budget
         if budget is not None:
-            self.check_budget(key.name, budget, usage, now, zone)
+            if not (usage.period is budget and usage.zone is zone and usage.period_start <= now < usage.period_end):
+                self.new_period(budget, usage, now, zone)
+            if usage.spent >= budget.usd:
+                raise self.over_budget(key.name, budget, usage, now, zone)
+        limits = key.limits
         if limits is None:
-            return KeyTicket(key, usage, None, False)
-        refusal: tuple[str, str, float] | None = None
-        if limits.rpm is not None:
-            wait = usage.requests.wait(limits.rpm, 1, now)
-            if wait:
-                refusal = ("key_rpm", f"{limits.rpm} requests per minute", wait)
-        if refusal is None and limits.tpm is not None:
-            wait = usage.tokens.wait(limits.tpm, tokens, now)
-            if wait:
-                detail = (f"{limits.tpm} tokens per minute" if tokens <= limits.tpm else
-                          f"{limits.tpm} tokens per minute, and this request alone is estimated at {tokens}")
-                refusal = ("key_tpm", detail, wait)
-        if refusal is None and limits.concurrency is not None and usage.inflight >= limits.concurrency:
-            refusal = ("key_concurrency", f"{limits.concurrency} requests at a time", 1.0)
-        if refusal is not None:
-            reason, detail, wait = refusal
-            raise Refused("rate_limit_exceeded", f"the app key '{key.name}' is over its limit of {detail}; "
-                          f"retry in {math.ceil(wait)}s", reason, wait, self.headers(limits, usage, now))
-        if limits.rpm is not None:
-            usage.requests.add(1, now)
-        entry = usage.tokens.add(tokens, now) if limits.tpm is not None else None
-        if limits.concurrency is not None:
+            return KeyTicket(usage, None, False, {})
+        # the windows' checks written out: this runs for every request of a limited key
+        rpm, tpm, concurrency = limits.rpm, limits.tpm, limits.concurrency
+        horizon = now - WINDOW
+        requests, reserved = usage.requests, usage.tokens
+        if rpm is not None:
+            entries = requests.entries
+            if entries and entries[0] <= horizon:
+                requests.expire(now)
+            if requests.total >= rpm:
+                raise self.over_limit(key.name, limits, usage, tokens, now)
+        if tpm is not None:
+            entries = reserved.entries
+            if entries and entries[0].at <= horizon:
+                reserved.expire(now)
+            if reserved.total + tokens > tpm:
+                raise self.over_limit(key.name, limits, usage, tokens, now)
+        if concurrency is not None:
+            if usage.inflight >= concurrency:
+                raise self.over_limit(key.name, limits, usage, tokens, now)
             usage.inflight += 1
-        return KeyTicket(key, usage, entry, limits.concurrency is not None, self.headers(limits, usage, now))
+        headers = {}
+        entry = None
+        if rpm is not None:
+            requests.entries.append(now)
+            requests.total += 1
+            left = rpm - requests.total
+            headers["x-ratelimit-limit-requests"] = limits.rpm_text
+            headers["x-ratelimit-remaining-requests"] = str(left) if left > 0 else "0"
+            headers["x-ratelimit-reset-requests"] = duration(requests.entries[0] - horizon)
+        if tpm is not None:
+            entry = Entry(now, tokens)
+            reserved.entries.append(entry)
+            reserved.total += tokens
+            left = tpm - reserved.total
+            headers["x-ratelimit-limit-tokens"] = limits.tpm_text
+            headers["x-ratelimit-remaining-tokens"] = str(left) if left > 0 else "0"
+            headers["x-ratelimit-reset-tokens"] = duration(reserved.entries[0].at - horizon)
+        return KeyTicket(usage, entry, concurrency is not None, headers)
+
+    def over_limit(self, name: str, limits: Limits, usage: KeyUsage, tokens: int, now: float) -> Refused:
+        """The refusal of a request over one of its key's limits: which, and when it has room."""
+        if limits.rpm is not None and not usage.requests.fits(limits.rpm, 1, now):
+            reason, detail = "key_rpm", f"{limits.rpm} requests per minute"
+            wait = usage.requests.wait(limits.rpm, 1, now)
+        elif limits.tpm is not None and not usage.tokens.fits(limits.tpm, tokens, now):
+            detail = (f"{limits.tpm} tokens per minute" if tokens <= limits.tpm else
+                      f"{limits.tpm} tokens per minute, and this request alone is estimated at {tokens}")
+            reason, wait = "key_tpm", usage.tokens.wait(limits.tpm, tokens, now)
+        else:
+            reason, detail, wait = "key_concurrency", f"{limits.concurrency} requests at a time", 1.0
+        return Refused("rate_limit_exceeded", f"the app key '{name}' is over its limit of {detail}; "
+                       f"retry in {math.ceil(wait)}s", reason, wait, self.headers(limits, usage, now))
 
     @staticmethod
-    def check_budget(name: str, budget: Budget, usage: KeyUsage, now: float, zone: str) -> None:
+    def new_period(budget: Budget, usage: KeyUsage, now: float, zone: str) -> None:
+        """The bounds of the budget period `now` is in; the spend starts again when it is a new one."""
         start, end = period_bounds(budget.period, now, zone)
         if usage.period_start != start:
-            usage.period_start, usage.spent = start, 0.0
-        if usage.spent >= budget.usd:
-            resets = datetime.fromtimestamp(end, ZoneInfo(zone)).isoformat(timespec="seconds")
-            raise Refused("budget_exceeded", f"the app key '{name}' has spent ${usage.spent:.4f} of its "
-                          f"${budget.usd:g} budget for this {budget.period}; it resets at {resets}",
-                          "budget", max(1.0, end - now), {})
+            usage.spent = 0.0
+        usage.period_start, usage.period_end, usage.period, usage.zone = start, end, budget, zone
+
+    @staticmethod
+    def over_budget(name: str, budget: Budget, usage: KeyUsage, now: float, zone: str) -> Refused:
+        resets = datetime.fromtimestamp(usage.period_end, ZoneInfo(zone)).isoformat(timespec="seconds")
+        return Refused("budget_exceeded", f"the app key '{name}' has spent ${usage.spent:.4f} of its "
+                       f"${budget.usd:g} budget for this {budget.period}; it resets at {resets}",
+                       "budget", max(1.0, usage.period_end - now), {})
 
     @staticmethod
     def headers(limits: Limits, usage: KeyUsage, now: float) -> dict[str, str]:
-        """`x-ratelimit-*` as OpenAI sends them: what remains after this request, and when the
-        window is empty again."""
+        """`x-ratelimit-*` as OpenAI names them: the limit, what remains after this request, and
+        when room grows again (the oldest request, or tokens, counted leaves the window)."""
         headers = {}
         if limits.rpm is not None:
-            used = usage.requests.used(now)
+            window = usage.requests
+            window.expire(now)
             headers["x-ratelimit-limit-requests"] = str(limits.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - used))
-            headers["x-ratelimit-reset-requests"] = duration(usage.requests.reset_in(now))
+            headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - window.total))
+            headers["x-ratelimit-reset-requests"] = duration(window.oldest() + WINDOW - now
+                                                             if window.entries else 0.0)
         if limits.tpm is not None:
-            used = usage.tokens.used(now)
+            window = usage.tokens
+            window.expire(now)
             headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - used))
-            headers["x-ratelimit-reset-tokens"] = duration(usage.tokens.reset_in(now))
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - window.total))
+            headers["x-ratelimit-reset-tokens"] = duration(window.oldest() + WINDOW - now
+                                                           if window.entries else 0.0)
         return headers
 
     def usage_of(self, deployment: Deployment) -> DeploymentUsage | None:
@@ -233,11 +276,27 @@ class Quotas:
     @staticmethod
     def lease(limits: Limits, usage: DeploymentUsage, tokens: int, now: float) -> Lease | None:
         """Book one try at a deployment if its `rpm`/`tpm` have room now, else None."""
-        if quota_wait(limits, usage, tokens, now) is not None:
-            return None
-        if limits.rpm is not None:
-            usage.requests.add(1, now)
-        return Lease(usage, usage.tokens.add(tokens, now) if limits.tpm is not None else None)
+        rpm, tpm = limits.rpm, limits.tpm
+        horizon = now - WINDOW
+        requests, reserved = usage.requests, usage.tokens
+        if rpm is not None:
+            entries = requests.entries
+            if entries and entries[0] <= horizon:
+                requests.expire(now)
+            if requests.total >= rpm:
+                return None
+        entry = None
+        if tpm is not None:
+            entries = reserved.entries
+            if entries and entries[0].at <= horizon:
+                reserved.expire(now)
+            if reserved.total + tokens > tpm:
+                return None
+            entry = reserved.add(tokens, now)
+        if rpm is not None:
+            requests.entries.append(now)
+            requests.total += 1
+        return Lease(usage, entry)
 
 
 def key_status(key: AppKey, usage: KeyUsage | None, now: float, zone: str) -> dict:

@@ -187,22 +187,29 @@ class Router:
         """May this request use `deployment` now? A half-open deployment's
         probe is claimed for it; a candidate that is out has its reason noted in `trip`, for
         the answer when nothing is usable (step 10)."""
-        usage = self.quotas.usage_of(deployment) if deployment.limits is not None else None
-        verdict = judge(deployment, health, time.time(), trip.request.capability, adapter.capabilities, claim=True,
-                        usage=usage, tokens=trip.tokens)
+        # a deployment's quota is checked where its try is booked (try_deployment), in the same step
+        verdict = judge(deployment, health, time.time(), trip.request.capability, adapter.capabilities, claim=True)
         if verdict.usable:
             trip.capable += 1
             return verdict
         if verdict.out is not CAPABILITY:
             trip.capable += 1
         trip.reasons[deployment.name] = verdict.reason
-        if verdict.out is COOLDOWN or verdict.out is LIMITED:
+        if verdict.out is COOLDOWN:
             trip.cooldown_ends.append(verdict.cooldown_until)
-        if verdict.out in (COOLDOWN, HALF_OPEN, LIMITED):
+        if verdict.out in (COOLDOWN, HALF_OPEN):
             trip.rate_limited.append(verdict.rate_limited)
-        if verdict.out is LIMITED:
-            self.observer.rejected("deployment_rpm" if " rpm " in verdict.reason else "deployment_tpm")
         return verdict
+
+    def at_quota(self, trip: Trip, deployment: Deployment, usage) -> None:
+        """`deployment` is at its `rpm` or `tpm` for this request: skipped like a cooling one,
+        and its quota counts as rate limited (SPEC 3.10)."""
+        verdict = judge(deployment, None, time.time(), usage=usage, tokens=trip.tokens)
+        trip.reasons[deployment.name] = verdict.reason or "at its limit"
+        trip.rate_limited.append(True)
+        if verdict.out is LIMITED:
+            trip.cooldown_ends.append(verdict.cooldown_until)
+            self.observer.rejected("deployment_rpm" if " rpm " in verdict.reason else "deployment_tpm")
 
     async def try_deployment(self, trip: Trip, deployment: Deployment, adapter, health: DeploymentHealth,
                              probe: bool) -> Outcome | None:
@@ -219,7 +226,7 @@ class Router:
         holding = False  # this request holds a concurrency slot at the deployment
         try:
             if slot is not None:
-                holding = await self.take_slot(trip, deployment, slot)
+                holding = slot.try_take(limits.concurrency) or await self.take_slot(trip, deployment, slot)
                 if not holding:
                     return None
             for attempt in range(1, policy.retry.attempts + 1):
@@ -229,10 +236,8 @@ class Router:
                 lease = None
                 if usage is not None and (limits.rpm is not None or limits.tpm is not None):
                     lease = self.quotas.lease(limits, usage, trip.tokens, time.time())
-                    if lease is None:  # its quota filled up since it was judged (while this request waited)
-                        trip.reasons[name] = judge(deployment, None, time.time(), usage=usage,
-                                                   tokens=trip.tokens).reason or "at its limit"
-                        trip.rate_limited.append(True)
+                    if lease is None:
+                        self.at_quota(trip, deployment, usage)
                         return None
                 trip.attempts += 1
                 error = None
@@ -305,8 +310,6 @@ class Router:
         `queue.max_wait` (within the request's total deadline). False, with the reason noted,
         when none came: the next candidate is tried."""
         limit = deployment.limits.concurrency
-        if slots.try_take(limit):
-            return True
         wait = min(deployment.queue_wait, trip.deadline - time.monotonic())
         began = time.monotonic()
         taken = wait > 0 and await slots.take(limit, trip.priority, trip.arrival, wait)

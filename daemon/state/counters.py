@@ -1,7 +1,8 @@
 """Counters behind admission control, keyed by stable identities (an app key's digest,
 `Deployment.identity`), whatever keeps them.
 
-    Window           a rolling 60 s log of what was admitted (requests, or tokens)
+    Window           a rolling 60 s log of the tokens admitted, each reservation settled later
+    RequestWindow    the same for requests: only their times
     Slots            requests in flight against a `concurrency`, and the queue of those
                      waiting for a slot: ordered by priority, then arrival, with ageing
     KeyUsage         one app key's windows, requests in flight and spend in its budget period
@@ -65,6 +66,13 @@ class Window:
         self.expire(now)
         return self.total
 
+    def fits(self, limit: int, amount: int, now: float) -> bool:
+        """Whether `amount` more fits under `limit` now (`wait` says how long until it does)."""
+        entries = self.entries
+        if entries and entries[0].at <= now - WINDOW:
+            self.expire(now)
+        return self.total + amount <= limit
+
     def wait(self, limit: int, amount: int, now: float) -> float:
         """Seconds until `amount` more fits under `limit`: 0 when it fits now; `WINDOW` when it
         never can (more than the limit alone)."""
@@ -92,10 +100,51 @@ class Window:
             self.total += amount - entry.amount
         entry.amount = amount
 
-    def reset_in(self, now: float) -> float:
-        """Seconds until the window is empty again (what `x-ratelimit-reset-*` says)."""
+    def oldest(self) -> float:
+        return self.entries[0].at
+
+
+class RequestWindow:
+    """Requests admitted in the last 60 s: each is one, and none is settled later, so the
+    window keeps only their times (a request window is booked on every limited request)."""
+
+    __slots__ = ("entries", "total")
+
+    def __init__(self) -> None:
+        self.entries: deque[float] = deque()
+        self.total = 0
+
+    def expire(self, now: float) -> None:
+        entries = self.entries
+        horizon = now - WINDOW
+        while entries and entries[0] <= horizon:
+            entries.popleft()
+        self.total = len(entries)
+
+    def used(self, now: float) -> int:
         self.expire(now)
-        return self.entries[-1].at + WINDOW - now if self.entries else 0.0
+        return self.total
+
+    def fits(self, limit: int, amount: int, now: float) -> bool:
+        self.expire(now)
+        return self.total + amount <= limit
+
+    def wait(self, limit: int, amount: int, now: float) -> float:
+        """Seconds until `amount` more requests fit under `limit` (see `Window.wait`)."""
+        self.expire(now)
+        excess = self.total + amount - limit
+        if excess <= 0:
+            return 0.0
+        if amount > limit:
+            return WINDOW
+        return max(self.entries[excess - 1] + WINDOW - now, 0.001)
+
+    def add(self, amount: int, now: float) -> None:
+        self.entries.extend((now,) * amount)
+        self.total += amount
+
+    def oldest(self) -> float:
+        return self.entries[0]
 
 
 class Waiter:
@@ -193,14 +242,17 @@ class Slots:
 class KeyUsage:
     """One app key's counters: its windows, its requests in flight, its spend this period."""
 
-    __slots__ = ("requests", "tokens", "inflight", "spent", "period_start")
+    __slots__ = ("requests", "tokens", "inflight", "spent", "period_start", "period_end", "period", "zone")
 
     def __init__(self) -> None:
-        self.requests = Window()
+        self.requests = RequestWindow()
         self.tokens = Window()
         self.inflight = 0
         self.spent = 0.0  # US dollars since `period_start`
         self.period_start = 0.0  # wall clock; 0: no spend yet
+        self.period_end = 0.0  # when the budget period ends (computed once per period, not per request)
+        self.period: object = None  # the budget the bounds were computed for (a reload may change it)
+        self.zone: str | None = None  # and the time zone
 
 
 class DeploymentUsage:
@@ -209,7 +261,7 @@ class DeploymentUsage:
     __slots__ = ("requests", "tokens", "slots")
 
     def __init__(self) -> None:
-        self.requests = Window()
+        self.requests = RequestWindow()
         self.tokens = Window()
         self.slots = Slots()
 
