@@ -42,10 +42,14 @@ def estimate_tokens(body: dict, size: int, graph: Graph, route: Route, answers: 
     embeddings request (`answers` False) has no output."""
     if not answers:
         return size // BYTES_PER_TOKEN
-    output = requested_output(body)
-    if output is None:
-        output = graph.output_tokens.get(route.name) or DEFAULT_OUTPUT_TOKENS
+    output = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
+    if type(output) is not int or output <= 0:  # none named, or the first named is not a count
+        output = ((requested_output(body) if output is not None else None)
+                  or graph.output_tokens.get(route.name) or DEFAULT_OUTPUT_TOKENS)
     return size // BYTES_PER_TOKEN + output
+
+
+SECONDS = tuple(f"{n}s" if n < 60 else f"{n // 60}m{n % 60}s" for n in range(61))  # duration()'s usual answers
 
 
 def duration(seconds: float) -> str:
@@ -55,6 +59,8 @@ def duration(seconds: float) -> str:
         if milliseconds < 1000:
             return f"{max(0, milliseconds)}ms"
     whole = math.ceil(seconds)
+    if whole <= 60:
+        return SECONDS[whole]
     return f"{whole}s" if whole < 60 else f"{whole // 60}m{whole % 60}s"
 
 
@@ -94,30 +100,31 @@ class Refused(Exception):
 class KeyTicket:
     """One admitted request's bookings against its key, settled once at its end."""
 
-    __slots__ = ("usage", "tokens", "concurrent", "headers", "settled")
+    __slots__ = ("usage", "tokens", "concurrent", "headers")
 
     def __init__(self, usage: KeyUsage, tokens: Entry | None, concurrent: bool, headers: dict[str, str]) -> None:
-        self.usage = usage
+        self.usage: KeyUsage | None = usage  # None once settled
         self.tokens = tokens  # the reservation in the key's token window
         self.concurrent = concurrent  # counted in the key's requests in flight
         self.headers = headers  # x-ratelimit-*, on every answer
-        self.settled = False
 
     def settle(self, used_tokens: int | None, cost: float | None, answered: bool) -> None:
         """The request ended: its reservation becomes what the answer used (released when it
-        failed without an answer), its slot frees, its cost joins the key's spend."""
-        if self.settled:
+        failed without an answer), its slot frees, its cost joins the key's spend. Once only:
+        a second call changes nothing."""
+        usage, entry = self.usage, self.tokens
+        if usage is None:
             return
-        self.settled = True
-        if self.tokens is not None:
-            if used_tokens is not None:
-                self.usage.tokens.settle(self.tokens, max(0, used_tokens))
-            elif not answered:
-                self.usage.tokens.settle(self.tokens, 0)
+        self.usage = None
+        if entry is not None and (used_tokens is not None or not answered):
+            used = used_tokens if used_tokens is not None and used_tokens > 0 else 0
+            if entry.live:  # Window.settle, written out: every request of a key with a tpm settles
+                usage.tokens.total += used - entry.amount
+            entry.amount = used
         if self.concurrent:
-            self.usage.inflight -= 1
+            usage.inflight -= 1
         if cost:
-            self.usage.spent += cost
+            usage.spent += cost
 
 
 class Lease:
@@ -130,9 +137,13 @@ class Lease:
         self.tokens = tokens
 
     def settle(self, used_tokens: int | None) -> None:
-        if self.tokens is not None and used_tokens is not None:
-            self.usage.tokens.settle(self.tokens, max(0, used_tokens))
+        entry = self.tokens
+        if entry is not None and used_tokens is not None:
             self.tokens = None
+            used = used_tokens if used_tokens > 0 else 0
+            if entry.live:  # Window.settle, written out: every try at a deployment with a tpm settles
+                self.usage.tokens.total += used - entry.amount
+            entry.amount = used
 
     def release(self) -> None:
         """The try failed: the upstream counted its request, but no tokens were used."""
