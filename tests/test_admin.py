@@ -75,8 +75,9 @@ async def test_status_shape_and_every_state(admin):
     status, text, body = await get(gw, "/admin/status")
     assert status == 200
     assert SECRET not in text
-    assert set(body) == {"config", "last_reload", "deployments", "keys"}
+    assert set(body) == {"config", "last_reload", "deployments", "keys", "cache"}
     assert body["keys"] == {}  # no key has limits or a budget
+    assert body["cache"] is None  # no response cache configured
     assert set(body["config"]) == {"path", "version", "loaded_at"}
     assert body["config"]["path"] == str(gw.config_path)
     assert body["config"]["version"] == gw.runtime.holder.current.graph.version

@@ -54,7 +54,7 @@ def test_check_example_is_ok_and_lists_the_disabled_providers():
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(
         rf"{re.escape(str(EXAMPLE))}: ok \(config [0-9a-f]{{12}}: 4 providers, 6 models, "
-        r"3 aliases, 2 warnings\)\n", result.stdout)
+        r"4 aliases, 2 warnings\)\n", result.stdout)
     assert result.stderr.splitlines() == [
         f"warning: {EXAMPLE}:{example_line('  openai:')}:3: provider 'openai' is disabled: "
         "its api_key resolved to an empty value; its models are left out of every plan",

@@ -14,7 +14,7 @@ from gatewayd.daemon.core.problems import ConfigError, quoted
 F = "gateway.yaml"  # loaded by a relative path, so it is the FILE of every message
 
 NAME_HINT = "names use letters, digits, '.', '_', '-', ':' and '/', starting with a letter or digit"
-TOP_KEYS = "version, server, defaults, providers, models, aliases"
+TOP_KEYS = "version, server, defaults, providers, models, aliases, cache"
 
 
 @pytest.fixture(autouse=True)

@@ -27,6 +27,7 @@ from gatewayd.daemon.core.graph import (
     AppKey,
     Backoff,
     Budget,
+    CacheSettings,
     Candidate,
     CooldownPolicy,
     Deployment,
@@ -38,6 +39,7 @@ from gatewayd.daemon.core.graph import (
     RetryPolicy,
     Route,
     Secret,
+    SemanticCache,
     ServerSettings,
     Tier,
     Timeouts,
@@ -374,6 +376,65 @@ class Compiler:
                 on_trail.add(fallback)
                 cursors.append(0)
 
+    # -- response cache -------------------------------------------------------
+
+    def cache(self) -> CacheSettings | None:
+        """`cache:`, with the schema's defaults; None when the document has none."""
+        raw = self.data.get("cache")
+        if raw is None:
+            return None
+
+        def get(*keys: str) -> Any:
+            node = raw
+            for key in keys[:-1]:
+                node = node[key]
+            return node.get(keys[-1], schemadoc.default("cache", *keys))
+
+        semantic = None
+        if "semantic" in raw:
+            semantic = SemanticCache(embeddings=raw["semantic"]["embeddings"],
+                                     threshold=float(get("semantic", "threshold")),
+                                     max_entries=int(get("semantic", "max_entries")))
+        return CacheSettings(ttl=seconds(get("ttl")), max_entries=int(get("max_entries")),
+                             max_bytes=size_bytes(get("max_bytes")), scope=get("scope"), semantic=semantic)
+
+    def written(self, *path: str) -> bool:
+        """Whether the file has the key at `path`, even where the schema refused its value (the
+        compiler then sees the document without it, and must not report it missing too)."""
+        node = self.data
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return tuple(path) in self.doc.key_marks
+            node = node[key]
+        return True
+
+    def check_cache(self) -> None:
+        """Aliases ask only for the cache the document configures; the embeddings route exists
+        and is not cached itself (its answers are what a semantic lookup compares)."""
+        models = self.data.get("models") or {}
+        aliases = self.data.get("aliases") or {}
+        has_cache, has_semantic = self.written("cache"), self.written("cache", "semantic")
+        for name, raw in aliases.items():
+            mode = cache_mode(raw)
+            path = ("aliases", name, "cache")
+            if mode != "off" and not has_cache:
+                self.error(path, f"alias '{name}' has cache: {mode}, but there is no cache section: "
+                           "add a top-level `cache:` section (every key of it has a default)")
+            elif mode == "semantic" and not has_semantic:
+                self.error(path, f"alias '{name}' has cache: semantic, but cache.semantic is not set: "
+                           "add cache.semantic with the embeddings route to use, or use cache: exact")
+        semantic = (self.data.get("cache") or {}).get("semantic")
+        if semantic is None:
+            return
+        embeddings = semantic["embeddings"]
+        path = ("cache", "semantic", "embeddings")
+        if embeddings not in models and embeddings not in aliases:
+            self.error(path, f"cache.semantic.embeddings {quoted(embeddings)} is neither a model nor an alias"
+                       f"{suggest(embeddings, list(models) + list(aliases))}")
+        elif embeddings in aliases and (mode := cache_mode(aliases[embeddings])) != "off":
+            self.error(path, f"cache.semantic.embeddings names alias '{embeddings}', which has cache: {mode}; "
+                       "the route that embeds requests must not be cached (set its cache to off)")
+
     # -- plans ----------------------------------------------------------------
 
     def routes(self, deployments: Mapping[str, Deployment]) -> dict[str, Route]:
@@ -384,7 +445,7 @@ class Compiler:
         plans = self.plans(aliases, deployments)
         for name in aliases:  # in the order the file lists them
             if name in plans:
-                routes[name] = Route(name, "alias", plans[name])
+                routes[name] = Route(name, "alias", plans[name], cache_mode(aliases[name]))
         for name, route in routes.items():
             # a model's own disabled provider is already reported; an alias left empty is news
             if route.kind == "alias" and all(deployments[d].disabled for d in route.deployments()):
@@ -431,6 +492,12 @@ class Compiler:
                         tiers.extend(plans[fallback])
                 plans[name] = dedup(tiers)
         return plans
+
+
+def cache_mode(alias: Mapping[str, Any]) -> str:
+    """An alias's `cache`: YAML 1.1 reads a bare `off` as false, which the schema admits as off."""
+    mode = alias.get("cache", schemadoc.default("alias", "cache"))
+    return "off" if mode is False else mode
 
 
 def dedup(tiers: list[Tier]) -> tuple[Tier, ...]:
@@ -504,6 +571,8 @@ def compile_graph(document: Document, secrets: Mapping[str, str] | None = None) 
     providers = compiler.providers(server.max_upstream_body)
     deployments = compiler.deployments(providers)
     compiler.check_aliases()
+    compiler.check_cache()
+    cache = compiler.cache()
     if compiler.errors:
         raise ConfigError(sorted(compiler.errors, key=lambda p: (p.line, p.column)))
     routes = compiler.routes(deployments)
@@ -518,4 +587,5 @@ def compile_graph(document: Document, secrets: Mapping[str, str] | None = None) 
         default_policy=compiler.policy(document.data.get("defaults") or {}),
         warnings=tuple(str(w) for w in sorted(compiler.warnings, key=lambda p: (p.line, p.column))),
         timezone=compiler.zone_name(),
+        cache=cache,
     )

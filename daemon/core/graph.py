@@ -247,6 +247,7 @@ class Route:
     name: str
     kind: str  # "alias" | "model"
     tiers: tuple[Tier, ...]
+    cache: str = "off"  # off | exact | semantic: an alias's `cache` (a model route is never cached)
 
     def deployments(self) -> tuple[str, ...]:
         return tuple(c.deployment for t in self.tiers for c in t.candidates)
@@ -291,6 +292,26 @@ class AppKey:
 
 
 @dataclass(frozen=True, slots=True)
+class SemanticCache:
+    """`cache.semantic:` after an exact miss, a stored answer to a similar request is served."""
+
+    embeddings: str  # the alias or model whose route embeds a request's text
+    threshold: float  # least cosine similarity served, in (0, 1]
+    max_entries: int  # entries kept with their vectors for the search
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """`cache:`, the response cache shared by every alias whose `cache` is not off."""
+
+    ttl: float  # seconds an entry is served after it was stored
+    max_entries: int
+    max_bytes: int  # of stored answers; past either bound the least recently used go first
+    scope: str  # key: an entry is served only to the app key that stored it | shared: to every key
+    semantic: SemanticCache | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ServerSettings:
     listen: str  # "host:port" or "unix:/path"
     shutdown_grace: float
@@ -322,6 +343,7 @@ class Graph:
     default_policy: Policy  # `defaults:` merged over the schema's defaults; bounds a request's total
     warnings: tuple[str, ...] = field(default=())
     timezone: str = "UTC"  # `defaults.timezone`: where budget periods begin
+    cache: CacheSettings | None = None  # None: the document has no `cache:` section
     # every credential of this config, providers' and app keys', in each form an upstream may echo
     # it, longest first: what logs and events replace (derived once, not per line)
     redactions: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -330,9 +352,13 @@ class Graph:
     # by route name: the largest `max_output_tokens` among its deployments (0: none names one),
     # what a request that names no maximum is assumed to ask for
     output_tokens: Mapping[str, int] = field(init=False, repr=False, compare=False)
+    # by route name: a short digest of its plan and of what answers for it (`plan_ids`); a reload
+    # keeps the cached answers of every alias whose plan id did not change, the others start empty
+    plan_ids: Mapping[str, str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         deployments = self.deployments
+        object.__setattr__(self, "plan_ids", plan_ids(self.routes, deployments))
         object.__setattr__(self, "counts_tokens", any(
             d.limits is not None and d.limits.tpm is not None for d in deployments.values()))
         object.__setattr__(self, "output_tokens", MappingProxyType({
@@ -341,3 +367,35 @@ class Graph:
         forms = {form for provider in self.providers.values() for form in provider.redactions}
         forms.update(redaction_forms(key.key.reveal() for key in self.server.keys or () if key.key))
         object.__setattr__(self, "redactions", tuple(sorted(forms, key=len, reverse=True)))
+
+
+def plan_ids(routes: Mapping[str, Route], deployments: Mapping[str, Deployment]) -> Mapping[str, str]:
+    """Each route's plan as 16 hex digits of SHA-256: each tier's strategy, and each candidate's
+    weight and what answers for it: its deployment's identity (provider type, base_url, upstream
+    model, credentials) and its provider's type-specific options (a mock's `reply` is its answer).
+
+    A reload keeps the cached answers of an alias whose plan id did not change. Names are left
+    out: renaming a model changes no answer, while the same name pointed at another upstream
+    model or endpoint does. Plans share their tiers, so each tier is written once however many
+    routes hold it.
+    """
+    written: dict[int, bytes] = {}  # by id(): tiers are shared objects, alive through this call
+    ids = {}
+    for name, route in routes.items():
+        digest = hashlib.sha256()
+        for tier in route.tiers:
+            text = written.get(id(tier))
+            if text is None:
+                # repr() escapes newlines, so one ends each tier unambiguously
+                text = repr((tier.strategy, tuple((answerer(deployments[c.deployment]), c.weight)
+                                                  for c in tier.candidates))).encode() + b"\n"
+                written[id(tier)] = text
+            digest.update(text)
+        ids[name] = digest.hexdigest()[:16]
+    return MappingProxyType(ids)
+
+
+def answerer(deployment: Deployment) -> tuple:
+    """What answers for a candidate in a plan id: the upstream, and the options that shape it."""
+    options = tuple(sorted((key, repr(value)) for key, value in deployment.provider.options.items()))
+    return deployment.identity, options

@@ -51,6 +51,7 @@ class OpsHandlers:
             "last_reload": reloader.last_result() if reloader else None,
             "deployments": deployments_status(snapshot, runtime.health, counters=runtime.counters),
             "keys": keys_status(snapshot, runtime.counters),
+            "cache": runtime.cache.status(),
         })
 
     async def reload(self, request: web.BaseRequest) -> web.Response:

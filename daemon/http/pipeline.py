@@ -24,6 +24,7 @@ from gatewayd.daemon.core.exchange import Operation, Request, WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import AppKey, Graph, Route, ServerSettings
 from gatewayd.daemon.core.replies import Answer, Embeddings, StreamEvent, Usage
+from gatewayd.daemon.http.cache import HIT, SKIP, Lookup
 from gatewayd.daemon.http.errors import ApiError
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.jsonsyntax import explain_invalid_json
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from gatewayd.daemon.routing.snapshot import Snapshot
 
 log = logging.getLogger("gatewayd")
+TOO_LARGE = object()  # what a kept stream that outgrew the cache is left as
 
 
 class StreamWriter(Protocol):
@@ -161,6 +163,9 @@ class Pipeline:
             route = route_of(body, graph, key, record)
             call = Request(inbound.operation, inbound.format, body, stream=inbound.check(body),
                            decode=inbound.decode, headers=request.headers)
+            cached = route.cache != "off" and runtime.cache.store is not None
+            if cached:
+                record.cache = SKIP  # until the lookup: an answer refused before it did not look
             limited = key is not None and key.limited
             tokens = 0
             if limited or graph.counts_tokens:
@@ -168,18 +173,30 @@ class Pipeline:
                 tokens = estimate_tokens(body, size, graph, route, inbound.operation != Operation.EMBEDDINGS)
             if limited:
                 ticket = runtime.router.quotas.admit_key(key, tokens, time.time(), graph.timezone)
+            lookup = None
+            if cached:
+                lookup = runtime.cache.lookup(graph, route, inbound.label, body, key,
+                                              request.headers.get("Cache-Control"), call.stream)
+                record.cache = lookup.status
+                if lookup.answer is not None:
+                    return await self.replay(request, snapshot, lookup, call.stream, ticket, record, started)
             outcome = await runtime.router.route(snapshot, route, call, key.priority if key else "normal", tokens)
             record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
             headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts)
             if ticket is not None:
                 headers.update(ticket.headers)
+            if lookup is not None:
+                headers["x-gatewayd-cache"] = lookup.status
             if outcome.stream is not None:
-                return await self.relay(request, inbound, body, outcome, headers, record, started, graph)
+                keep = lookup if lookup is not None and lookup.store else None
+                return await self.relay(request, inbound, body, outcome, headers, record, started, graph, keep)
             reply = outcome.reply
             record.status = 200
             record.ttfb_ms = (time.monotonic() - started) * 1000
             self.book_usage(record, outcome, reply.usage)
             answer = reply.body if reply.format is inbound.format else inbound.encode_reply(reply.answer, body)
+            if lookup is not None and lookup.store:
+                runtime.cache.keep(lookup, outcome.deployment.name, body=answer)
             return web.Response(body=answer, content_type="application/json", headers=headers)
         except ApiError as error:
             record.status, record.error = error.status, error.message
@@ -187,6 +204,8 @@ class Pipeline:
             headers = {**error.headers, **gateway_headers(snapshot, None, record.attempts)}
             if ticket is not None:
                 headers.update(ticket.headers)
+            if record.cache is not None:
+                headers["x-gatewayd-cache"] = record.cache
             return web.Response(status=error.status, body=body, content_type="application/json", headers=headers)
         except Refused as refusal:
             return self.refused(snapshot, inbound, refusal, record)
@@ -198,18 +217,40 @@ class Pipeline:
                 used = record.prompt_tokens
                 if used is not None:
                     used += record.completion_tokens or 0
+                elif record.cache == HIT:  # a cached answer books no tokens
+                    used = 0
                 ticket.settle(used, record.cost, record.status == 200)
             record.latency_ms = (time.monotonic() - started) * 1000
             runtime.metrics.observe(record)
             runtime.access.emit(record, graph.server.log_format)
 
+    async def replay(self, request: web.BaseRequest, snapshot: Snapshot, lookup: Lookup, stream: bool,
+                     ticket: KeyTicket | None, record: AccessRecord, started: float) -> web.StreamResponse:
+        """A cache hit: the stored answer, in the form the client asked for, as it was first given."""
+        answer = lookup.answer
+        record.status, record.deployment = 200, answer.deployment
+        headers = gateway_headers(snapshot, answer.deployment, 0)
+        headers["x-gatewayd-cache"] = HIT
+        if ticket is not None:
+            headers.update(ticket.headers)
+        if not stream:
+            record.ttfb_ms = (time.monotonic() - started) * 1000
+            return web.Response(body=answer.body, content_type="application/json", headers=headers)
+        response = EventStreamResponse(status=200, headers={**SSE_HEADERS, **headers})
+        await response.prepare(request)
+        await response.write(answer.events)
+        record.ttfb_ms = (time.monotonic() - started) * 1000
+        await response.write_eof()
+        return response
+
     async def relay(self, request: web.BaseRequest, inbound: Inbound, body: dict, outcome: Outcome,
                     headers: dict[str, str], record: AccessRecord, started: float,
-                    graph: Graph) -> web.StreamResponse:
+                    graph: Graph, keep: Lookup | None = None) -> web.StreamResponse:
         """Relay an open stream; a failure after the first byte ends it with an error event, and
         no end marker: the client must not take it for a complete answer. The headers go out
         with the first event, in one write; then each item the stream yields in one write (from
-        an upstream of the client's format, every event one read brought, each checked)."""
+        an upstream of the client's format, every event one read brought, each checked). With
+        `keep`, what the client is sent is kept too, and stored in the cache if it ends cleanly."""
         response = EventStreamResponse(status=200, headers={**SSE_HEADERS, **headers})
         record.status = 200
         stream = outcome.stream
@@ -219,13 +260,15 @@ class Pipeline:
         timeouts = outcome.deployment.policy.timeouts
         deadline = started + graph.default_policy.timeouts.total
         error: UpstreamError | None = None
+        sent: list | None = None if keep is None else []
+        write = response.write if sent is None else self.keeping(response, sent, self.runtime.cache.store.max_bytes)
         try:
             await response.prepare(request)
             request[PREPARED] = response  # a shutdown past the grace ends it with an SSE error event
             request[ERROR_EVENT] = inbound.error_event
-            await response.write(outcome.first if encode is None else encode(outcome.first))
+            await write(outcome.first if encode is None else encode(outcome.first))
             record.ttfb_ms = (time.monotonic() - started) * 1000
-            bound, following, write = self.runtime.router.deadlines.bound, events.__anext__, response.write
+            bound, following = self.runtime.router.deadlines.bound, events.__anext__
             while True:
                 wait = min(timeouts.idle, deadline - time.monotonic())
                 try:
@@ -253,9 +296,11 @@ class Pipeline:
                 record.error = error.describe()
                 await response.write(inbound.stream_error(error) if writer is None else writer.fail(error))
             elif writer is not None:
-                await response.write(writer.end(stream.usage))
+                await write(writer.end(stream.usage))
             self.runtime.router.finish_stream(outcome, error)
             await response.write_eof()
+            if sent is not None and error is None and sent and sent[-1] is not TOO_LARGE:
+                self.runtime.cache.keep(keep, outcome.deployment.name, events=b"".join(sent))
         except (ConnectionResetError, asyncio.CancelledError) as exc:
             # the client went away (or we are shutting down): stop the upstream at once
             record.error = "client disconnected" if isinstance(exc, ConnectionResetError) else "cancelled"
@@ -266,6 +311,26 @@ class Pipeline:
             await stream.aclose()
             self.book_usage(record, outcome, stream.usage)
         return response
+
+    @staticmethod
+    def keeping(response: web.StreamResponse, sent: list, limit: int):
+        """`response.write` that also keeps what it sends, up to `limit` bytes (past it, the
+        stream is too large to store and `sent` ends with TOO_LARGE)."""
+        size = 0
+
+        def write(data: bytes):
+            nonlocal size
+            if sent and sent[-1] is TOO_LARGE:
+                return response.write(data)
+            size += len(data)
+            if size > limit:
+                sent.clear()
+                sent.append(TOO_LARGE)
+            else:
+                sent.append(data)
+            return response.write(data)
+
+        return write
 
     def book_usage(self, record: AccessRecord, outcome: Outcome, usage) -> None:
         if usage is None:
@@ -281,6 +346,8 @@ class Pipeline:
         self.runtime.metrics.rejected(refusal.reason)
         headers = {**gateway_headers(snapshot, None, 0), **refusal.headers,
                    "Retry-After": str(max(1, math.ceil(refusal.retry_after)))}
+        if record.cache is not None:
+            headers["x-gatewayd-cache"] = record.cache
         return web.Response(status=429, body=inbound.error_body(429, refusal.code, refusal.message),
                             content_type="application/json", headers=headers)
 
@@ -291,6 +358,8 @@ class Pipeline:
         headers = gateway_headers(snapshot, failure.deployment, failure.attempts)
         if ticket is not None:
             headers.update(ticket.headers)
+        if record.cache is not None:
+            headers["x-gatewayd-cache"] = record.cache
         if failure.retry_after is not None:
             headers["Retry-After"] = str(int(failure.retry_after))
         if failure.upstream_error is not None:

@@ -13,6 +13,7 @@ from gatewayd.adapters.base import Adapter
 from gatewayd.daemon.config.load import Loaded
 from gatewayd.daemon.core.failures import UpstreamError
 from gatewayd.daemon.core.graph import Graph
+from gatewayd.daemon.http.cache import ResponseCache
 from gatewayd.daemon.observe.accesslog import AccessLog
 from gatewayd.daemon.observe.events import EventBus
 from gatewayd.daemon.observe.metrics import Metrics
@@ -75,6 +76,7 @@ class Runtime(RoutingObserver):
         self.stopping = asyncio.Event()  # set when shutdown begins (SIGTERM/SIGINT)
         self.health = LocalHealthStore(on_change=self.health_changed)
         self.counters = LocalCounterStore()
+        self.cache = ResponseCache()
         self.router = Router(self.health, observer=self, quotas=Quotas(self.counters))
         self._pool = AdapterPool()
         self._closing: set[asyncio.Task] = set()  # pools of providers that left, closing once drained
@@ -82,6 +84,7 @@ class Runtime(RoutingObserver):
         self.install(loaded.graph)
         self.metrics.watch_states(self.deployment_states)
         self.metrics.watch_queues(self.queue_lengths)
+        self.metrics.watch_cache(self.cache)
         self.metrics.watch_inflight(lambda: len(self.requests))
         self.reloader = None  # server.start_reloader sets it once the daemon listens; tests may run without
 
@@ -104,6 +107,7 @@ class Runtime(RoutingObserver):
         if old is not None:
             old.retired = True
         self.health.retain(d.identity for d in graph.deployments.values())
+        self.cache.install(graph)
         self.counters.retain((key.identity for key in graph.server.keys or ()),
                              (d.identity for d in graph.deployments.values()))
         for deployment in graph.deployments.values():

@@ -45,6 +45,7 @@ class AccessRecord:
     error: str | None = None
     config: str | None = None
     format: str | None = None  # the client's wire format (openai, anthropic, responses), for the API's paths
+    cache: str | None = None  # hit, miss or skip, on an alias with a response cache
 
 
 def clip(value: str, limit: int) -> str:
@@ -96,9 +97,9 @@ def text_line(r: AccessRecord, values: TextValues) -> str:
     keys and versions come from the config, whose names are plain words; only
     what a client chose goes through `values`, the model clipped first.
     """
-    model, deployment, ttfb, prompt, completion, cost, key, config, error, format_ = (
+    model, deployment, ttfb, prompt, completion, cost, key, config, error, format_, cache = (
         r.model, r.deployment, r.ttfb_ms, r.prompt_tokens, r.completion_tokens, r.cost, r.key, r.config, r.error,
-        r.format)
+        r.format, r.cache)
     known = values.known.get
     return (
         f"{r.method} {r.path} {r.status}"
@@ -112,6 +113,7 @@ def text_line(r: AccessRecord, values: TextValues) -> str:
         f"{'' if key is None else f' key={known(key) or values(key)}'}"
         f"{'' if config is None else f' config={config}'}"
         f"{'' if format_ is None else f' format={format_}'}"
+        f"{'' if cache is None else f' cache={cache}'}"
         f"{'' if error is None else f' error={json.dumps(clip(error, ERROR_LIMIT))}'}"
     )
 
@@ -150,6 +152,8 @@ def json_line(r: AccessRecord) -> str:
         fields["config"] = r.config
     if r.format is not None:
         fields["format"] = r.format
+    if r.cache is not None:
+        fields["cache"] = r.cache
     return orjson.dumps(fields).decode()
 
 

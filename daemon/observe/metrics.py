@@ -163,6 +163,33 @@ class QueueCollector:
         yield family
 
 
+class CacheCollector:
+    """The response cache's lookups, evictions and fill, read at scrape time. `cache` has
+    `counts` (route name -> hits, misses, skips) and `store` (None when no cache is configured)."""
+
+    def __init__(self, cache) -> None:
+        self._cache = cache
+
+    def collect(self):
+        lookups = CounterMetricFamily("gatewayd_cache_lookups", "Response cache lookups by alias and result "
+                                      "(hit, miss, skip)", labels=["alias", "result"])
+        for alias, counts in self._cache.counts.items():
+            for result, value in (("hit", counts.hits), ("miss", counts.misses), ("skip", counts.skips)):
+                lookups.add_metric([alias, result], float(value))
+        yield lookups
+        store = self._cache.store
+        evictions = CounterMetricFamily("gatewayd_cache_evictions", "Answers the response cache dropped to keep "
+                                        "within its bounds")
+        evictions.add_metric([], float(store.evictions if store is not None else 0))
+        yield evictions
+        entries = GaugeMetricFamily("gatewayd_cache_entries", "Answers in the response cache")
+        entries.add_metric([], float(store.entries if store is not None else 0))
+        yield entries
+        size = GaugeMetricFamily("gatewayd_cache_bytes", "Bytes of the answers in the response cache")
+        size.add_metric([], float(store.bytes if store is not None else 0))
+        yield size
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -199,6 +226,9 @@ class Metrics:
 
     def watch_states(self, states: Callable[[], Iterable[tuple[str, str]]]) -> None:
         self.registry.register(DeploymentStateCollector(states))
+
+    def watch_cache(self, cache) -> None:
+        self.registry.register(CacheCollector(cache))
 
     def watch_queues(self, lengths: Callable[[], Iterable[tuple[str, int]]]) -> None:
         self.registry.register(QueueCollector(lengths))
