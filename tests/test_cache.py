@@ -9,11 +9,13 @@ import json
 
 import anthropic
 import openai
+from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewayd.daemon.config.load import load
 from gatewayd.daemon.state.cache import CachedAnswer, LocalResponseStore
+from gatewayd.daemon.state.vectors import VectorIndex
 from tests.fakes import Ok, Stream, fakes, gateway_config
 
 APP, OTHER, ADMIN = "sk-app-cache-00001", "sk-other-cache-002", "sk-admin-cache-003"
@@ -296,3 +298,91 @@ async def test_an_answer_larger_than_the_cache_is_not_kept(gateway, fake_openai)
     await post(gw, CHAT)
     again, _ = await post(gw, CHAT)
     assert again.headers["x-gatewayd-cache"] == "miss" and (await status(gw))["cache"]["entries"] == 0
+
+
+# --- semantic ------------------------------------------------------------------------------
+
+class WordEmbeddings:
+    """An OpenAI-format embeddings upstream whose vectors count a few words, so which requests
+    are similar is known: "cache" and "queue" questions are orthogonal but for a shared term."""
+
+    WORDS = ("cache", "queue", "lock")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.fail = False
+        self.app = web.Application()
+        self.app.router.add_post("/v1/embeddings", self.embeddings)
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        self.calls += 1
+        body = await request.json()
+        if self.fail:
+            return web.json_response({"error": {"message": "down", "type": "server_error", "param": None,
+                                                "code": None}}, status=500)
+        text = body["input"].lower()
+        vector = [float(text.count(word)) for word in self.WORDS] + [0.2]
+        return web.json_response({"object": "list", "model": "text-embedding-3-small",
+                                  "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+                                  "usage": {"prompt_tokens": 5, "total_tokens": 5}})
+
+
+async def semantic_gateway(gateway, fake_openai, aiohttp_server):
+    ups = await fakes(fake_openai, "a")
+    embedder = WordEmbeddings()
+    server = await aiohttp_server(embedder.app)
+    document = config(ups, cache={"semantic": {"embeddings": "embed", "threshold": 0.95}}, alias_cache="semantic",
+                      providers={"words": {"type": "openai", "base_url": str(server.make_url("/v1")),
+                                           "api_key": "sk-words"}},
+                      models={"embed": {"provider": "words", "model": "text-embedding-3-small"}})
+    return await cached_gateway(gateway, document), ups["a"], embedder
+
+
+def asking(text: str, **extra) -> dict:
+    return {"model": "chat", "messages": [{"role": "user", "content": text}], **extra}
+
+
+async def test_a_similar_request_is_served_the_stored_answer(gateway, fake_openai, aiohttp_server):
+    gw, upstream, embedder = await semantic_gateway(gateway, fake_openai, aiohttp_server)
+    first, first_body = await post(gw, asking("What is a cache?"))
+    similar, similar_body = await post(gw, asking("Tell me what a cache is"))
+    assert first.headers["x-gatewayd-cache"] == "miss" and similar.headers["x-gatewayd-cache"] == "hit"
+    assert similar_body == first_body and float(similar.headers["x-gatewayd-cache-similarity"]) >= 0.95
+    assert upstream.calls == 1 and embedder.calls == 2
+    other, _ = await post(gw, asking("What is a queue?"))
+    assert other.headers["x-gatewayd-cache"] == "miss" and upstream.calls == 2
+    counts = (await status(gw))["cache"]["routes"]["chat"]
+    assert (counts["hits"], counts["misses"]) == (1, 2)
+
+
+async def test_a_similar_request_of_another_key_or_form_is_a_miss(gateway, fake_openai, aiohttp_server):
+    gw, upstream, _ = await semantic_gateway(gateway, fake_openai, aiohttp_server)
+    await post(gw, asking("What is a cache?"), APP)
+    other_key, _ = await post(gw, asking("Tell me what a cache is"), OTHER)
+    as_stream, _ = await post(gw, asking("Tell me what a cache is", stream=True), APP)
+    assert other_key.headers["x-gatewayd-cache"] == "miss" and as_stream.headers["x-gatewayd-cache"] == "miss"
+    assert upstream.calls == 3
+
+
+async def test_an_embeddings_failure_is_a_miss_not_a_failed_request(gateway, fake_openai, aiohttp_server):
+    gw, upstream, embedder = await semantic_gateway(gateway, fake_openai, aiohttp_server)
+    await post(gw, asking("What is a cache?"))
+    embedder.fail = True
+    answered, _ = await post(gw, asking("Tell me what a cache is"))
+    assert answered.status == 200 and answered.headers["x-gatewayd-cache"] == "miss"
+    assert upstream.calls == 2 and embedder.calls >= 2
+
+
+def test_the_index_finds_the_nearest_of_the_same_group_and_stays_bounded():
+    index = VectorIndex(max_entries=3)
+    assert index.add("g", "cache", [1.0, 0.0, 0.1]) and index.add("g", "queue", [0.0, 1.0, 0.1])
+    assert index.add("h", "other-group", [1.0, 0.0, 0.1])
+    key, similarity = index.nearest("g", [2.0, 0.0, 0.2])  # the length does not matter
+    assert key == "cache" and abs(similarity - 1.0) < 1e-6
+    assert index.nearest("nobody", [1.0, 0.0, 0.1]) is None
+    assert not index.add("g", "wrong-size", [1.0, 0.0])  # another dimension is not comparable
+    assert not index.add("g", "zero", [0.0, 0.0, 0.0]) and not index.add("g", "nan", [float("nan"), 1.0, 1.0])
+    index.add("g", "lock", [0.0, 0.0, 1.0])  # full: the oldest row ("cache") is reused
+    assert index.size == 3 and index.nearest("g", [1.0, 0.0, 0.1])[0] != "cache"
+    index.retain(lambda key: key != "queue")
+    assert index.nearest("g", [0.0, 1.0, 0.1])[0] == "lock"

@@ -3,7 +3,11 @@
     ResponseCache.lookup   the request's key and what the store has for it: `hit` (an answer
                            in the form the client asked for), `miss`, or `skip` (the client
                            said `Cache-Control: no-cache`)
-    ResponseCache.keep     store an answer its client was given in full
+    ResponseCache.similar  after an exact miss on a `semantic` route: the request's text embedded
+                           (through the configured embeddings route, by the caller), and the
+                           stored answer of the most similar request at or above `threshold`
+    ResponseCache.keep     store an answer its client was given in full (and, on a semantic
+                           route, its request's embedding)
     ResponseCache.install  at every graph: the store's bounds, and the entries of routes whose
                            plan changed dropped
 
@@ -18,13 +22,18 @@ that ended cleanly; a request for the form an entry lacks is a miss that adds it
 from __future__ import annotations
 
 import hashlib
+import logging
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Awaitable, Callable, Mapping
 
 import orjson
 
+from gatewayd.daemon.core.conversation import Chat
 from gatewayd.daemon.core.graph import AppKey, CacheSettings, Graph, Route
 from gatewayd.daemon.state.cache import CachedAnswer, LocalResponseStore
+from gatewayd.daemon.state.vectors import VectorIndex
+
+log = logging.getLogger("gatewayd")
 
 HIT, MISS, SKIP = "hit", "miss", "skip"
 IGNORED_FIELDS = frozenset({"stream", "stream_options", "user", "metadata"})
@@ -38,6 +47,20 @@ class Lookup:
     status: str  # hit | miss | skip, as `x-gatewayd-cache` says it
     answer: CachedAnswer | None  # on a hit
     store: bool  # whether the answer may be kept (not `Cache-Control: no-store`)
+    vector: list[float] | None = None  # the request's embedding, on a semantic route
+    similarity: float | None = None  # of the stored request a semantic hit served
+
+
+def chat_text(chat: Chat) -> str:
+    """What a semantic route embeds: the text of every message, one per line."""
+    lines = []
+    for message in chat.messages:
+        content = message.content
+        if isinstance(content, str):
+            lines.append(content)
+        elif isinstance(content, tuple):
+            lines.extend(part.text for part in content if isinstance(getattr(part, "text", None), str))
+    return "\n".join(lines)
 
 
 class RouteCounts:
@@ -79,13 +102,14 @@ class ResponseCache:
         self.store: LocalResponseStore | None = None  # None: no `cache:` configured
         self.settings: CacheSettings | None = None
         self.counts: dict[str, RouteCounts] = {}  # by route name, a name from the config
+        self.index: VectorIndex | None = None  # the semantic routes' embeddings
 
     def install(self, graph: Graph) -> None:
         """Follow a graph's `cache:`: a store with its bounds (answers kept across reloads), the
         answers of routes whose plan changed dropped."""
         settings = graph.cache
         if settings is None:
-            self.store, self.settings = None, None
+            self.store, self.settings, self.index = None, None, None
             return
         store = self.store
         if store is None:
@@ -94,7 +118,18 @@ class ResponseCache:
                                                                  settings.ttl):
             store = store.resized(settings.max_entries, settings.max_bytes, settings.ttl)
         plans: Mapping[str, str] = graph.plan_ids
-        store.retain(lambda key: plans.get(key[0]) == key[1])
+
+        def current(key: tuple) -> bool:
+            return plans.get(key[0]) == key[1]
+
+        store.retain(current)
+        semantic = settings.semantic
+        if semantic is None:
+            self.index = None
+        else:
+            if self.index is None or self.index.max_entries != semantic.max_entries:
+                self.index = VectorIndex(semantic.max_entries)
+            self.index.retain(current)
         self.store, self.settings = store, settings
 
     def lookup(self, graph: Graph, route: Route, label: str, body: dict, key: AppKey | None,
@@ -119,6 +154,30 @@ class ResponseCache:
         counts.count(MISS)
         return Lookup(cache_key, MISS, None, not no_store)
 
+    async def similar(self, lookup: Lookup, text: str, stream: bool,
+                      embed: Callable[[str], Awaitable[list[float] | None]]) -> Lookup:
+        """After an exact miss: the stored answer of the most similar request of the same route,
+        plan, format and scope, at or above `threshold`, in the form asked for. `embed` gives the
+        text's embedding, or None when it failed: then it is a miss, never a failure."""
+        index, settings = self.index, self.settings
+        if index is None or settings is None or settings.semantic is None or not text:
+            return lookup
+        vector = await embed(text)
+        if vector is None:
+            return lookup
+        lookup.vector = vector
+        found = index.nearest(lookup.key[:4], vector)
+        if found is None or found[1] < settings.semantic.threshold:
+            return lookup
+        key, similarity = found
+        answer = self.store.get(key) if self.store is not None else None
+        if answer is None or (answer.events if stream else answer.body) is None:
+            return lookup
+        counts = self.counts[lookup.key[0]]
+        counts.misses -= 1  # counted as a miss by the exact lookup: a hit after all
+        counts.count(HIT)
+        return Lookup(lookup.key, HIT, answer, False, vector, similarity)
+
     def keep(self, lookup: Lookup, deployment: str, body: bytes | None = None, events: bytes | None = None) -> None:
         """Keep an answer given in full (the JSON body, or a stream that ended cleanly)."""
         store = self.store
@@ -126,7 +185,8 @@ class ResponseCache:
             return
         known = store.get(lookup.key)
         answer = known.with_form(body, events) if known is not None else CachedAnswer(body, events, deployment)
-        store.put(lookup.key, answer)
+        if store.put(lookup.key, answer) and known is None and lookup.vector is not None and self.index is not None:
+            self.index.add(lookup.key[:4], lookup.key, lookup.vector)
 
     def status(self) -> dict | None:
         """`cache` of /admin/status: the store's fill and each cached route's lookups."""

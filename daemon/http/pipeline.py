@@ -24,7 +24,8 @@ from gatewayd.daemon.core.exchange import Operation, Request, WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.graph import AppKey, Graph, Route, ServerSettings
 from gatewayd.daemon.core.replies import Answer, Embeddings, StreamEvent, Usage
-from gatewayd.daemon.http.cache import HIT, SKIP, Lookup
+from gatewayd.daemon.formats.openai import decode_embed
+from gatewayd.daemon.http.cache import HIT, MISS, SKIP, Lookup, chat_text
 from gatewayd.daemon.http.errors import ApiError
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.jsonsyntax import explain_invalid_json
@@ -177,6 +178,9 @@ class Pipeline:
             if cached:
                 lookup = runtime.cache.lookup(graph, route, inbound.label, body, key,
                                               request.headers.get("Cache-Control"), call.stream)
+                if lookup.status == MISS and route.cache == "semantic" and inbound.operation == Operation.CHAT:
+                    lookup = await runtime.cache.similar(lookup, chat_text(call.chat()), call.stream,
+                                                         lambda text: self.embed(snapshot, text))
                 record.cache = lookup.status
                 if lookup.answer is not None:
                     return await self.replay(request, snapshot, lookup, call.stream, ticket, record, started)
@@ -224,6 +228,27 @@ class Pipeline:
             runtime.metrics.observe(record)
             runtime.access.emit(record, graph.server.log_format)
 
+    async def embed(self, snapshot: Snapshot, text: str) -> list[float] | None:
+        """`text` embedded through `cache.semantic.embeddings` (a route like any other: its
+        fallbacks, retries and cooldowns apply); None when that failed, which is only a miss."""
+        graph = snapshot.graph
+        name = graph.cache.semantic.embeddings
+        request = Request(Operation.EMBEDDINGS, WireFormat.OPENAI,
+                          {"model": name, "input": text, "encoding_format": "float"}, decode=decode_embed)
+        try:
+            outcome = await self.runtime.router.route(snapshot, graph.routes[name], request)
+            reply = outcome.reply
+            if reply.answer is not None:
+                return reply.answer.vectors[0]
+            return orjson.loads(reply.body)["data"][0]["embedding"]
+        except RoutingFailed as failure:
+            log.warning("semantic cache: embedding the request failed, a miss: %s",
+                        self.runtime.redact(failure.message), extra={"event": "cache_embed_failed"})
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            log.warning("semantic cache: the embeddings answer had no vector (%s), a miss", type(exc).__name__,
+                        extra={"event": "cache_embed_failed"})
+        return None
+
     async def replay(self, request: web.BaseRequest, snapshot: Snapshot, lookup: Lookup, stream: bool,
                      ticket: KeyTicket | None, record: AccessRecord, started: float) -> web.StreamResponse:
         """A cache hit: the stored answer, in the form the client asked for, as it was first given."""
@@ -231,6 +256,8 @@ class Pipeline:
         record.status, record.deployment = 200, answer.deployment
         headers = gateway_headers(snapshot, answer.deployment, 0)
         headers["x-gatewayd-cache"] = HIT
+        if lookup.similarity is not None:
+            headers["x-gatewayd-cache-similarity"] = f"{lookup.similarity:.4f}"
         if ticket is not None:
             headers.update(ticket.headers)
         if not stream:
