@@ -194,6 +194,26 @@ async def test_each_form_is_kept_as_it_was_given(gateway, fake_openai):
     assert ups["a"].calls == 2
 
 
+async def test_a_stream_kept_without_usage_is_no_hit_for_a_client_that_asks_for_it(gateway):
+    gw = await gateway(f"""
+        version: 1
+        cache: {{ttl: 10m}}
+        server: {{auth: {{keys: [{{name: app, key: {APP}}}]}}}}
+        providers: {{demo: {{type: mock}}}}
+        models: {{echo: {{provider: demo, model: echo}}}}
+        aliases: {{chat: {{targets: [echo], cache: exact}}}}
+    """)
+    question = {"model": "chat", "messages": [{"role": "user", "content": "count me"}], "stream": True}
+    with_usage = {**question, "stream_options": {"include_usage": True}}
+    plain, plain_bytes = await post(gw, question)
+    asked, asked_bytes = await post(gw, with_usage)
+    assert plain.headers["x-gatewayd-cache"] == "miss" and b'"usage":{' not in plain_bytes
+    assert asked.headers["x-gatewayd-cache"] == "miss" and b'"usage":{' in asked_bytes  # fetched, with the usage
+    again, again_bytes = await post(gw, with_usage)
+    assert again.headers["x-gatewayd-cache"] == "hit" and again_bytes == asked_bytes
+    assert (await post(gw, question))[0].headers["x-gatewayd-cache"] == "hit"
+
+
 # --- every client format -------------------------------------------------------------------
 
 async def test_an_anthropic_client_gets_its_hit_in_its_own_format(gateway):

@@ -30,6 +30,7 @@ import orjson
 
 from gatewayd.daemon.core.conversation import Chat
 from gatewayd.daemon.core.graph import AppKey, CacheSettings, Graph, Route
+from gatewayd.daemon.formats.openai import wants_usage
 from gatewayd.daemon.state.cache import CachedAnswer, LocalResponseStore
 from gatewayd.daemon.state.vectors import VectorIndex
 
@@ -39,6 +40,7 @@ HIT, MISS, SKIP = "hit", "miss", "skip"
 IGNORED_FIELDS = frozenset({"stream", "stream_options", "user", "metadata"})
 NO_KEY_SCOPE = "no-key"  # requests without an app key (auth off) share one scope
 SHARED_SCOPE = "shared"
+OPENAI_LABEL = "openai"  # the access line's name of OpenAI's chat format, whose streams tell usage on request
 
 
 @dataclass(slots=True)
@@ -47,6 +49,7 @@ class Lookup:
     status: str  # hit | miss | skip, as `x-gatewayd-cache` says it
     answer: CachedAnswer | None  # on a hit
     store: bool  # whether the answer may be kept (not `Cache-Control: no-store`)
+    usage: bool = True  # a stream asked for tells its usage (OpenAI chat: only when the client asks)
     vector: list[float] | None = None  # the request's embedding, on a semantic route
     similarity: float | None = None  # of the stored request a semantic hit served
 
@@ -83,6 +86,13 @@ class RouteCounts:
         looked = self.hits + self.misses
         return {"hits": self.hits, "misses": self.misses, "skips": self.skips,
                 "hit_rate": round(self.hits / looked, 4) if looked else None}
+
+
+def serves(answer: CachedAnswer, stream: bool, usage: bool) -> bool:
+    """Whether a stored answer can be given in the form asked for."""
+    if not stream:
+        return answer.body is not None
+    return answer.events is not None and (answer.events_usage or not usage)
 
 
 def cache_control(value: str) -> tuple[bool, bool]:
@@ -140,19 +150,22 @@ class ResponseCache:
         else:
             scope = key.identity if key is not None else NO_KEY_SCOPE
         cache_key = (route.name, graph.plan_ids[route.name], label, scope, body_digest(body))
+        # `stream_options` is not in the key, so a stream kept without its usage must not be a
+        # hit for a client that asked for the usage (it is fetched, and kept with it)
+        usage = not stream or label != OPENAI_LABEL or wants_usage(body)
         no_cache, no_store = cache_control(control) if control else (False, False)
         counts = self.counts.get(route.name)
         if counts is None:
             counts = self.counts[route.name] = RouteCounts()
         if no_cache:
             counts.count(SKIP)
-            return Lookup(cache_key, SKIP, None, not no_store)
+            return Lookup(cache_key, SKIP, None, not no_store, usage)
         answer = self.store.get(cache_key)
-        if answer is not None and (answer.events if stream else answer.body) is not None:
+        if answer is not None and serves(answer, stream, usage):
             counts.count(HIT)
-            return Lookup(cache_key, HIT, answer, False)
+            return Lookup(cache_key, HIT, answer, False, usage)
         counts.count(MISS)
-        return Lookup(cache_key, MISS, None, not no_store)
+        return Lookup(cache_key, MISS, None, not no_store, usage)
 
     async def similar(self, lookup: Lookup, text: str, stream: bool,
                       embed: Callable[[str], Awaitable[list[float] | None]]) -> Lookup:
@@ -171,12 +184,12 @@ class ResponseCache:
             return lookup
         key, similarity = found
         answer = self.store.get(key) if self.store is not None else None
-        if answer is None or (answer.events if stream else answer.body) is None:
+        if answer is None or not serves(answer, stream, lookup.usage):
             return lookup
         counts = self.counts[lookup.key[0]]
         counts.misses -= 1  # counted as a miss by the exact lookup: a hit after all
         counts.count(HIT)
-        return Lookup(lookup.key, HIT, answer, False, vector, similarity)
+        return Lookup(lookup.key, HIT, answer, False, lookup.usage, vector, similarity)
 
     def keep(self, lookup: Lookup, deployment: str, body: bytes | None = None, events: bytes | None = None) -> None:
         """Keep an answer given in full (the JSON body, or a stream that ended cleanly)."""
@@ -184,7 +197,9 @@ class ResponseCache:
         if store is None:  # a reload turned the cache off meanwhile
             return
         known = store.get(lookup.key)
-        answer = known.with_form(body, events) if known is not None else CachedAnswer(body, events, deployment)
+        usage = lookup.usage
+        answer = (known.with_form(body, events, usage) if known is not None
+                  else CachedAnswer(body, events, deployment, usage))
         if store.put(lookup.key, answer) and known is None and lookup.vector is not None and self.index is not None:
             self.index.add(lookup.key[:4], lookup.key, lookup.vector)
 

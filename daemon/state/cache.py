@@ -21,18 +21,23 @@ from cachetools import TTLCache
 class CachedAnswer:
     """One stored answer, in the forms its client was given it."""
 
-    __slots__ = ("body", "events", "deployment", "size")
+    __slots__ = ("body", "events", "events_usage", "deployment", "size")
 
-    def __init__(self, body: bytes | None, events: bytes | None, deployment: str) -> None:
+    def __init__(self, body: bytes | None, events: bytes | None, deployment: str, events_usage: bool = True) -> None:
         self.body = body  # the JSON answer, as sent
         self.events = events  # the whole event stream, as sent (only a stream that ended cleanly)
+        # whether the stream tells its usage (an OpenAI chat stream does only when the client asked)
+        self.events_usage = events_usage
         self.deployment = deployment  # what answered it first
         self.size = len(body or b"") + len(events or b"") + len(deployment)
 
-    def with_form(self, body: bytes | None, events: bytes | None) -> CachedAnswer:
-        """This answer with a form it lacked added (a form it has is kept as it is)."""
+    def with_form(self, body: bytes | None, events: bytes | None, events_usage: bool = True) -> CachedAnswer:
+        """This answer with a form it lacked added (a form it has is kept as it is, but a stream
+        that tells its usage replaces one that does not)."""
+        keep_events = self.events is not None and (self.events_usage or not events_usage or events is None)
         return CachedAnswer(self.body if self.body is not None else body,
-                            self.events if self.events is not None else events, self.deployment)
+                            self.events if keep_events else events, self.deployment,
+                            self.events_usage if keep_events else events_usage)
 
 
 class ResponseStore(Protocol):
