@@ -219,7 +219,8 @@ class Quotas:
             left = rpm - requests.total
             headers["x-ratelimit-limit-requests"] = limits.rpm_text
             headers["x-ratelimit-remaining-requests"] = str(left) if left > 0 else "0"
-            headers["x-ratelimit-reset-requests"] = duration(requests.entries[0] - horizon)
+            reset = requests.entries[0] - horizon
+            headers["x-ratelimit-reset-requests"] = SECONDS[math.ceil(reset)] if reset >= 1 else duration(reset)
         if tpm is not None:
             entry = Entry(now, tokens)
             reserved.entries.append(entry)
@@ -227,7 +228,8 @@ class Quotas:
             left = tpm - reserved.total
             headers["x-ratelimit-limit-tokens"] = limits.tpm_text
             headers["x-ratelimit-remaining-tokens"] = str(left) if left > 0 else "0"
-            headers["x-ratelimit-reset-tokens"] = duration(reserved.entries[0].at - horizon)
+            reset = reserved.entries[0].at - horizon
+            headers["x-ratelimit-reset-tokens"] = SECONDS[math.ceil(reset)] if reset >= 1 else duration(reset)
         return KeyTicket(usage, entry, concurrency is not None, headers)
 
     def over_limit(self, name: str, limits: Limits, usage: KeyUsage, tokens: int, now: float) -> Refused:
