@@ -35,6 +35,18 @@ async def cached_gateway(gateway, document: dict):
     return await gateway(json.dumps(document))
 
 
+async def echo_gateway(gateway):
+    """`chat` cached, answered by the mock's echo (no upstream to fake)."""
+    return await gateway(f"""
+        version: 1
+        cache: {{ttl: 10m}}
+        server: {{auth: {{keys: [{{name: app, key: {APP}}}]}}}}
+        providers: {{demo: {{type: mock}}}}
+        models: {{echo: {{provider: demo, model: echo}}}}
+        aliases: {{chat: {{targets: [echo], cache: exact}}}}
+    """)
+
+
 def bearer(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 
@@ -195,14 +207,7 @@ async def test_each_form_is_kept_as_it_was_given(gateway, fake_openai):
 
 
 async def test_a_stream_kept_without_usage_is_no_hit_for_a_client_that_asks_for_it(gateway):
-    gw = await gateway(f"""
-        version: 1
-        cache: {{ttl: 10m}}
-        server: {{auth: {{keys: [{{name: app, key: {APP}}}]}}}}
-        providers: {{demo: {{type: mock}}}}
-        models: {{echo: {{provider: demo, model: echo}}}}
-        aliases: {{chat: {{targets: [echo], cache: exact}}}}
-    """)
+    gw = await echo_gateway(gateway)
     question = {"model": "chat", "messages": [{"role": "user", "content": "count me"}], "stream": True}
     with_usage = {**question, "stream_options": {"include_usage": True}}
     plain, plain_bytes = await post(gw, question)
@@ -217,14 +222,7 @@ async def test_a_stream_kept_without_usage_is_no_hit_for_a_client_that_asks_for_
 # --- every client format -------------------------------------------------------------------
 
 async def test_an_anthropic_client_gets_its_hit_in_its_own_format(gateway):
-    gw = await gateway(f"""
-        version: 1
-        cache: {{ttl: 10m}}
-        server: {{auth: {{keys: [{{name: app, key: {APP}}}]}}}}
-        providers: {{demo: {{type: mock}}}}
-        models: {{echo: {{provider: demo, model: echo}}}}
-        aliases: {{chat: {{targets: [echo], cache: exact}}}}
-    """)
+    gw = await echo_gateway(gateway)
     async with anthropic.AsyncAnthropic(base_url=gw.url, api_key=APP, max_retries=0) as client:
         first = await client.messages.with_raw_response.create(
             model="chat", max_tokens=20, messages=[{"role": "user", "content": "echo me"}])

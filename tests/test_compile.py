@@ -22,27 +22,7 @@ from gatewayd.daemon.config.load import load
 from gatewayd.daemon.config.units import size_bytes
 from gatewayd.daemon.core.graph import Candidate, Graph, Route, Tier
 from gatewayd.daemon.core.problems import ConfigError
-
-F = "gateway.yaml"  # loaded by a relative path, so it is the FILE of every message
-
-
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-
-
-def compiled(text: str, env: dict[str, str] | None = None) -> Graph:
-    """Write `text` to ./gateway.yaml and compile it."""
-    Path(F).write_text(dedent(text), "utf-8")
-    return load(F, env={} if env is None else env).graph
-
-
-def errors(text: str, env: dict[str, str] | None = None) -> list[str]:
-    """Write `text` to ./gateway.yaml; every problem as `FILE:LINE:COL: message`."""
-    Path(F).write_text(dedent(text), "utf-8")
-    with pytest.raises(ConfigError) as info:
-        load(F, env={} if env is None else env)
-    return [str(p) for p in info.value.problems]
+from tests.compiling import F, compiled, errors, in_tmp  # noqa: F401 (in_tmp: autouse)
 
 
 def plan(graph: Graph, name: str) -> list[tuple[str, str, list[tuple[str, float]]]]:

@@ -13,31 +13,14 @@ import pytest
 
 from gatewayd.daemon.config import schemadoc
 from gatewayd.daemon.config.load import load
-from gatewayd.daemon.core.graph import CacheSettings, Graph, SemanticCache
-from gatewayd.daemon.core.problems import ConfigError
+from gatewayd.daemon.core.graph import CacheSettings, SemanticCache
+from tests.compiling import F, compiled, errors, in_tmp  # noqa: F401 (in_tmp: autouse)
 
-F = "gateway.yaml"  # loaded by a relative path, so it is the FILE of every message
 EXAMPLE = Path(__file__).resolve().parents[1] / "gateway.yaml.example"
 MiB = 1024 * 1024
 
 
-@pytest.fixture(autouse=True)
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
 
-
-def compiled(text: str) -> Graph:
-    """Write `text` to ./gateway.yaml and compile it."""
-    Path(F).write_text(dedent(text), "utf-8")
-    return load(F, env={}).graph
-
-
-def errors(text: str) -> list[str]:
-    """Write `text` to ./gateway.yaml; every problem as `FILE:LINE:COL: message`."""
-    Path(F).write_text(dedent(text), "utf-8")
-    with pytest.raises(ConfigError) as info:
-        load(F, env={})
-    return [str(p) for p in info.value.problems]
 
 
 # Ten lines: aliases `chat` (line 8) and `embed` (line 9), then `cache:` at line 10;
