@@ -292,3 +292,18 @@ def test_the_examples_commented_semantic_block_compiles(tmp_path):
     graph = load(str(config), env={}).graph
     assert graph.cache.semantic == SemanticCache(embeddings="embeddings", threshold=0.95, max_entries=2000)
     assert graph.routes["faq"].cache == "semantic"
+
+
+@pytest.mark.parametrize("setting", ["ttl: 0s", "max_bytes: 0"])
+def test_a_cache_that_keeps_nothing_is_refused(setting):
+    problems = errors(f"""\
+        version: 1
+        providers: {{demo: {{type: mock}}}}
+        models: {{echo: {{provider: demo, model: echo}}}}
+        aliases: {{chat: {{targets: [echo], cache: exact}}}}
+        cache:
+          {setting}
+        """)
+    key = setting.split(":")[0]
+    value_column = 3 + len(key) + 2  # the message points at the value
+    assert len(problems) == 1 and problems[0].startswith(f"{F}:6:{value_column}: cache.{key} must be more than 0")

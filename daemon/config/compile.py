@@ -395,8 +395,13 @@ class Compiler:
             semantic = SemanticCache(embeddings=raw["semantic"]["embeddings"],
                                      threshold=float(get("semantic", "threshold")),
                                      max_entries=int(get("semantic", "max_entries")))
-        return CacheSettings(ttl=seconds(get("ttl")), max_entries=int(get("max_entries")),
-                             max_bytes=size_bytes(get("max_bytes")), scope=get("scope"), semantic=semantic)
+        settings = CacheSettings(ttl=seconds(get("ttl")), max_entries=int(get("max_entries")),
+                                 max_bytes=size_bytes(get("max_bytes")), scope=get("scope"), semantic=semantic)
+        for key, value in (("ttl", settings.ttl), ("max_bytes", settings.max_bytes)):
+            if value <= 0:  # a cache that keeps nothing is a mistake, not a way to turn it off
+                self.error(("cache", key), f"cache.{key} must be more than 0; to cache nothing, set the "
+                           "aliases' cache to off")
+        return settings
 
     def written(self, *path: str) -> bool:
         """Whether the file has the key at `path`, even where the schema refused its value (the
