@@ -59,9 +59,7 @@ def duration(seconds: float) -> str:
         if milliseconds < 1000:
             return f"{max(0, milliseconds)}ms"
     whole = math.ceil(seconds)
-    if whole <= 60:
-        return SECONDS[whole]
-    return f"{whole}s" if whole < 60 else f"{whole // 60}m{whole % 60}s"
+    return SECONDS[whole] if whole <= 60 else f"{whole // 60}m{whole % 60}s"
 
 
 def period_bounds(period: str, now: float, zone: str) -> tuple[float, float]:
