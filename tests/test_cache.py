@@ -404,3 +404,18 @@ def test_the_index_finds_the_nearest_of_the_same_group_and_stays_bounded():
     assert index.size == 3 and index.nearest("g", [1.0, 0.0, 0.1])[0] != "cache"
     index.retain(lambda key: key != "queue")
     assert index.nearest("g", [0.0, 1.0, 0.1])[0] == "lock"
+
+
+async def test_a_responses_client_gets_its_hit_in_its_own_format(gateway):
+    gw = await echo_gateway(gateway)
+    async with openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key=APP, max_retries=0) as client:
+        first = await client.responses.with_raw_response.create(model="chat", input="echo this")
+        second = await client.responses.with_raw_response.create(model="chat", input="echo this")
+        streamed = await client.responses.create(model="chat", input="echo this", stream=True)
+        kinds = [event.type async for event in streamed]
+        replayed = await client.responses.with_raw_response.create(model="chat", input="echo this", stream=True)
+        replayed_kinds = [event.type async for event in replayed.parse()]
+    assert first.headers["x-gatewayd-cache"] == "miss" and second.headers["x-gatewayd-cache"] == "hit"
+    assert first.parse().output_text == second.parse().output_text == "echo this"
+    assert kinds[-1] == "response.completed" and replayed_kinds == kinds
+    assert replayed.headers["x-gatewayd-cache"] == "hit"

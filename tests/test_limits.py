@@ -366,3 +366,18 @@ async def test_a_burst_of_1000_requests_from_50_clients_admits_exactly_the_rpm(g
     await asyncio.wait_for(asyncio.gather(*(client(20) for _ in range(50))), 60)
     assert len(statuses) == 1000
     assert statuses.count(200) == 300 and statuses.count(429) == 700
+
+
+async def test_a_responses_client_over_its_limit_gets_an_openai_429(gateway):
+    gw = await gateway(f"""
+        version: 1
+        server:
+          auth: {{keys: [{{name: app, key: {NORMAL}, limits: {{rpm: 1}}}}]}}
+        providers: {{demo: {{type: mock}}}}
+        models: {{echo: {{provider: demo, model: echo}}}}
+    """)
+    first = await gw.post("/v1/responses", {"model": "echo", "input": "hi"}, headers=bearer(NORMAL))
+    second = await gw.post("/v1/responses", {"model": "echo", "input": "hi"}, headers=bearer(NORMAL))
+    assert (first.status, second.status) == (200, 429)
+    assert (await second.json())["error"]["code"] == "rate_limit_exceeded"
+    assert second.headers["x-ratelimit-remaining-requests"] == "0" and "Retry-After" in second.headers
