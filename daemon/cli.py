@@ -1,4 +1,4 @@
-"""The `gatewayd` command: run, check, explain, reload, schema, hash-key, --version."""
+"""The `gatewayd` command: run, check (--diff), explain, reload, schema, hash-key, --version."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import hashlib
 import sys
 
+from gatewayd.daemon.config.diff import describe as describe_diff
+from gatewayd.daemon.config.diff import diff_documents
 from gatewayd.daemon.config.load import find_config, load
 from gatewayd.daemon.core.problems import ConfigError
 from gatewayd.daemon.routing.explain import UnknownRoute, explain_plan, format_plan, parse_instant
@@ -24,7 +26,9 @@ def parser() -> argparse.ArgumentParser:
         return sub
 
     with_config("run", "serve the OpenAI-compatible API")
-    with_config("check", "validate and compile the config; exit 0 ok, 1 errors")
+    check = with_config("check", "validate and compile the config; exit 0 ok, 1 errors")
+    check.add_argument("--diff", metavar="OTHER", help="check OTHER too, and print what changes from the config "
+                       "to OTHER (as a reload to it would report)")
     explain = with_config("explain", "the plan for ALIAS and why each candidate is in or out")
     explain.add_argument("alias", metavar="ALIAS")
     explain.add_argument("--at", metavar="ISO8601", help="the instant to evaluate (default: now)")
@@ -46,15 +50,26 @@ def report(error: ConfigError) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     try:
-        loaded = load(find_config(args.config))
+        paths = [find_config(args.config)] + ([args.diff] if args.diff else [])
     except ConfigError as error:
         return report(error)
-    graph = loaded.graph
-    for warning in graph.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    print(f"{graph.source}: ok (config {graph.version}: {len(graph.providers)} providers, "
-          f"{len(graph.deployments)} models, {len(graph.aliases)} aliases, "
-          f"{len(graph.warnings)} warnings)")
+    documents = []
+    for path in paths:  # with --diff, the other file is checked as well: a change is reviewed whole
+        try:
+            loaded = load(path)
+        except ConfigError as error:
+            return report(error)
+        graph = loaded.graph
+        for warning in graph.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(f"{graph.source}: ok (config {graph.version}: {len(graph.providers)} providers, "
+              f"{len(graph.deployments)} models, {len(graph.aliases)} aliases, "
+              f"{len(graph.warnings)} warnings)")
+        documents.append(loaded.document.data)
+    if args.diff:
+        print(f"from {paths[0]} to {paths[1]}:")
+        for line in describe_diff(diff_documents(documents[0], documents[1])):
+            print(f"  {line}")
     return 0
 
 

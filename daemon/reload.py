@@ -38,8 +38,10 @@ import signal
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
+from gatewayd.daemon.config.diff import describe as describe_diff
+from gatewayd.daemon.config.diff import of_reload as reload_diff
 from gatewayd.daemon.config.load import load, secret_files
 from gatewayd.daemon.config.yamldoc import load_document
 from gatewayd.daemon.core.problems import ConfigError, Problem
@@ -74,6 +76,8 @@ class Reloader:
         self._secrets: tuple[Path, ...] = ()
         self._env_names: tuple[str, ...] = ()  # the environment variables the config references
         self._inputs: tuple | None = None  # digests of what the serving config was loaded from
+        self._data: Mapping | None = None  # the serving config's document, for the next reload's diff
+        self._last_diff: dict | None = None  # what the last accepted reload changed
         self.watch = FolderWatch(self.path, lambda: self.ask("file"))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task | None = None
@@ -86,6 +90,7 @@ class Reloader:
         try:
             data = load_document(self.path, os.environ).data
             self._secrets = tuple(secret_files(data, self.path, os.environ).values())
+            self._data = data
         except ConfigError:
             pass  # the running graph loaded it a moment ago; a watch on the config itself still works
         self.watch.aim(self._secrets)
@@ -122,7 +127,11 @@ class Reloader:
         return await waiter
 
     def last_result(self) -> dict | None:
-        return dict(self._last) if self._last is not None else None
+        """The last reload's result, for /admin/status; its `diff` is the last accepted reload's
+        (what the serving config changed), whatever came after it."""
+        if self._last is None:
+            return None
+        return {**self._last, "diff": self._last_diff}
 
     # -- the reload task ------------------------------------------------------
 
@@ -164,6 +173,7 @@ class Reloader:
         problems: list[Problem] = []
         warnings: list[str] = []
         changed = False
+        diff: dict | None = None
         try:
             inputs = await asyncio.to_thread(inputs_of, self.path, self._env_names, self._secrets)
             if inputs is not None and inputs == self._inputs:  # nothing it is made of changed: no work
@@ -190,6 +200,8 @@ class Reloader:
             if graph.version != old.graph.version:
                 self.runtime.install(graph)
                 changed = True
+                diff = self._last_diff = reload_diff(self._data, loaded.document.data)
+                self._data = loaded.document.data
                 # The new graph is long-lived: keep the cyclic collector from rescanning it (and
                 # all that came before) in every full collection, which paused serving for ~120 ms
                 # at 1,000 aliases. Freezing is the process's choice (here and in server.serve),
@@ -202,6 +214,7 @@ class Reloader:
             problems = [Problem(self.path, 1, 1, f"reload failed: {type(exc).__name__}: {exc}")]
         self.watch.aim(self._secrets)
         result = self._result(trigger, problems, changed, warnings, started, at)
+        result["diff"] = diff
         self._report(result, problems)
         self._last = result
         return result
@@ -211,7 +224,8 @@ class Reloader:
         return {"ok": not problems, "changed": changed, "version": self.runtime.holder.current.graph.version,
                 "error": str(problems[0]) if problems else None, "errors": [p.as_dict() for p in problems],
                 "warnings": warnings, "trigger": trigger, "at": at.isoformat(timespec="milliseconds"),
-                "duration_ms": round((time.perf_counter() - started) * 1000, 2)}
+                "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                "diff": None}  # what an accepted reload changed (reload() sets it)
 
     def _failure(self, trigger: str, message: str) -> dict:
         problems = [Problem(self.path, 1, 1, message)]
@@ -237,9 +251,12 @@ class Reloader:
             status = f"reload rejected: {first}{more}; serving config {version}"
         elif result["changed"]:
             outcome = "accepted"
-            log.info("reload (%s) accepted: serving config %s (%.1f ms)", trigger, version, result["duration_ms"],
+            diff = result.get("diff")
+            changes = describe_diff(diff) if diff is not None else []
+            log.info("reload (%s) accepted: serving config %s (%.1f ms)%s", trigger, version, result["duration_ms"],
+                     "".join(f"\n  {line}" for line in changes),
                      extra={"event": "reload", "result": outcome, "trigger": trigger, "version": version,
-                            "duration_ms": result["duration_ms"]})
+                            "duration_ms": result["duration_ms"], "diff": diff})
             status = f"reload accepted: serving config {version}"
         else:
             outcome = "unchanged"
@@ -253,7 +270,7 @@ class Reloader:
         events = getattr(self.runtime, "events", None)  # /admin/events
         if events is not None:
             events.publish("reload", result=outcome, version=version, trigger=trigger, error=result["error"],
-                           warnings=result["warnings"])
+                           warnings=result["warnings"], diff=result.get("diff"))
         self.notifier.ready(status)
 
 

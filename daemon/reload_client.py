@@ -31,6 +31,7 @@ import aiohttp
 import yaml
 
 from gatewayd.daemon import runfile
+from gatewayd.daemon.config.diff import describe as describe_diff
 from gatewayd.daemon.config.load import find_config
 from gatewayd.daemon.config.yamldoc import interpolate
 from gatewayd.daemon.core.problems import ConfigError
@@ -257,6 +258,9 @@ def report(listen: str, status: int, answer: dict | str) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if answer["ok"]:
         print(f"reload accepted: version {answer['version']} ({'changed' if answer['changed'] else 'unchanged'})")
+        if answer.get("diff"):
+            for line in describe_diff(answer["diff"]):
+                print(f"  {line}")
         return 0
     errors = answer.get("errors") or []
     for problem in errors:
