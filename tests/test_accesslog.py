@@ -158,7 +158,8 @@ def test_text_line_leaves_out_what_is_not_set():
 def test_json_line_starts_as_every_json_log_line_then_keeps_the_field_order(frozen_time):
     everything = AccessRecord("POST", "/v1/chat/completions", 502, model="m", deployment="d", attempts=2,
                               latency_ms=1.5, ttfb_ms=0.5, prompt_tokens=1, completion_tokens=2, cost=0.25,
-                              key="k", error="boom", config="v", format="openai", cache="miss")
+                              key="k", error="boom", config="v", format="openai", cache="miss",
+                              request_id="req_1")
     # every field, none forgotten
     assert list(orjson.loads(json_line(everything))) == ["ts", "level", "event", "msg", *FIELD_NAMES]
     assert json_line(served()) == (

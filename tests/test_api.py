@@ -85,7 +85,8 @@ async def answer(response: aiohttp.ClientResponse) -> tuple[int, dict, dict]:
 
 
 def assert_error(body: dict, code: str, param: str | None = None) -> None:
-    assert set(body) == {"error"}
+    assert set(body) == {"error", "request_id"}  # the gateway's own errors name the request
+    assert isinstance(body["request_id"], str) and body["request_id"]
     assert set(body["error"]) == ERROR_KEYS
     assert body["error"]["code"] == code
     assert isinstance(body["error"]["message"], str) and body["error"]["message"]

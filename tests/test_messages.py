@@ -197,7 +197,8 @@ async def test_the_gateways_own_errors_are_anthropic_shaped(gateway):
         with pytest.raises(anthropic.NotFoundError) as unknown:
             await sdk.messages.create(model="no-such-model", max_tokens=5, messages=user("x"))
     assert unauthenticated.value.body == {"type": "error", "error": {
-        "type": "authentication_error", "message": "the app key is not valid"}}
+        "type": "authentication_error", "message": "the app key is not valid"},
+        "request_id": unauthenticated.value.response.headers["x-request-id"]}  # where Anthropic puts its own
     assert unknown.value.body["type"] == "error"
     assert unknown.value.body["error"]["type"] == "not_found_error"
     response = await gw.post("/v1/messages", {"model": "echo", "messages": user("x")},

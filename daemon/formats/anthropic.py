@@ -788,10 +788,14 @@ ERROR_NAMES = {  # neutral error kind -> Anthropic error type
 }
 
 
-def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> bytes:
-    """Anthropic's error shape, `{"type": "error", "error": {"type", "message"}}`: it has no
-    place for a code or a param."""
-    return orjson.dumps({"type": "error", "error": {"type": ERROR_NAMES.get(kind, "api_error"), "message": message}})
+def error_body(message: str, kind: str, code: str | None = None, param: str | None = None,
+               request_id: str | None = None) -> bytes:
+    """Anthropic's error shape, `{"type": "error", "error": {"type", "message"}}` (no place for a
+    code or a param), with `request_id` where Anthropic puts its own, when given."""
+    payload: dict = {"type": "error", "error": {"type": ERROR_NAMES.get(kind, "api_error"), "message": message}}
+    if request_id is not None:
+        payload["request_id"] = request_id
+    return orjson.dumps(payload)
 
 
 def upstream_error_body(error: UpstreamError) -> bytes:

@@ -348,10 +348,15 @@ def encode_response_format(response_format: ResponseFormat | Malformed) -> dict:
 
 # --- errors -----------------------------------------------------------------------------------
 
-def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> bytes:
-    """OpenAI's error shape, `{"error": {"message", "type", "code", "param"}}`."""
+def error_body(message: str, kind: str, code: str | None = None, param: str | None = None,
+               request_id: str | None = None) -> bytes:
+    """OpenAI's error shape, `{"error": {"message", "type", "code", "param"}}`, and the gateway's
+    `request_id` beside it when given (clients read `error` and leave the rest)."""
     type_ = ERROR_TYPES.get(kind, "server_error")
-    return orjson.dumps({"error": {"message": message, "type": type_, "code": code, "param": param}})
+    payload: dict = {"error": {"message": message, "type": type_, "code": code, "param": param}}
+    if request_id is not None:
+        payload["request_id"] = request_id
+    return orjson.dumps(payload)
 
 
 def upstream_error_body(error: UpstreamError) -> bytes:

@@ -28,6 +28,7 @@ from gatewayd.daemon.formats import anthropic as codec
 from gatewayd.daemon.http.errors import ApiError, error_kind
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.pipeline import Pipeline, gateway_headers, read_json, route_of
+from gatewayd.daemon.http.requestid import request_id_of
 from gatewayd.daemon.observe.accesslog import AccessRecord
 from gatewayd.daemon.routing.admission import judge
 
@@ -76,8 +77,9 @@ class AnthropicInbound:
         return codec.encode_answer(answer)
 
     @staticmethod
-    def error_body(status: int, code: str, message: str, param: str | None = None) -> bytes:
-        return codec.error_body(message, error_kind(status), code, param)
+    def error_body(status: int, code: str, message: str, param: str | None = None,
+                   request_id: str | None = None) -> bytes:
+        return codec.error_body(message, error_kind(status), code, param, request_id)
 
     @staticmethod
     def error_event(status: int, code: str, message: str) -> bytes:
@@ -149,8 +151,8 @@ class AnthropicHandlers:
             return json_answer(200, orjson.dumps(estimate), {**headers, "x-gatewayd-estimate": "true"})
         except ApiError as error:
             record.status, record.error = error.status, error.message
-            return json_answer(error.status, MESSAGES.error_body(error.status, error.code, error.message, error.param),
-                               {**error.headers, **headers})
+            body = MESSAGES.error_body(error.status, error.code, error.message, error.param, request_id_of(request))
+            return json_answer(error.status, body, {**error.headers, **headers})
         finally:
             snapshot.leave()
             record.latency_ms = (time.monotonic() - started) * 1000

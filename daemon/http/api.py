@@ -21,6 +21,7 @@ from gatewayd.daemon.http import catalog
 from gatewayd.daemon.http.errors import ApiError, error_body, error_kind
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.pipeline import Pipeline, gateway_headers
+from gatewayd.daemon.http.requestid import request_id_of
 from gatewayd.daemon.observe.accesslog import AccessRecord
 
 if TYPE_CHECKING:
@@ -144,11 +145,13 @@ class OpenAIHandlers:
         except ApiError as error:
             record.status, record.error = error.status, error.message
             self.runtime.access.emit(record, graph.server.log_format)
+            request_id = request_id_of(request)
             if anthropic:
-                body = anthropic_codec.error_body(error.message, error_kind(error.status), error.code)
+                body = anthropic_codec.error_body(error.message, error_kind(error.status), error.code,
+                                                  request_id=request_id)
                 return web.Response(status=error.status, body=body, content_type="application/json",
                                     headers={**error.headers, **headers})
-            return error.response(headers)
+            return error.response(headers, request_id)
         record.status = 200
         self.runtime.access.emit(record, graph.server.log_format)
         return web.Response(body=orjson.dumps(body), content_type="application/json", headers=headers)

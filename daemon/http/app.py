@@ -27,6 +27,7 @@ from gatewayd.daemon.http.errors import ApiError, error_body
 from gatewayd.daemon.http.eventstream import add_event_routes
 from gatewayd.daemon.http.ops import add_ops_routes, json_response
 from gatewayd.daemon.http.paths import Routes
+from gatewayd.daemon.http.requestid import request_id_of
 from gatewayd.daemon.http.responses import ResponsesHandlers
 from gatewayd.daemon.http.runtime import Runtime
 from gatewayd.daemon.http.streaming import ERROR_EVENT, PREPARED
@@ -58,10 +59,10 @@ class GatewayHandler:
             try:
                 handler = self.routes.resolve(request.method, request.path)
             except ApiError as error:
-                return error.response(unrouted_headers(runtime))
+                return error.response(unrouted_headers(runtime), request_id_of(request))
             return await handler(request)
         except ApiError as error:
-            return error.response()
+            return error.response(request_id=request_id_of(request))
         except asyncio.CancelledError:
             transport = request.transport
             if not runtime.stopping.is_set() or transport is None or transport.is_closing():

@@ -25,6 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 
 from gatewayd.daemon.http.errors import error_body
+from gatewayd.daemon.http.requestid import HEADER, IdentifiedRequest, request_id_of
 
 if TYPE_CHECKING:
     from gatewayd.daemon.http.app import GatewayHandler
@@ -41,6 +42,12 @@ class GatewayServer(web.Server):
         # as web.Server.__call__ builds aiohttp's own RequestHandler, from the same arguments
         return JsonErrorConnection(self, loop=self._loop, **self._kwargs)
 
+    def _make_request(self, message, payload, protocol, writer, task, _cls=IdentifiedRequest) -> IdentifiedRequest:
+        # web.Server's own, with requests that carry their x-request-id onto their answers
+        request = IdentifiedRequest(message, payload, protocol, writer, task, self._loop)
+        request._request_id = None  # set here, not in an __init__ of its own: one frame less per request
+        return request
+
 
 class JsonErrorConnection(RequestHandler):
     """One client connection; only its error answer differs from aiohttp's."""
@@ -53,8 +60,10 @@ class JsonErrorConnection(RequestHandler):
                      message: str | None = None) -> web.StreamResponse:
         super().handle_error(request, status, exc, message)  # logs it; raises once an answer has begun
         status, code, text = refusal(status, exc)
-        response = web.Response(status=status, body=error_body(status, code, text),
-                                content_type="application/json", headers=self._gateway.unrouted_headers())
+        request_id = request_id_of(request)
+        response = web.Response(status=status, body=error_body(status, code, text, request_id=request_id),
+                                content_type="application/json",
+                                headers={**self._gateway.unrouted_headers(), HEADER: request_id})
         response.force_close()  # the connection's framing is lost: nothing more is read from it
         return response
 

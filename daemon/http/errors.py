@@ -44,15 +44,16 @@ class ApiError(Exception):
         self.param = param
         self.headers = headers or {}
 
-    def body(self) -> bytes:
-        return error_body(self.status, self.code, self.message, self.param)
+    def body(self, request_id: str | None = None) -> bytes:
+        return error_body(self.status, self.code, self.message, self.param, request_id)
 
-    def response(self, extra_headers: dict[str, str] | None = None) -> web.Response:
-        return web.Response(status=self.status, body=self.body(), content_type="application/json",
+    def response(self, extra_headers: dict[str, str] | None = None, request_id: str | None = None) -> web.Response:
+        return web.Response(status=self.status, body=self.body(request_id), content_type="application/json",
                             headers={**self.headers, **(extra_headers or {})})
 
 
-def error_body(status: int, code: str | None, message: str, param: str | None = None) -> bytes:
+def error_body(status: int, code: str | None, message: str, param: str | None = None,
+               request_id: str | None = None) -> bytes:
     """An error of the gateway's own in OpenAI's shape: what every endpoint outside a client
     format's answers with (paths, /admin/*, /metrics, the HTTP parser's refusals)."""
-    return openai_error_body(message, error_kind(status), code, param)
+    return openai_error_body(message, error_kind(status), code, param, request_id)

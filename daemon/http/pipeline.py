@@ -29,6 +29,7 @@ from gatewayd.daemon.http.cache import HIT, MISS, SKIP, Lookup, chat_text
 from gatewayd.daemon.http.errors import ApiError
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.jsonsyntax import explain_invalid_json
+from gatewayd.daemon.http.requestid import request_id_of
 from gatewayd.daemon.http.streaming import ERROR_EVENT, PREPARED, SSE_HEADERS
 from gatewayd.daemon.observe.accesslog import AccessRecord
 from gatewayd.daemon.routing.quota import KeyTicket, Refused, estimate_tokens
@@ -153,7 +154,8 @@ class Pipeline:
         snapshot = runtime.holder.current
         graph = snapshot.graph
         started = time.monotonic()
-        record = AccessRecord(request.method, request.path, config=graph.version, format=inbound.label)
+        record = AccessRecord(request.method, request.path, config=graph.version, format=inbound.label,
+                              request_id=request_id_of(request))
         snapshot.enter()
         ticket: KeyTicket | None = None  # the request's bookings against its key's limits
         try:
@@ -204,7 +206,7 @@ class Pipeline:
             return web.Response(body=answer, content_type="application/json", headers=headers)
         except ApiError as error:
             record.status, record.error = error.status, error.message
-            body = inbound.error_body(error.status, error.code, error.message, error.param)
+            body = inbound.error_body(error.status, error.code, error.message, error.param, record.request_id)
             headers = {**error.headers, **gateway_headers(snapshot, None, record.attempts)}
             if ticket is not None:
                 headers.update(ticket.headers)
@@ -375,7 +377,8 @@ class Pipeline:
                    "Retry-After": str(max(1, math.ceil(refusal.retry_after)))}
         if record.cache is not None:
             headers["x-gatewayd-cache"] = record.cache
-        return web.Response(status=429, body=inbound.error_body(429, refusal.code, refusal.message),
+        return web.Response(status=429, body=inbound.error_body(429, refusal.code, refusal.message,
+                                                                request_id=record.request_id),
                             content_type="application/json", headers=headers)
 
     def routing_failed(self, snapshot: Snapshot, inbound: Inbound, failure: RoutingFailed,
@@ -392,5 +395,5 @@ class Pipeline:
         if failure.upstream_error is not None:
             body = inbound.upstream_error_body(failure.upstream_error)
         else:
-            body = inbound.error_body(failure.status, failure.code, failure.message)
+            body = inbound.error_body(failure.status, failure.code, failure.message, request_id=record.request_id)
         return web.Response(status=failure.status, body=body, content_type="application/json", headers=headers)

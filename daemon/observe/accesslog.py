@@ -46,6 +46,7 @@ class AccessRecord:
     config: str | None = None
     format: str | None = None  # the client's wire format (openai, anthropic, responses), for the API's paths
     cache: str | None = None  # hit, miss or skip, on an alias with a response cache
+    request_id: str | None = None  # x-request-id: the client's, or the gateway's own
 
 
 def clip(value: str, limit: int) -> str:
@@ -97,9 +98,13 @@ def text_line(r: AccessRecord, values: TextValues) -> str:
     keys and versions come from the config, whose names are plain words; only
     what a client chose goes through `values`, the model clipped first.
     """
-    model, deployment, ttfb, prompt, completion, cost, key, config, error, format_, cache = (
+    model, deployment, ttfb, prompt, completion, cost, key, config, error, format_, cache, request_id = (
         r.model, r.deployment, r.ttfb_ms, r.prompt_tokens, r.completion_tokens, r.cost, r.key, r.config, r.error,
-        r.format, r.cache)
+        r.format, r.cache, r.request_id)
+    # a request id is printable ASCII without spaces already (daemon/http/requestid.py), and not
+    # remembered (each is seen once): only a quote or a backslash needs a JSON string
+    if request_id is not None and ('"' in request_id or "\\" in request_id):
+        request_id = json.dumps(request_id)
     known = values.known.get
     return (
         f"{r.method} {r.path} {r.status}"
@@ -114,6 +119,7 @@ def text_line(r: AccessRecord, values: TextValues) -> str:
         f"{'' if config is None else f' config={config}'}"
         f"{'' if format_ is None else f' format={format_}'}"
         f"{'' if cache is None else f' cache={cache}'}"
+        f"{'' if request_id is None else f' request_id={request_id}'}"
         f"{'' if error is None else f' error={json.dumps(clip(error, ERROR_LIMIT))}'}"
     )
 
@@ -154,6 +160,8 @@ def json_line(r: AccessRecord) -> str:
         fields["format"] = r.format
     if r.cache is not None:
         fields["cache"] = r.cache
+    if r.request_id is not None:
+        fields["request_id"] = r.request_id
     return orjson.dumps(fields).decode()
 
 
