@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 
 import pytest
 
-from gatewayd.daemon.http.requestid import USABLE
+from gatewayd.daemon.http.requestid import IDS, USABLE
 
 MOCK = """
 version: 1
@@ -75,3 +76,21 @@ async def test_a_request_the_http_parser_refuses_has_an_id_too(gateway):
     made = next(line.split(b": ", 1)[1].decode() for line in head.split(b"\r\n")
                 if line.lower().startswith(b"x-request-id:"))
     assert json.loads(payload)["request_id"] == made
+
+
+def test_a_forked_process_makes_ids_of_its_own():
+    parent = IDS.new()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: write its first id and leave at once
+        try:
+            os.write(write, IDS.new().encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 200).decode()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    assert child and child.rsplit("_", 1)[0] != parent.rsplit("_", 1)[0]

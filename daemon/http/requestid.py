@@ -24,6 +24,9 @@ USABLE = re.compile(r"[!-~]{1,128}")
 
 class RequestIds:
     def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
         self._prefix = f"req_{os.urandom(6).hex()}_"
         self._counter = itertools.count(1)
 
@@ -32,6 +35,7 @@ class RequestIds:
 
 
 IDS = RequestIds()
+os.register_at_fork(after_in_child=IDS.reseed)  # a forked process makes ids of its own, not its parent's
 
 
 class IdentifiedRequest(web.BaseRequest):
