@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gatewayd.daemon.config.load import load
 from gatewayd.daemon.state.cache import CachedAnswer, LocalResponseStore
 from gatewayd.daemon.state.vectors import VectorIndex
-from tests.fakes import Ok, Stream, fakes, gateway_config
+from tests.fakes import Ok, Status, Stream, fakes, gateway_config
 
 APP, OTHER, ADMIN = "sk-app-cache-00001", "sk-other-cache-002", "sk-admin-cache-003"
 CHAT = {"model": "chat", "messages": [{"role": "user", "content": "What is a cache?"}]}
@@ -155,7 +155,6 @@ async def test_an_alias_without_cache_answers_without_the_header(gateway, fake_o
 
 
 async def test_an_upstream_failure_is_not_stored(gateway, fake_openai):
-    from tests.fakes import Status
     ups = await fakes(fake_openai, "a")
     gw = await cached_gateway(gateway, config(ups))
     ups["a"].queue(Status(500))

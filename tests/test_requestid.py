@@ -44,12 +44,16 @@ async def test_a_clients_id_is_echoed_in_the_header_the_error_body_and_the_acces
         refused = await gw.post("/v1/chat/completions", {**ASK, "model": "nope"},
                                 headers={"X-Request-Id": "trace-7f3a:span-2"})
         body = await refused.json()
+        counted = await gw.post("/v1/messages/count_tokens", {"model": "echo", "messages": ASK["messages"]},
+                                headers={"x-request-id": "trace-7f3a:span-3"})
+        await counted.read()
     assert answered.headers["x-request-id"] == "trace-7f3a:span-1"
     assert refused.status == 404 and refused.headers["x-request-id"] == "trace-7f3a:span-2"
     assert body["request_id"] == "trace-7f3a:span-2" and body["error"]["code"] == "model_not_found"
     lines = [record.getMessage() for record in caplog.records if record.name == "gatewayd.access"]
     assert any("request_id=trace-7f3a:span-1" in line for line in lines)
     assert any("request_id=trace-7f3a:span-2" in line for line in lines)
+    assert any("request_id=trace-7f3a:span-3" in line for line in lines)  # count_tokens' own access line
 
 
 @pytest.mark.parametrize("sent", ["has space", "x" * 129, "caf\u00e9", "tab\there", ""])

@@ -115,7 +115,7 @@ class AnthropicHandlers:
         snapshot = runtime.holder.current
         graph = snapshot.graph
         started = time.monotonic()
-        record = AccessRecord(request.method, request.path, config=graph.version)
+        record = AccessRecord(request.method, request.path, config=graph.version, request_id=request_id_of(request))
         headers = gateway_headers(snapshot, None, 0)
         snapshot.enter()
         try:
@@ -151,7 +151,7 @@ class AnthropicHandlers:
             return json_answer(200, orjson.dumps(estimate), {**headers, "x-gatewayd-estimate": "true"})
         except ApiError as error:
             record.status, record.error = error.status, error.message
-            body = MESSAGES.error_body(error.status, error.code, error.message, error.param, request_id_of(request))
+            body = MESSAGES.error_body(error.status, error.code, error.message, error.param, record.request_id)
             return json_answer(error.status, body, {**error.headers, **headers})
         finally:
             snapshot.leave()

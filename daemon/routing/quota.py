@@ -44,8 +44,7 @@ def estimate_tokens(body: dict, size: int, graph: Graph, route: Route, answers: 
         return size // BYTES_PER_TOKEN
     output = body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
     if type(output) is not int or output <= 0:  # none named, or the first named is not a count
-        output = ((requested_output(body) if output is not None else None)
-                  or graph.output_tokens.get(route.name) or DEFAULT_OUTPUT_TOKENS)
+        output = requested_output(body) or graph.output_tokens.get(route.name) or DEFAULT_OUTPUT_TOKENS
     return size // BYTES_PER_TOKEN + output
 
 

@@ -69,8 +69,6 @@ class Outcome:
     first: bytes | StreamEvent | None = None  # the stream's first event
     latency: float = 0.0  # seconds from sending to the answer (a stream's first event)
     probe: bool = False  # this request is its deployment's half-open probe
-    lease: Lease | None = None  # its try booked against the deployment's quota
-    slot: Slots | None = None  # the deployment's concurrency slot it holds
 
 
 class InFlightStream:
