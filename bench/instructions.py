@@ -1,6 +1,7 @@
 """Instructions per request: what one request costs gatewayd, exactly (callgrind).
 
     python bench/instructions.py [--requests 1000] [--warmup 100] [--kinds chat,stream] [--gatewayd PATH]
+                                 [--port-offset N]
 
 Runs `gatewayd run -c bench/gateway.bench.yaml` under
 `valgrind --tool=callgrind --separate-threads=yes`, in front of a fake upstream
@@ -18,7 +19,8 @@ it once per build, on the same machine). Under valgrind a request takes ~50x
 longer, so the 10 ms deadline sweep and the 0.1 s access-log flush fire more
 often per request than at full speed: compare figures from this script with
 each other, not with the docs' "as at full speed" row.
-Needs valgrind (`apt-get install valgrind`); ports 18080, 18100, 18101 free.
+Needs valgrind (`apt-get install valgrind`); ports 18080, 18100, 18101 free (each shifted by
+--port-offset, so that two runs can share a machine).
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ async def responses(request):
     await request.read()
     return web.Response(body=response, content_type="application/json")
 async def main():
-    for port, handler in ((18100, chat), (18101, stream)):
+    offset = int(sys.argv[3])
+    for port, handler in ((18100 + offset, chat), (18101 + offset, stream)):
         app = web.Application()
         app.router.add_post("/v1/chat/completions", handler)
         app.router.add_post("/v1/embeddings", embeddings)
@@ -150,22 +153,32 @@ def main() -> int:
     beside_python = str(Path(sys.executable).with_name("gatewayd"))
     parser.add_argument("--gatewayd", default=shutil.which("gatewayd") or beside_python,
                         help="the gatewayd to measure (default: the one on PATH, else beside this python)")
+    parser.add_argument("--port-offset", type=int, default=0, help="added to every port the bench listens on")
     args = parser.parse_args()
     answer, events = fixed_bodies()
     out_dir = tempfile.mkdtemp(prefix="gatewayd-callgrind-")
-    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, answer, events], stdout=subprocess.PIPE)
+    offset = args.port_offset
+    config = CONFIG
+    if offset:
+        config = Path(out_dir) / CONFIG.name
+        text = CONFIG.read_text()
+        for port in (18080, 18100, 18101):
+            text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{port + offset}")
+        config.write_text(text)
+    port = 18080 + offset
+    upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, answer, events, str(offset)], stdout=subprocess.PIPE)
     gateway = None
     try:
         if upstream.stdout.readline().strip() != b"ready":
             raise SystemExit("the fake upstream did not start")
         gateway = subprocess.Popen(
             ["valgrind", "--tool=callgrind", "--separate-threads=yes",
-             f"--callgrind-out-file={out_dir}/callgrind.out.%p", args.gatewayd, "run", "-c", str(CONFIG)],
+             f"--callgrind-out-file={out_dir}/callgrind.out.%p", args.gatewayd, "run", "-c", str(config)],
             stdout=subprocess.DEVNULL, stderr=open(f"{out_dir}/gatewayd.log", "wb"), cwd=ROOT)
         deadline = time.monotonic() + 120
         while True:
             try:
-                conn = http.client.HTTPConnection("127.0.0.1", 18080, timeout=60)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                 conn.request("GET", "/healthz")
                 if conn.getresponse().status == 200:
                     break
@@ -174,7 +187,7 @@ def main() -> int:
             if time.monotonic() > deadline or gateway.poll() is not None:
                 raise SystemExit(f"gatewayd did not start; see {out_dir}/gatewayd.log")
             time.sleep(0.5)
-        conn = http.client.HTTPConnection("127.0.0.1", 18080, timeout=60)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for kind in args.kinds.split(","):
             path, body = KINDS[kind]
             key = KEYS.get(kind, KEY)
