@@ -19,6 +19,8 @@ import math
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import msgspec
+
 from gatewayd.daemon.core.graph import AppKey, Budget, Deployment, Graph, Limits, Route
 from gatewayd.daemon.state.counters import WINDOW, CounterStore, DeploymentUsage, Entry, KeyUsage, Window
 
@@ -94,16 +96,14 @@ class Refused(Exception):
         self.headers = headers
 
 
-class KeyTicket:
-    """One admitted request's bookings against its key, settled once at its end."""
+class KeyTicket(msgspec.Struct, gc=False):
+    """One admitted request's bookings against its key, settled once at its end. (A Struct:
+    its constructor runs in C; it refers to no object that refers back to it.)"""
 
-    __slots__ = ("usage", "tokens", "concurrent", "headers")
-
-    def __init__(self, usage: KeyUsage, tokens: Entry | None, concurrent: bool, headers: dict[str, str]) -> None:
-        self.usage: KeyUsage | None = usage  # None once settled
-        self.tokens = tokens  # the reservation in the key's token window
-        self.concurrent = concurrent  # counted in the key's requests in flight
-        self.headers = headers  # x-ratelimit-*, on every answer
+    usage: KeyUsage | None  # None once settled
+    tokens: Entry | None  # the reservation in the key's token window
+    concurrent: bool  # counted in the key's requests in flight
+    headers: dict[str, str]  # x-ratelimit-*, on every answer
 
     def settle(self, used_tokens: int | None, cost: float | None, answered: bool) -> None:
         """The request ended: its reservation becomes what the answer used (released when it
@@ -124,14 +124,11 @@ class KeyTicket:
             usage.spent += cost
 
 
-class Lease:
+class Lease(msgspec.Struct, gc=False):
     """One try at a deployment with a quota: its request counted, its tokens reserved."""
 
-    __slots__ = ("usage", "tokens")
-
-    def __init__(self, usage: DeploymentUsage, tokens: Entry | None) -> None:
-        self.usage = usage
-        self.tokens = tokens
+    usage: DeploymentUsage
+    tokens: Entry | None
 
     def settle(self, used_tokens: int | None) -> None:
         entry = self.tokens
