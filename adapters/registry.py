@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Mapping
 
 from gatewayd.adapters.anthropic import ANTHROPIC
 from gatewayd.adapters.base import Adapter, ProviderType
+from gatewayd.adapters.bedrock import BEDROCK
+from gatewayd.adapters.gemini import GEMINI
 from gatewayd.adapters.mock import MOCK
 from gatewayd.adapters.ollama import OLLAMA
 from gatewayd.adapters.openai import AZURE_OPENAI, OPENAI
@@ -18,7 +20,7 @@ if TYPE_CHECKING:
     from gatewayd.daemon.core.graph import Provider
 
 PROVIDER_TYPES: Mapping[str, ProviderType] = MappingProxyType(
-    {kind.name: kind for kind in (OPENAI, AZURE_OPENAI, ANTHROPIC, OLLAMA, MOCK)})
+    {kind.name: kind for kind in (OPENAI, AZURE_OPENAI, ANTHROPIC, OLLAMA, GEMINI, BEDROCK, MOCK)})
 
 # each type-only key and the types that take it: given to any other type, it is a config error
 TYPE_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType({

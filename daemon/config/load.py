@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from gatewayd.daemon.config.compile import compile_graph
+from gatewayd.daemon.config.compile import compile_graph, secret_name
 from gatewayd.daemon.config.validate import validate
 from gatewayd.daemon.config.validpart import STAND_IN, valid_part
 from gatewayd.daemon.config.yamldoc import Document, load_document
@@ -43,18 +43,19 @@ def find_config(explicit: str | None) -> str:
 
 
 def read_secrets(document: Document, env: Mapping[str, str]) -> dict[str, str]:
-    """Read every provider's api_key_file (`secret_files` says where each is)."""
+    """Read every provider's secret files (`secret_files` says where each is)."""
     secrets: dict[str, str] = {}
     problems: list[Problem] = []
-    for name, path in secret_files(document.data, document.path, env).items():
+    for secret, path in secret_files(document.data, document.path, env).items():
+        name, _, key = secret.partition("#")
+        where = ("providers", name, f"{key or 'api_key'}_file")
         try:
-            secrets[name] = path.read_text("utf-8").rstrip("\r\n")
+            secrets[secret] = path.read_text("utf-8").rstrip("\r\n")
         except FileNotFoundError:
-            problems.append(located(document, ("providers", name, "api_key_file"),
-                                    f"secret file {path} for provider '{name}' does not exist"))
+            problems.append(located(document, where, f"secret file {path} for provider '{name}' does not exist"))
         except (OSError, UnicodeDecodeError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is not UTF-8 text"
-            problems.append(located(document, ("providers", name, "api_key_file"),
+            problems.append(located(document, where,
                                     f"cannot read secret file {path} for provider '{name}': {reason}"))
     if problems:
         raise ConfigError(problems)
@@ -62,15 +63,16 @@ def read_secrets(document: Document, env: Mapping[str, str]) -> dict[str, str]:
 
 
 def secret_files(data: object, config_path: str, env: Mapping[str, str]) -> dict[str, Path]:
-    """Each provider's api_key_file, by provider name: a relative path resolves against
+    """Each provider's secret files (api_key_file, and its type's own KEY_file), by the name the
+    compiler knows its content by (compile.secret_name): a relative path resolves against
     $CREDENTIALS_DIRECTORY (systemd LoadCredential=) when set, else the config's folder."""
     providers = data.get("providers") if isinstance(data, dict) else None
     if not isinstance(providers, dict):
         return {}
     base = env.get("CREDENTIALS_DIRECTORY") or str(Path(config_path).resolve().parent)
-    return {name: Path(base, raw["api_key_file"])  # an absolute api_key_file wins over base
-            for name, raw in providers.items()
-            if isinstance(raw, dict) and isinstance(raw.get("api_key_file"), str)}
+    return {secret_name(name, key.removesuffix("_file")): Path(base, value)  # an absolute path wins over base
+            for name, raw in providers.items() if isinstance(raw, dict)
+            for key, value in raw.items() if key.endswith("_file") and isinstance(value, str)}
 
 
 def located(document: Document, path: tuple, message: str) -> Problem:
