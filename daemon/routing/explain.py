@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 from gatewayd.daemon.core.graph import Deployment, Graph, Limits
 from gatewayd.daemon.core.problems import suggest
 from gatewayd.daemon.routing.admission import DISABLED, judge
+from gatewayd.daemon.routing.bandit import DEFAULT_UCB, describe_arms
+from gatewayd.daemon.state.bandit import BanditStore
 from gatewayd.daemon.state.counters import CounterStore
 from gatewayd.daemon.state.store import HealthStore
 
@@ -47,7 +49,9 @@ def describe_limits(limits: Limits | None, queue_wait: float) -> str | None:
 
 
 def explain_plan(graph: Graph, name: str, at: datetime, health: HealthStore | None = None,
-                 counters: CounterStore | None = None) -> dict:
+                 counters: CounterStore | None = None, bandit: BanditStore | None = None) -> dict:
+    """The plan of `name`: each tier and each candidate, in or out and why; with `bandit` (the
+    daemon's), each candidate of a ucb tier has `ucb`: its rank, score, mean reward and pulls."""
     route = graph.routes.get(name)
     if route is None:
         raise UnknownRoute(f"'{name}' is neither an alias nor a model{suggest(name, graph.routes)}")
@@ -64,6 +68,10 @@ def explain_plan(graph: Graph, name: str, at: datetime, health: HealthStore | No
                 "in": reason is None, "why": reason,
                 "limits": describe_limits(deployment.limits, deployment.queue_wait),
             })
+        if tier.strategy == "ucb" and bandit is not None:
+            arms = bandit.arms([graph.deployments[c.deployment].identity for c in tier.candidates])
+            for shown, learned in zip(candidates, describe_arms(arms, tier.ucb or DEFAULT_UCB), strict=True):
+                shown["ucb"] = learned
         tiers.append({"from": tier.origin, "strategy": tier.strategy, "candidates": candidates})
     return {"model": name, "kind": route.kind, "at": at.isoformat(), "config": graph.version, "tiers": tiers}
 
@@ -79,9 +87,18 @@ def format_plan(plan: dict) -> str:
             state = "in " if candidate["in"] else "out"
             limits = f" [limits: {candidate['limits']}]" if candidate.get("limits") else ""
             why = f" — {candidate['why']}" if candidate["why"] else ""
+            learned = f" [ucb: {describe_learned(candidate['ucb'])}]" if candidate.get("ucb") else ""
             lines.append(f"    {position}. [{state}] {candidate['model']} "
-                         f"({candidate['provider']}/{candidate['upstream_model']}){weight}{limits}{why}")
+                         f"({candidate['provider']}/{candidate['upstream_model']}){weight}{limits}{learned}{why}")
     return "\n".join(lines)
+
+
+def describe_learned(learned: dict) -> str:
+    """A ucb candidate's statistics in words: `#1, score 1.2345, mean reward 0.8, 12 pulls`."""
+    if learned["score"] is None:
+        return f"#{learned['rank']}, untried"
+    return (f"#{learned['rank']}, score {learned['score']:g}, mean reward {learned['mean_reward']:g}, "
+            f"{learned['pulls']} pulls")
 
 
 def parse_instant(text: str | None) -> datetime:

@@ -8,8 +8,11 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator
 
+from gatewayd.daemon.core.graph import Graph
 from gatewayd.daemon.routing.admission import HALF_OPEN, iso, judge
+from gatewayd.daemon.routing.bandit import DEFAULT_UCB, describe_arms
 from gatewayd.daemon.routing.quota import deployment_limits_status, key_status
+from gatewayd.daemon.state.bandit import BanditStore
 from gatewayd.daemon.state.counters import CounterStore
 from gatewayd.daemon.state.store import FRESH, HealthStore
 
@@ -30,10 +33,11 @@ def deployment_states(snapshot: Snapshot, store: HealthStore, now: float | None 
 
 
 def deployments_status(snapshot: Snapshot, store: HealthStore, now: float | None = None,
-                       counters: CounterStore | None = None) -> dict[str, dict]:
+                       counters: CounterStore | None = None, bandit: BanditStore | None = None) -> dict[str, dict]:
     """`deployments` of /admin/status, exactly the fields docs/operations.md lists; `last_error` comes
     from the adapters, which scrub the provider's key out of what upstreams send. A deployment
-    with limits has them too, each with what is used and what remains."""
+    with limits has them too, each with what is used and what remains; one that an alias's
+    ucb tier orders has `ucb`, by alias, with its rank, score, mean reward and pulls there."""
     now = time.time() if now is None else now
     at = datetime.fromtimestamp(now, timezone.utc)
     result = {}
@@ -52,6 +56,24 @@ def deployments_status(snapshot: Snapshot, store: HealthStore, now: float | None
             result[name]["limits"] = deployment_limits_status(deployment.limits, usage, now)
             if verdict.state == "limited":
                 result[name]["limited"] = verdict.reason
+    if bandit is not None:
+        for name, by_alias in ucb_status(snapshot.graph, bandit).items():
+            result[name]["ucb"] = by_alias
+    return result
+
+
+def ucb_status(graph: Graph, bandit: BanditStore) -> dict[str, dict[str, dict]]:
+    """{deployment: {alias: its rank, score, mean reward and pulls in the alias's targets}} for
+    each alias whose targets are ordered by ucb."""
+    result: dict[str, dict[str, dict]] = {}
+    for name in graph.aliases:
+        route = graph.routes.get(name)
+        tier = route.tiers[0] if route is not None and route.tiers else None
+        if tier is None or tier.strategy != "ucb" or tier.origin != name:
+            continue
+        arms = bandit.arms([graph.deployments[c.deployment].identity for c in tier.candidates])
+        for candidate, shown in zip(tier.candidates, describe_arms(arms, tier.ucb or DEFAULT_UCB), strict=True):
+            result.setdefault(candidate.deployment, {})[name] = shown
     return result
 
 

@@ -20,7 +20,7 @@ Two kinds of listener hear what happens:
   first event) on success, or the failure class that counted against it (latency None).
   A try that ends without a verdict (a client error passed through, a client gone, the
   gateway's own fault) is not an outcome. This is where a learning strategy (`ucb`) will
-  take its samples; nothing subscribes yet.
+  take its samples (daemon/state/bandit.py).
 """
 
 from __future__ import annotations
