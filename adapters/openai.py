@@ -30,11 +30,11 @@ from gatewayd.adapters.base import (
     upstream_json,
 )
 from gatewayd.adapters.responses_relay import RelayedResponsesStream, relayed_response
-from gatewayd.adapters.sse import read_event_batches, read_events
+from gatewayd.adapters.sse import read_events, relay_data_events
 from gatewayd.daemon.core.exchange import WireFormat
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
 from gatewayd.daemon.core.replies import Reply, Usage
-from gatewayd.daemon.formats.openai import DONE_EVENT, StreamDecoder, decode_answer, encode_chat
+from gatewayd.daemon.formats.openai import StreamDecoder, decode_answer, encode_chat
 
 if TYPE_CHECKING:
     from gatewayd.daemon.core.exchange import Request
@@ -133,38 +133,27 @@ def check_chunk(data: bytes) -> tuple[bytes | None, Usage | None]:
 
 
 class OpenAIStream(UpstreamStream):
-    """Relays the events as they came, each once `check_chunk` has read it. An item is every
-    whole event one read of the upstream brought, checked one by one and joined, so that the
-    relay writes them at once; the first event comes alone, so the first byte waits for no
-    check of another. Events before a failing one come first, then the failure."""
+    """Relays the events as they came, each once `check` has read it (sse.relay_data_events):
+    the first event alone, so the first byte waits for no check of another, then every event
+    one read of the upstream brought, in one item, so that the relay writes them at once.
+    Events before a failing one come first, then the failure."""
 
     format = WIRE
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        scrub = self.scrub
-        batches = read_event_batches(self.response.content, self.max_read)
-        try:
-            async for batch in batches:
-                checked: list[bytes] = []
-                try:
-                    for _event, data in batch:
-                        event, usage = check_chunk(scrub(data))
-                        if usage is not None:
-                            self.usage = usage
-                        if event is None:
-                            self.done = True
-                            checked.append(DONE_EVENT)
-                            break
-                        checked.append(event)
-                except Exception:
-                    if checked:  # relayed before the failure, as each came before it
-                        yield b"".join(checked)
-                    raise
-                yield checked[0] if len(checked) == 1 else b"".join(checked)
-                if self.done:
-                    return
-        finally:
-            await batches.aclose()  # here: the loop's async-generator finalizer would wake the loop for it
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return relay_data_events(self.response.content, self.max_read, self.scrub, self.check)
+
+    def check(self, data: bytes) -> bool:
+        """One event's data read (`check_chunk`'s checks): the usage kept; True at [DONE]."""
+        if data == b"[DONE]":
+            self.done = True
+            return True
+        usage = glance(data)
+        if usage is False:
+            usage = check_chunk(data)[1]
+        if usage is not None:
+            self.usage = usage
+        return False
 
 
 class OpenAIAdapter(HttpAdapter):

@@ -19,7 +19,7 @@ written back as it came.
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 import aiohttp
 
@@ -42,26 +42,31 @@ def event_too_large(limit: int) -> UpstreamError:
 FIRST_LINES = 8  # lines split off a read before the stream's first event has gone (most first events have 2)
 
 
-async def read_event_batches(content: aiohttp.StreamReader,
-                             limit: int) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+async def read_event_batches(content: aiohttp.StreamReader, limit: int, pending: bytes = b"",
+                             first: bool = True) -> AsyncIterator[list[tuple[bytes, bytes]]]:
     """The events of `content` as `read_events` has them, in lists: each holds every event
     whose end one read brought, and comes as soon as that read is split. The stream's first
     event comes alone, before the rest of its read is split: a relay's first byte waits for
     no other event. A failure (a line or an event larger than `limit` bytes: protocol; a
-    broken connection: connect) comes after the events that were whole before it."""
+    broken connection: connect) comes after the events that were whole before it.
+
+    `pending`: bytes of the stream already read off `content` (by `relay_data_events`), split
+    before anything more is read; `first` False when the stream's first event has gone."""
     event = b""
     data: list[bytes] = []
     size = 0  # of an event's data lines, counted from its second one (one line is bounded already)
     tail: list[bytes] = []  # the pieces of a line whose end has not come yet
     tail_size = 0
-    first = True
     ended = False
     readany = content.readany
     while not ended:
-        try:
-            chunk = await readany()
-        except (aiohttp.ClientError, OSError) as exc:
-            raise stream_broke(exc) from None
+        if pending:
+            chunk, pending = pending, b""
+        else:
+            try:
+                chunk = await readany()
+            except (aiohttp.ClientError, OSError) as exc:
+                raise stream_broke(exc) from None
         bound = limit  # a line, with its "\n", is at most `limit` bytes
         if not chunk:  # the end: a last line without its "\n" is a line all the same
             if not tail:
@@ -151,6 +156,114 @@ async def read_events(content: aiohttp.StreamReader, limit: int) -> AsyncIterato
                 yield item
     finally:
         await batches.aclose()
+
+
+DATA = b"data: "
+BETWEEN = b"\n\n" + DATA  # where one canonical event ends and the next begins
+
+
+async def relay_data_events(content: aiohttp.StreamReader, limit: int, scrub: Callable[[bytes], bytes],
+                            check: Callable[[bytes], bool]) -> AsyncIterator[bytes]:
+    """The stream of `content`, whose events carry only data (OpenAI's chat chunks), for a
+    client of its own format: every event once `check(data)` has read it (raising on an
+    in-band error or a malformed event; True at the end marker, the last event relayed).
+    Items come as `read_event_batches` groups them (the first event alone, then every event
+    one read brought, in one item; the events before a failing one, then the failure).
+
+    A read of whole events each written as upstreams write them, `data: ...` on one line and
+    a blank line, is relayed as its bytes: no line is split off, nothing is joined again, and
+    a paced stream's read of one chunk costs one check. A read that ends mid-event keeps the
+    start of that event (up to `limit` bytes) for the next. Anything else (comments, `event:`
+    fields, data on several lines, CRLF, a line near `limit`, an unfinished event at the end)
+    hands the stream from there to the line-by-line reading of `read_event_batches`, with the
+    bytes already read."""
+    readany = content.readany
+    first = True
+    rest = b""  # the start of an event still arriving
+    while True:
+        try:
+            piece = await readany()
+        except (aiohttp.ClientError, OSError) as exc:
+            raise stream_broke(exc) from None
+        if not piece:
+            if rest:
+                break  # an unfinished last event: the line-by-line reading ends the stream
+            return
+        if rest:
+            piece, rest = rest + piece, b""
+        cut = piece.rfind(b"\n\n") + 2  # 1: no event ends in it
+        if cut != len(piece):  # the read ends mid-event
+            rest, piece = (piece, b"") if cut == 1 else (piece[cut:], piece[:cut])
+            if len(rest) > limit:
+                break  # a long line, or an event of several: the line-by-line reading bounds them
+            if not piece:
+                continue
+        if len(piece) >= limit or not piece.startswith(DATA) or b"\r" in piece:
+            break  # not only whole `data:` lines: the line-by-line reading takes over from here
+        if piece.find(b"\n") == len(piece) - 2:  # a paced stream's usual read: one chunk
+            piece = scrub(piece)
+            first = False
+            done = check(piece[6:-2])
+            yield piece
+            if done:
+                return
+            continue
+        count = piece.count(b"\n\n")
+        if piece.count(b"\n") != 2 * count or piece.count(BETWEEN) != count - 1:
+            break
+        piece = scrub(piece)
+        events = piece.split(b"\n\n")
+        skip = 0  # events already yielded
+        if first:
+            first, skip = False, 1
+            done = check(events[0][6:])
+            yield events[0] + b"\n\n"
+            if done:
+                return
+        for index in range(skip, count):
+            try:
+                done = check(events[index][6:])
+            except Exception:
+                if index > skip:  # relayed before the failure, as each came before it
+                    yield b"\n\n".join(events[skip:index]) + b"\n\n"
+                raise
+            if done:
+                yield b"\n\n".join(events[skip:index + 1]) + b"\n\n"
+                return
+        yield piece[len(events[0]) + 2:] if skip else piece
+    line_by_line = relay_batches(content, limit, scrub, check, piece + rest, first)
+    try:
+        async for item in line_by_line:
+            yield item
+    finally:
+        await line_by_line.aclose()
+
+
+async def relay_batches(content: aiohttp.StreamReader, limit: int, scrub: Callable[[bytes], bytes],
+                        check: Callable[[bytes], bool], pending: bytes, first: bool) -> AsyncIterator[bytes]:
+    """`relay_data_events` past a read it does not relay as its bytes: each event split off by
+    `read_event_batches` (`pending` first), checked and written back as `data: ...`."""
+    batches = read_event_batches(content, limit, pending, first)
+    try:
+        async for batch in batches:
+            checked: list[bytes] = []
+            done = False
+            try:
+                for _event, data in batch:
+                    data = scrub(data)
+                    done = check(data)
+                    checked.append(DATA + data + b"\n\n")
+                    if done:
+                        break
+            except Exception:
+                if checked:  # relayed before the failure, as each came before it
+                    yield b"".join(checked)
+                raise
+            yield checked[0] if len(checked) == 1 else b"".join(checked)
+            if done:
+                return
+    finally:
+        await batches.aclose()  # here: the loop's async-generator finalizer would wake the loop for it
 
 
 def sse_event(event: bytes, data: bytes) -> bytes:

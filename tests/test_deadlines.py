@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from gatewayd.daemon.routing.deadlines import Deadlines
+from gatewayd.daemon.routing.deadlines import MAX_TICK, Deadlines, sweep_interval
+from gatewayd.daemon.routing.deadlines import TICK as DEFAULT_TICK
 
 TICK = 0.01
 
@@ -132,3 +133,11 @@ def _raises(call) -> type | None:
     except Exception as exc:  # noqa: BLE001 - the type is what the test checks
         return type(exc)
     return None
+
+
+def test_sweeps_space_out_with_many_pending_deadlines_and_stay_bounded():
+    assert sweep_interval(DEFAULT_TICK, 1) == DEFAULT_TICK
+    assert sweep_interval(DEFAULT_TICK, 1000) == DEFAULT_TICK
+    assert DEFAULT_TICK < sweep_interval(DEFAULT_TICK, 5000) < MAX_TICK
+    assert sweep_interval(DEFAULT_TICK, 10_000) == MAX_TICK
+    assert sweep_interval(DEFAULT_TICK, 10_000_000) == MAX_TICK

@@ -299,6 +299,8 @@ async def test_a_reload_that_turns_log_format_to_json_switches_every_line_after_
             assert (await gw.reload())["version"] == version_of(path, os.environ)
             assert (await gw.chat())[0] == 200
         lines = gw.log().rstrip("\n").split("\n")
+    # a host with a low open-files limit says so before anything else
+    lines = [line for line in lines if not line.startswith("open files are limited")]
     assert lines[0].startswith("gatewayd serving on 127.0.0.1:")  # text, as it always was
     assert lines[1].startswith("POST /v1/chat/completions 200 ")
     switched = next(i for i, line in enumerate(lines) if line.startswith("{"))

@@ -110,6 +110,12 @@ def test_secrets_come_from_credentials():
     assert not any("API_KEY" in v for v in service("Environment"))  # never secrets in the unit
 
 
+def test_open_files_allow_ten_thousand_streams():
+    # two descriptors per stream (the client's, the upstream's), soft and hard alike (one value)
+    (limit,) = service("LimitNOFILE")
+    assert ":" not in limit and int(limit) >= 2 * 10_000
+
+
 def test_network_reaches_providers_and_clients():
     assert service("RestrictAddressFamilies") == ["AF_INET AF_INET6 AF_UNIX"]
     assert not service("IPAddressDeny")

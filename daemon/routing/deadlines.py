@@ -8,7 +8,8 @@ dict; one timer, running only while some deadline is pending, checks them every
 `tick` and cancels the task of each that has passed.
 
 A step that overruns its deadline is therefore cancelled up to one `tick`
-(10 ms) late, which no LLM timeout notices, and then raises `TimeoutError`
+late (10 ms; up to 0.1 s with many thousands pending, see `sweep_interval`),
+which no LLM timeout notices, and then raises `TimeoutError`
 exactly as under `asyncio.timeout`: a cancellation from elsewhere (the client
 went away, shutdown) still propagates as `CancelledError`.
 
@@ -21,6 +22,16 @@ from __future__ import annotations
 import asyncio
 
 TICK = 0.01  # seconds between sweeps while any deadline is pending
+# A sweep visits every pending deadline, and every held stream has one: with many pending, the
+# sweeps space out (10 µs per pending deadline: 10,000 open streams are swept every 0.1 s) so
+# their cost stays a small, fixed share of a core; a deadline is then at most that much late.
+SWEEP_PER_PENDING = 1e-5
+MAX_TICK = 0.1
+
+
+def sweep_interval(tick: float, pending: int) -> float:
+    """Seconds to the next sweep with `pending` deadlines waiting."""
+    return min(MAX_TICK, max(tick, pending * SWEEP_PER_PENDING))
 
 
 class Deadlines:
@@ -50,7 +61,7 @@ class Deadlines:
         for bound in [bound for bound in self._pending if bound.when <= now]:
             bound.expire()
         if self._pending:
-            self._sweeper = loop.call_later(self.tick, self._sweep, loop)
+            self._sweeper = loop.call_later(sweep_interval(self.tick, len(self._pending)), self._sweep, loop)
 
 
 class Bound:
