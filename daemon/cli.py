@@ -25,7 +25,9 @@ def parser() -> argparse.ArgumentParser:
                          help="config file (default: ./gateway.yaml, then /etc/gatewayd/gateway.yaml)")
         return sub
 
-    with_config("run", "serve the OpenAI-compatible API")
+    run = with_config("run", "serve the OpenAI-compatible API")
+    # how the supervisor of several workers starts each of them (daemon/supervisor.py); not for people
+    run.add_argument("--control-fd", type=int, help=argparse.SUPPRESS)
     check = with_config("check", "validate and compile the config; exit 0 ok, 1 errors")
     check.add_argument("--diff", metavar="OTHER", help="check OTHER too, and print what changes from the config "
                        "to OTHER (as a reload to it would report)")
@@ -102,7 +104,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from gatewayd.daemon.server import run
 
-    return run(args.config)
+    return run(args.config, args.control_fd)
 
 
 def cmd_reload(args: argparse.Namespace) -> int:

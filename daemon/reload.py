@@ -48,6 +48,7 @@ from gatewayd.daemon.core.problems import ConfigError, Problem
 from gatewayd.daemon.watch import FolderWatch
 
 if TYPE_CHECKING:
+    from gatewayd.daemon.core.graph import Graph
     from gatewayd.daemon.http.runtime import Runtime
     from gatewayd.daemon.sdnotify import Notifier
 
@@ -65,7 +66,8 @@ class Reloader:
         self.runtime = runtime
         self.notifier = notifier
         self.path = runtime.config_path
-        self.listening = runtime.holder.current.graph.server.listen  # what the socket is bound to
+        self.listening = self.serving().server.listen  # what the socket is bound to
+        self.configured_workers = self.serving().server.workers  # applies at restart only
         self._last: dict | None = None
         self._first: dict[str, float] = {}  # trigger -> loop time of its first pending request
         self._due: dict[str, float] = {}  # trigger -> loop time its reload should start
@@ -133,6 +135,17 @@ class Reloader:
             return None
         return {**self._last, "diff": self._last_diff}
 
+    # -- what a reload serves ---------------------------------------------------
+
+    def serving(self) -> Graph:
+        """The graph serving now (the supervisor of several workers: the one they all serve)."""
+        return self.runtime.holder.current.graph
+
+    async def install(self, graph: Graph) -> None:
+        """Publish `graph`; a ConfigError rejects it with the old graph still serving (the
+        supervisor of several workers installs it in every worker or in none)."""
+        self.runtime.install(graph)
+
     # -- the reload task ------------------------------------------------------
 
     async def _run(self) -> None:
@@ -169,7 +182,7 @@ class Reloader:
         """One reload: load, compare, install (or keep serving the old snapshot); never raises."""
         started, at = time.perf_counter(), datetime.now(timezone.utc)
         self.notifier.reloading()
-        old = self.runtime.holder.current
+        old = self.serving()
         problems: list[Problem] = []
         warnings: list[str] = []
         changed = False
@@ -197,8 +210,11 @@ class Reloader:
             if graph.server.listen != self.listening:
                 warnings.append(f"server.listen changed from {self.listening} to {graph.server.listen}: "
                                 "restart gatewayd to apply it")
-            if graph.version != old.graph.version:
-                self.runtime.install(graph)
+            if graph.server.workers != self.configured_workers:
+                warnings.append(f"server.workers changed from {workers_text(self.configured_workers)} to "
+                                f"{workers_text(graph.server.workers)}: restart gatewayd to apply it")
+            if graph.version != old.version:
+                await self.install(graph)
                 changed = True
                 diff = self._last_diff = reload_diff(self._data, loaded.document.data)
                 self._data = loaded.document.data
@@ -221,7 +237,7 @@ class Reloader:
 
     def _result(self, trigger: str, problems: list[Problem], changed: bool, warnings: list[str],
                 started: float, at: datetime) -> dict:
-        return {"ok": not problems, "changed": changed, "version": self.runtime.holder.current.graph.version,
+        return {"ok": not problems, "changed": changed, "version": self.serving().version,
                 "error": str(problems[0]) if problems else None, "errors": [p.as_dict() for p in problems],
                 "warnings": warnings, "trigger": trigger, "at": at.isoformat(timespec="milliseconds"),
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
@@ -272,6 +288,10 @@ class Reloader:
             events.publish("reload", result=outcome, version=version, trigger=trigger, error=result["error"],
                            warnings=result["warnings"], diff=result.get("diff"))
         self.notifier.ready(status)
+
+
+def workers_text(count: int) -> str:
+    return "auto" if count == 0 else str(count)
 
 
 def inputs_of(path: str, env_names: tuple[str, ...], secrets: tuple[Path, ...]) -> tuple | None:

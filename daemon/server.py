@@ -29,6 +29,7 @@ import functools
 import gc
 import logging
 import os
+import resource
 import signal
 import sys
 
@@ -43,6 +44,7 @@ from gatewayd.daemon.http.runtime import Runtime
 from gatewayd.daemon.observe.logformat import LineHandler, configure_logging
 from gatewayd.daemon.reload import Reloader
 from gatewayd.daemon.sdnotify import Notifier
+from gatewayd.daemon.workers import join_supervisor, worker_count
 
 log = logging.getLogger("gatewayd")
 
@@ -51,21 +53,58 @@ CANCEL_WAIT = 2.0  # after the grace, for cancelled requests to write their last
 RUNNER_TIMEOUT = 1.0  # aiohttp's own wait per connection at cleanup; nothing is in flight by then
 
 
-def site_for(runner: web.BaseRunner, listen: str) -> web.BaseSite:
+# Connections the kernel may hold for us before we accept them. Linux caps it at
+# net.core.somaxconn (4096 by default since 5.4) without a word, so this asks for as many as the
+# host allows: a burst of new streams waits in the queue instead of being dropped from it.
+BACKLOG = 65535
+# Every relayed request holds two descriptors (its client's connection and its upstream's): fewer
+# open files than this hold fewer than about 32,000 streams, which the start-up log says.
+OPEN_FILES_WANTED = 65536
+OPEN_FILES_CEILING = 1 << 20  # what Linux allows by default (fs.nr_open) when the hard limit is unlimited
+
+
+def site_for(runner: web.BaseRunner, listen: str, reuse_port: bool = False) -> web.BaseSite:
+    """The listening socket; `reuse_port` for one of several workers, each accepting its own share
+    of the connections (the kernel spreads them by the connection's hash)."""
     if listen.startswith("unix:"):
-        return web.UnixSite(runner, listen[5:])
+        return web.UnixSite(runner, listen[5:], backlog=BACKLOG)
     host, _, port = listen.rpartition(":")
-    return web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True, backlog=1024)
+    return web.TCPSite(runner, host.strip("[]"), int(port), reuse_address=True, reuse_port=reuse_port or None,
+                       backlog=BACKLOG)
 
 
-def on_stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
-    """The first SIGTERM/SIGINT sets `stop`; the second exits the process at once."""
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one (the usual soft default, 1024, would
+    refuse connections past about 500 streams) and return the soft limit in force; log it when
+    it stays below OPEN_FILES_WANTED (a hard limit that low, or a sandbox that forbids raising it:
+    systemd/gatewayd.service sets `LimitNOFILE=` instead)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = OPEN_FILES_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < OPEN_FILES_WANTED:
+        log.warning("open files are limited to %d: about %d requests and streams at once; raise the hard "
+                    "limit (LimitNOFILE= under systemd, ulimit -Hn) for more", soft, soft // 2,
+                    extra={"event": "open_files_low", "limit": soft})
+    return soft
+
+
+def on_stop_signals(loop: asyncio.AbstractEventLoop, stop: asyncio.Event, forced: bool = True) -> None:
+    """The first SIGTERM/SIGINT sets `stop`; the second exits the process at once, unless
+    `forced` is off: a worker gets the supervisor's SIGTERM and often the terminal's SIGINT too,
+    and only the supervisor decides to force (by SIGKILL)."""
 
     def received(sig: signal.Signals) -> None:
         if not stop.is_set():
             log.info("%s: shutting down (send it again to exit at once)", sig.name,
                      extra={"event": "stop_signal", "signal": sig.name})
             stop.set()
+            return
+        if not forced:
             return
         log.warning("%s again: exiting at once with status %d", sig.name, EXIT_FORCED,
                     extra={"event": "stop_forced", "signal": sig.name, "exit_code": EXIT_FORCED})
@@ -84,10 +123,13 @@ async def start_reloader(runtime: Runtime, notifier: Notifier, loop: asyncio.Abs
     return reloader
 
 
-async def serve(config_path: str, loaded: Loaded, log_lines: LineHandler | None = None) -> int:
+async def serve(config_path: str, loaded: Loaded, log_lines: LineHandler | None = None,
+                control_fd: int | None = None) -> int:
+    """Serve until stopped; with `control_fd`, as one of several workers (daemon/workers.py):
+    the supervisor reloads, notifies systemd and writes the runtime file."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    on_stop_signals(loop, stop)  # before anything else: a stop during start-up is not lost
+    on_stop_signals(loop, stop, forced=control_fd is None)  # before anything else: a stop during start-up is not lost
     runtime = Runtime(loaded, config_path)
     gc.freeze()  # the graph and the imported code live as long as the process: out of the GC's way
     runtime.access.write_to(sys.stderr)  # the journal under systemd; batched, not through logging
@@ -106,9 +148,14 @@ async def serve(config_path: str, loaded: Loaded, log_lines: LineHandler | None 
     watchdog: asyncio.Task | None = None
     published = None
     try:
-        await site_for(runner, graph.server.listen).start()
-        published = runfile.publish(graph.server.listen, config_path)  # where `gatewayd reload` finds us
-        reloader = await start_reloader(runtime, notifier, loop)
+        if control_fd is None:
+            await site_for(runner, graph.server.listen).start()
+            published = runfile.publish(graph.server.listen, config_path)  # where `gatewayd reload` finds us
+            reloader = await start_reloader(runtime, notifier, loop)
+        else:
+            reloader = await join_supervisor(runtime, control_fd, stop, loop)
+            await site_for(runner, graph.server.listen, reuse_port=True).start()
+            reloader.serving()
         watchdog = loop.create_task(notifier.run_watchdog(), name="gatewayd-watchdog")
         log.info("gatewayd serving on %s (config %s, version %s)", graph.server.listen, config_path,
                  graph.version, extra={"event": "start", "listen": graph.server.listen, "config": config_path,
@@ -158,7 +205,9 @@ async def shutdown(runner: web.BaseRunner, runtime: Runtime, notifier: Notifier,
                     len(runtime.requests), extra={"event": "drain_cut", "in_flight": len(runtime.requests)})
 
 
-def run(config: str | None) -> int:
+def run(config: str | None, control_fd: int | None = None) -> int:
+    """`gatewayd run`: one process serving (`server.workers: 1`), the supervisor of several, or,
+    with `control_fd`, one of the supervisor's workers."""
     log_lines = configure_logging()
     try:
         path = find_config(config)
@@ -169,8 +218,14 @@ def run(config: str | None) -> int:
         print("gatewayd: not started: the config has errors", file=sys.stderr)
         return 1
     log_lines.follow(lambda: loaded.graph.server.log_format)
-    for warning in loaded.graph.warnings:
+    for warning in loaded.graph.warnings if control_fd is None else ():  # the supervisor said it
         log.warning("warning: %s", warning, extra={"event": "config_warning"})
+    workers = worker_count(loaded.graph.server.workers)
+    if control_fd is None and workers > 1:
+        from gatewayd.daemon.supervisor import supervise
+
+        return supervise(path, loaded, workers, log_lines)
+    raise_open_files_limit()
     try:
         import uvloop
     except ImportError:  # not installed where uvloop has no build (Windows): the standard loop serves
@@ -179,7 +234,7 @@ def run(config: str | None) -> int:
         loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(serve(path, loaded, log_lines))
+            return runner.run(serve(path, loaded, log_lines, control_fd))
     except OSError as exc:
         log.error("gatewayd: cannot listen on %s: %s", loaded.graph.server.listen, exc.strerror or exc,
                   extra={"event": "listen_failed", "listen": loaded.graph.server.listen})

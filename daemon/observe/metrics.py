@@ -190,6 +190,15 @@ class CacheCollector:
         yield size
 
 
+def reload_counter(registry: CollectorRegistry) -> Counter:
+    """Reloads by result and trigger: the reloading process's (the supervisor's, with several workers)."""
+    return Counter("gatewayd_reloads", "Reloads by result", ["result", "trigger"], registry=registry)
+
+
+def reload_failed_gauge(registry: CollectorRegistry) -> Gauge:
+    return Gauge("gatewayd_last_reload_failed", "1 when the last reload was rejected", ["error"], registry=registry)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -216,10 +225,9 @@ class Metrics:
                                      "queue, by whether a slot came", ["deployment", "result"],
                                      buckets=QUEUE_BUCKETS, registry=r)
         self.inflight = Gauge("gatewayd_inflight_requests", "Requests being served", registry=r)
-        self.reloads = Counter("gatewayd_reloads", "Reloads by result", ["result", "trigger"], registry=r)
+        self.reloads = reload_counter(r)
         self.config = Gauge("gatewayd_config_info", "The serving config version", ["version"], registry=r)
-        self.last_reload_error = Gauge("gatewayd_last_reload_failed", "1 when the last reload was rejected",
-                                       ["error"], registry=r)
+        self.last_reload_error = reload_failed_gauge(r)
         # process_* (CPU, memory, file descriptors, start time) from /proc, read at scrape time; where
         # /proc/stat is hidden (systemd's ProcSubset=pid) the collector yields nothing
         ProcessCollector(registry=r)
