@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import math
 import time
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import timezone
 from types import MappingProxyType
@@ -64,7 +65,7 @@ class TypeKey:
     """A provider key that one type alone takes, and how the compiler reads it into
     `Provider.options` (the keys every provider takes are the compiler's own)."""
 
-    reads_as: Literal["text", "duration", "number"] = "text"  # as written; in seconds; as a float
+    reads_as: Literal["text", "duration", "number", "credential", "secret", "file"] = "text"
     # when the config leaves it out: True fills in the schema's default, so the adapter reads
     # it as it is; False leaves it out, and the adapter supplies its own default
     schema_default: bool = False
@@ -117,6 +118,10 @@ AUTO_HEADERS = {"Accept": "*/*", "Accept-Encoding": "gzip, deflate", "User-Agent
 MAX_CACHED_URLS = 1024
 CREDENTIAL_HEADERS = frozenset({"authorization", "x-api-key", "api-key", "cookie"})
 MAX_ERROR_BODY = 64 * 1024  # an upstream's error answer is a short message: no more of it is read
+# The W3C trace context (`traceparent`, `tracestate`) of the attempt being sent, set by the
+# tracing of the request's task (daemon/observe/tracing.py) while `telemetry:` is on; a context
+# variable, as only the request's own task may see it and no adapter's signature carries it.
+UPSTREAM_TRACE: ContextVar[Mapping[str, str] | None] = ContextVar("gatewayd_upstream_trace", default=None)
 
 
 T = TypeVar("T")
@@ -366,6 +371,11 @@ class HttpAdapter:
             target = self._urls[url] = URL(url)
         if headers is None:
             headers = self._headers
+        trace = UPSTREAM_TRACE.get()
+        if trace is not None:
+            traced = CIMultiDict(headers)
+            traced.update(trace)
+            headers = CIMultiDictProxy(traced)
         if self._signs:
             headers = self.sign("POST", target, headers, payload)
         try:

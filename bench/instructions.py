@@ -1,15 +1,17 @@
 """Instructions per request: what one request costs gatewayd, exactly (callgrind).
 
     python bench/instructions.py [--requests 1000] [--warmup 100] [--kinds chat,stream] [--gatewayd PATH]
-                                 [--port-offset N]
+                                 [--port-offset N] [--with YAML]
 
 Runs `gatewayd run -c bench/gateway.bench.yaml` under
 `valgrind --tool=callgrind --separate-threads=yes`, in front of a fake upstream
 (a small aiohttp server in its own process answering the same fixed bodies as
 bench/upstream.nginx.conf), sends --warmup requests, zeroes the counters
 (`callgrind_control -z`), sends --requests sequential keep-alive requests of each
-kind (chat, stream, embeddings; messages and responses, relayed and translated;
-chat-limited: a key with every limit, to a deployment with every quota),
+kind (chat, stream, embeddings; messages and responses, relayed and translated; chat translated
+for Anthropic, Gemini and Bedrock upstreams;
+chat-limited: a key with every limit, to a deployment with every quota;
+ordered and ucb: the same chat to an alias of two deployments under each strategy),
 dumps the counters (`callgrind_control -d`) after each kind and divides the main
 thread's instructions by the count.
 
@@ -37,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "bench" / "gateway.bench.yaml"
 KEY = "sk-test"
@@ -55,6 +59,16 @@ message = b'{"id":"msg_01XFDUDYJgAACzvnptvVoYEL","type":"message","role":"assist
           b'"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":8,' \
           b'"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":15,' \
           b'"service_tier":"standard"}}'
+# and as the Gemini API words it (generateContent)
+generated = b'{"candidates":[{"content":{"parts":[{"text":"Hello! How can I assist you today? Let me know ' \
+            b'what you need."}],"role":"model"},"finishReason":"STOP","index":0}],"usageMetadata":' \
+            b'{"promptTokenCount":8,"candidatesTokenCount":15,"totalTokenCount":23,"promptTokensDetails":' \
+            b'[{"modality":"TEXT","tokenCount":8}]},"modelVersion":"gemini-2.5-flash",' \
+            b'"responseId":"Yx5GaNrIMo2Bz7IPvaWhgQw"}'
+# and as Bedrock's Converse API words it
+conversed = b'{"metrics":{"latencyMs":268},"output":{"message":{"content":[{"text":"Hello! How can I assist ' \
+            b'you today? Let me know what you need."}],"role":"assistant"}},"stopReason":"end_turn",' \
+            b'"usage":{"inputTokens":8,"outputTokens":15,"totalTokens":23}}'
 # and as OpenAI's Responses API words it
 response = b'{"id":"resp_689a0b2545288193953c892439b42e2800b2e36c65a1fd4b","object":"response",' \
            b'"created_at":1754925861,"status":"completed","error":null,"incomplete_details":null,' \
@@ -79,6 +93,12 @@ async def messages(request):
 async def responses(request):
     await request.read()
     return web.Response(body=response, content_type="application/json")
+async def generate(request):
+    await request.read()
+    return web.Response(body=generated, content_type="application/json")
+async def converse(request):
+    await request.read()
+    return web.Response(body=conversed, content_type="application/json")
 async def main():
     offset = int(sys.argv[3])
     for port, handler in ((18100 + offset, chat), (18101 + offset, stream)):
@@ -87,6 +107,8 @@ async def main():
         app.router.add_post("/v1/embeddings", embeddings)
         app.router.add_post("/v1/messages", messages)
         app.router.add_post("/v1/responses", responses)
+        app.router.add_post("/v1beta/models/{target}", generate)
+        app.router.add_post("/model/{model}/converse", converse)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -128,11 +150,52 @@ KINDS = {
     "responses": ("/v1/responses", {"model": "bench", "input": "hello"}),
     "responses-translated": ("/v1/responses", {"model": "bench-anthropic", "input": "hello",
                                                "max_output_tokens": 100}),
+    # an OpenAI client translated for an upstream of another format: Anthropic's, Gemini's
+    "chat-anthropic": ("/v1/chat/completions", {"model": "bench-anthropic", "max_tokens": 100,
+                                                "messages": [{"role": "user", "content": "hello"}]}),
+    "chat-gemini": ("/v1/chat/completions", {"model": "bench-gemini", "max_tokens": 100,
+                                             "messages": [{"role": "user", "content": "hello"}]}),
+    "chat-bedrock": ("/v1/chat/completions", {"model": "bench-bedrock", "max_tokens": 100,
+                                              "messages": [{"role": "user", "content": "hello"}]}),
     # a key with every limit, to a deployment with a quota of every kind
     "chat-limited": ("/v1/chat/completions", {"model": "bench-limited",
                                               "messages": [{"role": "user", "content": "hello"}]}),
 }
 KEYS = {"chat-limited": "sk-test-limited"}  # the key each kind sends, when not KEY
+for _strategy in ("ordered", "ucb"):  # two deployments, one upstream: what ordering them costs
+    KINDS[_strategy] = ("/v1/chat/completions", {"model": f"bench-{_strategy}",
+                                                 "messages": [{"role": "user", "content": "hello"}]})
+
+# Added to bench/gateway.bench.yaml for the kinds above: deployments of their own (identities no
+# other kind uses), so the other kinds pay only for the outcome listener that ucb subscribes.
+STRATEGY_MODELS = {"bench-model-a": {"provider": "up", "model": "gpt-4o-mini-a"},
+                   "bench-model-b": {"provider": "up", "model": "gpt-4o-mini-b"}}
+STRATEGY_ALIASES = {f"bench-{strategy}": {"targets": list(STRATEGY_MODELS), "strategy": strategy}
+                    for strategy in ("ordered", "ucb")}
+
+
+def bench_config(offset: int, overrides: dict | None = None) -> str:
+    """bench/gateway.bench.yaml with the strategies' aliases, its ports shifted by `offset`, and
+    `overrides` (`--with`) set over its top-level sections, key by key."""
+    text = CONFIG.read_text()
+    for port in (18080, 18100, 18101):
+        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{port + offset}")
+    document = yaml.safe_load(text)
+    document["models"].update(STRATEGY_MODELS)
+    document["aliases"].update(STRATEGY_ALIASES)
+    # chat-gemini's deployment: the fake upstream answers generateContent too
+    document["providers"]["up-gemini"] = {"type": "gemini", "base_url": f"http://127.0.0.1:{18100 + offset}",
+                                          "api_key": "sk-bench"}
+    document["models"]["bench-gemini"] = {"provider": "up-gemini", "model": "gemini-2.5-flash"}
+    # chat-bedrock's: each request signed (SigV4) with these made-up keys, which the fake does not check
+    document["providers"]["up-bedrock"] = {"type": "bedrock", "base_url": f"http://127.0.0.1:{18100 + offset}",
+                                           "region": "us-east-1", "access_key_id": "AKIAIOSFODNN7BENCH00",
+                                           "secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYBENCHKEY0"}
+    document["models"]["bench-bedrock"] = {"provider": "up-bedrock",
+                                           "model": "anthropic.claude-3-5-haiku-20241022-v1:0"}
+    for section, values in (overrides or {}).items():
+        document[section] = {**(document.get(section) or {}), **values}
+    return json.dumps(document)
 
 
 def main_thread_total(out_dir: str, pid: int) -> int:
@@ -154,17 +217,15 @@ def main() -> int:
     parser.add_argument("--gatewayd", default=shutil.which("gatewayd") or beside_python,
                         help="the gatewayd to measure (default: the one on PATH, else beside this python)")
     parser.add_argument("--port-offset", type=int, default=0, help="added to every port the bench listens on")
+    parser.add_argument("--with", dest="overrides", type=yaml.safe_load, default=None, metavar="YAML",
+                        help="sections set over the config, to measure a feature on and off, e.g. "
+                        "'{server: {recent_requests: 0}}'")
     args = parser.parse_args()
     answer, events = fixed_bodies()
     out_dir = tempfile.mkdtemp(prefix="gatewayd-callgrind-")
     offset = args.port_offset
-    config = CONFIG
-    if offset:
-        config = Path(out_dir) / CONFIG.name
-        text = CONFIG.read_text()
-        for port in (18080, 18100, 18101):
-            text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{port + offset}")
-        config.write_text(text)
+    config = Path(out_dir) / CONFIG.name
+    config.write_text(bench_config(offset, args.overrides))
     port = 18080 + offset
     upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, answer, events, str(offset)], stdout=subprocess.PIPE)
     gateway = None

@@ -75,7 +75,8 @@ async def test_status_shape_and_every_state(admin):
     status, text, body = await get(gw, "/admin/status")
     assert status == 200
     assert SECRET not in text
-    assert set(body) == {"config", "last_reload", "deployments", "keys", "cache"}
+    assert set(body) == {"config", "last_reload", "deployments", "keys", "cache", "state"}
+    assert body["state"] == {"backend": "local", "status": "local", "limits_divided_by": 1}  # one process
     assert body["keys"] == {}  # no key has limits or a budget
     assert body["cache"] is None  # no response cache configured
     assert set(body["config"]) == {"path", "version", "loaded_at"}

@@ -88,7 +88,7 @@ def test_check_broken_file_exits_1_with_located_errors(tmp_path):
     assert result.stderr.splitlines() == [
         f"error: {config}:3:3: unknown key 'retyr' in defaults (did you mean 'retry'?)",
         f"error: {config}:5:13: providers.p.type: 'opnai' is not allowed (did you mean 'openai'?); "
-        "use one of: openai, azure-openai, anthropic, ollama, mock",
+        "use one of: openai, azure-openai, anthropic, ollama, gemini, bedrock, mock",
         "2 errors; the config was not loaded",
     ]
 

@@ -14,7 +14,7 @@ from gatewayd.daemon.core.problems import ConfigError, quoted
 F = "gateway.yaml"  # loaded by a relative path, so it is the FILE of every message
 
 NAME_HINT = "names use letters, digits, '.', '_', '-', ':' and '/', starting with a letter or digit"
-TOP_KEYS = "version, server, defaults, providers, models, aliases, cache"
+TOP_KEYS = "version, server, defaults, providers, models, aliases, cache, telemetry, state"
 
 
 @pytest.fixture(autouse=True)
@@ -158,7 +158,7 @@ def test_enum_with_suggestion_and_the_allowed_values():
             type: opnai
         """) == [
         (f"{F}:4:11: providers.p.type: 'opnai' is not allowed (did you mean 'openai'?); "
-        "use one of: openai, azure-openai, anthropic, ollama, mock")
+        "use one of: openai, azure-openai, anthropic, ollama, gemini, bedrock, mock")
     ]
 
 
@@ -199,7 +199,7 @@ def test_strategy_enum_with_suggestion():
             strategy: weigthed
         """) == [
         (f"{F}:9:15: aliases.a.strategy: 'weigthed' is not allowed (did you mean 'weighted'?); "
-        "use one of: ordered, round-robin, weighted, least-busy, lowest-latency")
+        "use one of: ordered, round-robin, weighted, least-busy, lowest-latency, ucb")
     ]
 
 
@@ -371,7 +371,7 @@ def test_every_error_in_a_file_is_reported_sorted_by_line():
         f"{F}:7:15: defaults.retry.attempts must be a whole number, found a string",
         f"{F}:8:1: unknown key 'bogus' in the top level; allowed keys: {TOP_KEYS}",
         (f"{F}:11:11: providers.a.type: 'opnai' is not allowed (did you mean 'openai'?); "
-        "use one of: openai, azure-openai, anthropic, ollama, mock"),
+        "use one of: openai, azure-openai, anthropic, ollama, gemini, bedrock, mock"),
         f"{F}:12:3: providers.b is missing the required key 'type'",
         (f"{F}:17:25: models.m.timeouts.connect: '5 sec' is not valid: "
         "a duration is written like 250ms, 30s, 10m, 1h or 1m30s, or as a number of seconds"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib.util
 import ipaddress
 import re
 from types import MappingProxyType
@@ -36,13 +37,17 @@ from gatewayd.daemon.core.graph import (
     Policy,
     Pricing,
     Provider,
+    RedisSettings,
     RetryPolicy,
     Route,
     Secret,
     SemanticCache,
     ServerSettings,
+    StateSettings,
+    TelemetrySettings,
     Tier,
     Timeouts,
+    Ucb,
     fingerprint,
 )
 from gatewayd.daemon.core.problems import ConfigError, Problem, quoted, suggest
@@ -51,9 +56,15 @@ from gatewayd.daemon.core.windows import Windows, WindowSyntaxError, load_zone, 
 # how a provider type's own keys are read, by what its module declares (adapters/base.TypeKey)
 TYPE_KEY_READERS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
     {"text": lambda value: value, "duration": seconds, "number": float})
+# a type's own credentials, read into a `Secret` (a `credential` the provider cannot go without, a
+# `secret` it may), each given as KEY or as KEY_file (a `file` key, whose content the loader reads)
+CREDENTIAL_READS = frozenset({"credential", "secret"})
+SECRET_KEYS = frozenset({"api_key"}).union(*(
+    (key for key, spec in kind.keys.items() if spec.reads_as in CREDENTIAL_READS) for kind in PROVIDER_TYPES.values()))
 POLICY_KEYS = ("timeouts", "retry", "cooldown")
 LIMIT_KEYS = ("rpm", "tpm", "concurrency")
 HEX_SHA256 = re.compile(r"[0-9A-Fa-f]{64}")
+OTEL_MODULES = ("opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http")  # what `telemetry:` needs
 
 
 class Compiler:
@@ -141,11 +152,16 @@ class Compiler:
         if keys is None and not is_loopback(listen):
             self.error(("server", "listen"), f"listen address {quoted(listen)} is not loopback: "
                        "add server.auth with keys, or listen on 127.0.0.1, [::1] or a unix socket")
+        workers = 0 if get("workers") == "auto" else int(get("workers"))
+        if workers != 1 and listen.startswith("unix:"):  # SO_REUSEPORT shares TCP ports, not socket paths
+            self.error(("server", "workers"), "several workers need a host:port listen address; "
+                       f"a unix socket ({quoted(listen)}) is served by one process: use workers: 1")
         return ServerSettings(
             listen=listen, shutdown_grace=seconds(get("shutdown_grace")),
             max_body=size_bytes(get("max_body")), log_format=get("log_format"),
             keys=keys, read_timeout=seconds(get("read_timeout")), metrics=get("metrics"),
-            max_upstream_body=size_bytes(get("max_upstream_body")),
+            max_upstream_body=size_bytes(get("max_upstream_body")), recent_requests=int(get("recent_requests")),
+            workers=workers,
         )
 
     def app_key(self, path: tuple, entry: Mapping[str, Any]) -> AppKey | None:
@@ -208,7 +224,9 @@ class Compiler:
             if "api_key" in raw and "api_key_file" in raw:
                 self.error(path + ("api_key_file",), "give either api_key or api_key_file, not both", key=True)
             kind = PROVIDER_TYPES[type_]
-            base_url = raw.get("base_url") or kind.base_url
+            options = self.type_options(kind, raw)
+            # a type's default base_url may name its own keys in braces (bedrock's {region})
+            base_url = raw.get("base_url") or (kind.base_url and kind.base_url.format_map(options))
             if base_url is None:
                 example = f", e.g. {kind.base_url_example}" if kind.base_url_example else ""
                 self.error(path, f"provider '{name}' ({type_}) needs base_url{example}", key=True)
@@ -222,9 +240,12 @@ class Compiler:
                 else:
                     source = "api_key_file" if "api_key_file" in raw else "api_key"
                     disabled = f"its {source} resolved to an empty value"
-                    self.warn(path, f"provider '{name}' is disabled: {disabled}; "
-                              "its models are left out of every plan")
-            options = self.type_options(kind, raw)
+            credentials, missing = self.type_credentials(path, name, kind, raw)
+            options.update(credentials)
+            disabled = disabled or missing
+            if disabled:
+                self.warn(path, f"provider '{name}' is disabled: {disabled}; "
+                          "its models are left out of every plan")
             base_url, headers = with_userinfo_as_header(base_url, raw.get("headers") or {})
             providers[name] = Provider(
                 name=name, type=type_, base_url=base_url.rstrip("/"), api_key=key,
@@ -238,6 +259,8 @@ class Compiler:
         """A provider's `options`: the keys only its type takes, read as its module declares."""
         options = {}
         for key, spec in kind.keys.items():
+            if spec.reads_as not in TYPE_KEY_READERS:
+                continue  # a credential or its file: `type_credentials` reads them
             if key in raw:
                 value = raw[key]
             elif spec.schema_default:
@@ -246,6 +269,27 @@ class Compiler:
                 continue  # the adapter has its own default
             options[key] = TYPE_KEY_READERS[spec.reads_as](value)
         return options
+
+    def type_credentials(self, path: tuple, name: str, kind: ProviderType,
+                         raw: Mapping[str, Any]) -> tuple[dict[str, Secret], str | None]:
+        """A provider's own credentials (its type's `credential` and `secret` keys, each given as
+        KEY or read from KEY_file), and why the provider is disabled, if it is: a `credential`
+        absent or resolving empty. An empty `secret` is left out."""
+        found: dict[str, Secret] = {}
+        missing = None
+        for key, spec in kind.keys.items():
+            if spec.reads_as not in CREDENTIAL_READS:
+                continue
+            file_key = f"{key}_file"
+            if key in raw and file_key in raw:
+                self.error(path + (file_key,), f"give either {key} or {file_key}, not both", key=True)
+            given = file_key if file_key in raw else key if key in raw else None
+            value = self.secrets.get(secret_name(name, key), raw.get(key, "")) if given else ""
+            if value:
+                found[key] = Secret(value)
+            elif spec.reads_as == "credential" and missing is None:
+                missing = f"its {given} resolved to an empty value" if given else f"it has no {key}"
+        return found, missing
 
     def zone_name(self) -> str:
         """`defaults.timezone` as written, or the schema's default."""
@@ -337,6 +381,10 @@ class Compiler:
                 if fallback not in models and fallback not in aliases:
                     self.error(path + ("fallbacks", index), f"fallback {quoted(fallback)} is neither a model "
                                f"nor an alias{suggest(fallback, names)}")
+            strategy = raw.get("strategy", schemadoc.default("alias", "strategy"))
+            if "ucb" in raw and strategy != "ucb":
+                self.error(path + ("ucb",), f"ucb settings apply only with strategy: ucb (alias '{name}' "
+                           f"has strategy: {strategy})", key=True)
         self.check_cycles(aliases)
 
     def check_cycles(self, aliases: Mapping[str, Any]) -> None:
@@ -402,6 +450,50 @@ class Compiler:
                 self.error(("cache", key), f"cache.{key} must be more than 0; to cache nothing, set the "
                            "aliases' cache to off")
         return settings
+
+    def telemetry(self) -> TelemetrySettings | None:
+        """`telemetry:`, with the schema's defaults; None when the document has none."""
+        raw = self.data.get("telemetry")
+        if raw is None:
+            return None
+        endpoint = raw["otlp_endpoint"].rstrip("/")
+        if "@" in urlsplit(endpoint).netloc:
+            # the endpoint is shown in logs and status: it must not carry a credential
+            self.error(("telemetry", "otlp_endpoint"), "telemetry.otlp_endpoint must not hold a user or "
+                       "password; give the collector's address alone")
+        if not all(importlib.util.find_spec(name) for name in OTEL_MODULES):
+            self.error(("telemetry",), "telemetry needs OpenTelemetry, the otel extra: "
+                       "pip install 'gatewayd[otel]'", key=True)
+        if not endpoint.endswith("/v1/traces"):
+            endpoint += "/v1/traces"
+        return TelemetrySettings(
+            endpoint=endpoint,
+            service_name=raw.get("service_name", schemadoc.default("telemetry", "service_name")),
+            sample=float(raw.get("sample", schemadoc.default("telemetry", "sample"))),
+            max_queue=int(raw.get("max_queue", schemadoc.default("telemetry", "max_queue"))))
+
+    def state(self) -> StateSettings:
+        """`state:`, with the schema's defaults; a Redis url shown only without its password."""
+        raw = self.data.get("state") or {}
+        backend = raw.get("backend", schemadoc.default("state", "backend"))
+        if backend != "redis":
+            return StateSettings(backend)
+        redis = raw.get("redis") or {}
+
+        def get(key: str) -> Any:
+            return redis.get(key, schemadoc.default("state", "redis", key))
+
+        url = get("url")
+        parts = urlsplit(url)
+        if redis.get("password_file") and parts.password:
+            self.error(("state", "redis", "password_file"), "give Redis's password in the url or in "
+                       "password_file, not both", key=True)
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+        return StateSettings(backend, RedisSettings(
+            url=Secret(url), address=urlunsplit((parts.scheme, netloc, parts.path, "", "")),
+            url_password=unquote(parts.password) if parts.password else None,
+            password_file=redis.get("password_file"), prefix=get("prefix"), timeout=seconds(get("timeout"))))
 
     def written(self, *path: str) -> bool:
         """Whether the file has the key at `path`, even where the schema refused its value (the
@@ -489,7 +581,7 @@ class Compiler:
                     if target_name in deployments:
                         candidates.append(Candidate(target_name, weight))
                 strategy = raw.get("strategy", schemadoc.default("alias", "strategy"))
-                tiers = [Tier(strategy, tuple(candidates), name)]
+                tiers = [Tier(strategy, tuple(candidates), name, ucb_settings(raw) if strategy == "ucb" else None)]
                 for fallback in raw.get("fallbacks", []):
                     if fallback in deployments:
                         tiers.append(Tier("ordered", (Candidate(fallback),), fallback))
@@ -505,6 +597,13 @@ def cache_mode(alias: Mapping[str, Any]) -> str:
     return "off" if mode is False else mode
 
 
+def ucb_settings(alias: Mapping[str, Any]) -> Ucb:
+    """An alias's `ucb:`, with the schema's defaults."""
+    raw = alias.get("ucb") or {}
+    return Ucb(float(raw.get("exploration", schemadoc.default("ucb", "exploration"))),
+               raw.get("reward", schemadoc.default("ucb", "reward")))
+
+
 def dedup(tiers: list[Tier]) -> tuple[Tier, ...]:
     """Keep each deployment at its first position; drop tiers left empty."""
     seen: set[str] = set()
@@ -518,7 +617,7 @@ def dedup(tiers: list[Tier]) -> tuple[Tier, ...]:
         if len(kept) == len(tier.candidates):
             result.append(tier)  # unchanged: share it with the plan it came from (memory stays linear)
         elif kept:
-            result.append(Tier(tier.strategy, tuple(kept), tier.origin))
+            result.append(Tier(tier.strategy, tuple(kept), tier.origin, tier.ucb))
     return tuple(result)
 
 
@@ -552,12 +651,19 @@ def is_loopback(listen: str) -> bool:
         return False
 
 
+def secret_name(provider: str, key: str) -> str:
+    """What the content of a provider's secret file is known by among the loader's `secrets`:
+    an api_key_file's by the provider's name, a type's own KEY_file's as `provider#KEY` (no
+    name holds a '#')."""
+    return provider if key == "api_key" else f"{provider}#{key}"
+
+
 def version_id(data: Mapping[str, Any], secrets: Mapping[str, str]) -> str:
     """A short id of the resolved configuration; secrets enter only as fingerprints."""
     redacted = orjson.loads(orjson.dumps(data))
     for provider in (redacted.get("providers") or {}).values():
-        if "api_key" in provider:
-            provider["api_key"] = fingerprint(provider["api_key"])
+        for key in SECRET_KEYS.intersection(provider):
+            provider[key] = fingerprint(provider[key])
     for entry in ((redacted.get("server") or {}).get("auth") or {}).get("keys", []):
         if "key" in entry:  # a key_sha256 is no secret: it enters as written
             entry["key"] = fingerprint(entry["key"])
@@ -578,6 +684,8 @@ def compile_graph(document: Document, secrets: Mapping[str, str] | None = None) 
     compiler.check_aliases()
     compiler.check_cache()
     cache = compiler.cache()
+    telemetry = compiler.telemetry()
+    state = compiler.state()
     if compiler.errors:
         raise ConfigError(sorted(compiler.errors, key=lambda p: (p.line, p.column)))
     routes = compiler.routes(deployments)
@@ -593,4 +701,6 @@ def compile_graph(document: Document, secrets: Mapping[str, str] | None = None) 
         warnings=tuple(str(w) for w in sorted(compiler.warnings, key=lambda p: (p.line, p.column))),
         timezone=compiler.zone_name(),
         cache=cache,
+        telemetry=telemetry,
+        state=state,
     )

@@ -149,6 +149,9 @@ class Provider:
         forms = set(redaction_forms((value for _name, value in self.headers), HEADER_AT_LEAST))
         if self.api_key:
             forms.update(redaction_forms((self.api_key.reveal(),)))
+        # a type's own credentials (Bedrock's access key id, secret key, session token)
+        forms.update(redaction_forms(value.reveal() for value in self.options.values()
+                                     if isinstance(value, Secret) and value))
         object.__setattr__(self, "redactions", tuple(sorted(forms, key=len, reverse=True)))
 
     @property
@@ -234,10 +237,19 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
+class Ucb:
+    """`ucb:` of an alias whose strategy is ucb: how much it explores, and what it rewards."""
+
+    exploration: float = 2.0  # c in mean + sqrt(c * ln(pulls of the tier) / pulls of the deployment)
+    reward: str = "success"  # success: the success rate | latency: it, scaled by speed against the tier's fastest
+
+
+@dataclass(frozen=True, slots=True)
 class Tier:
-    strategy: str  # ordered | round-robin | weighted | least-busy | lowest-latency
+    strategy: str  # ordered | round-robin | weighted | least-busy | lowest-latency | ucb
     candidates: tuple[Candidate, ...]
     origin: str  # the alias (or model) this tier came from
+    ucb: Ucb | None = None  # the strategy's settings, when it is ucb
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,12 +333,47 @@ class ServerSettings:
     read_timeout: float = 60.0
     metrics: str = "auth"  # auth: /metrics needs an admin key when keys are configured; public: no key
     max_upstream_body: int = DEFAULT_MAX_UPSTREAM_BODY  # the largest upstream answer read (Provider has it too)
+    recent_requests: int = 1000  # /v1 requests kept for /admin/requests (0: none kept)
+    workers: int = 1  # processes serving `listen` (SO_REUSEPORT); 0: one per CPU, counted at start
     # whether a presented key must be hashed (some key is given as key_sha256): without such
     # keys a request never pays for the hash
     hashed_keys: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hashed_keys", any(key.hashed for key in self.keys or ()))
+
+
+@dataclass(frozen=True, slots=True)
+class TelemetrySettings:
+    """`telemetry:` OpenTelemetry traces exported over OTLP/HTTP: a span per request, one per attempt."""
+
+    endpoint: str  # where spans are POSTed: `otlp_endpoint` with /v1/traces
+    service_name: str
+    sample: float  # the share of traces kept, in [0, 1], when the client's traceparent decides nothing
+    max_queue: int  # spans waiting for export; past it new ones are dropped and counted
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSettings:
+    """`state.redis:` where shared state is kept."""
+
+    url: Secret  # may hold the password: shown only with it removed (`address`)
+    address: str  # the url without user or password, for status and logs
+    url_password: str | None = field(repr=False)  # the password written in the url, for redaction
+    password_file: str | None  # as written; read when the daemon starts
+    prefix: str
+    timeout: float  # seconds a command may take before the request goes on with local state
+
+
+@dataclass(frozen=True, slots=True)
+class StateSettings:
+    """`state:` whether health, counters, spend and exact cache entries are shared (redis) or not."""
+
+    backend: str = "local"  # local | redis
+    redis: RedisSettings | None = None  # with backend redis
+
+
+LOCAL_STATE = StateSettings()
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +391,8 @@ class Graph:
     warnings: tuple[str, ...] = field(default=())
     timezone: str = "UTC"  # `defaults.timezone`: where budget periods begin
     cache: CacheSettings | None = None  # None: the document has no `cache:` section
+    telemetry: TelemetrySettings | None = None  # None: no traces, and nothing of OpenTelemetry imported
+    state: StateSettings = LOCAL_STATE  # read at start only: a change needs a restart
     # every credential of this config, providers' and app keys', in each form an upstream may echo
     # it, longest first: what logs and events replace (derived once, not per line)
     redactions: tuple[str, ...] = field(init=False, repr=False, compare=False)
@@ -366,6 +415,8 @@ class Graph:
             for name, route in self.routes.items()}))
         forms = {form for provider in self.providers.values() for form in provider.redactions}
         forms.update(redaction_forms(key.key.reveal() for key in self.server.keys or () if key.key))
+        if self.state.redis is not None and self.state.redis.url_password:
+            forms.update(redaction_forms([self.state.redis.url_password]))
         object.__setattr__(self, "redactions", tuple(sorted(forms, key=len, reverse=True)))
 
 

@@ -6,8 +6,10 @@
     ResponseCache.similar  after an exact miss on a `semantic` route: the request's text embedded
                            (through the configured embeddings route, by the caller), and the
                            stored answer of the most similar request at or above `threshold`
+    ResponseCache.shared_lookup   after a local miss, with `state.backend: redis`: the answer
+                           another instance stored (exact entries only)
     ResponseCache.keep     store an answer its client was given in full (and, on a semantic
-                           route, its request's embedding)
+                           route, its request's embedding; in Redis too when shared)
     ResponseCache.install  at every graph: the store's bounds, and the entries of routes whose
                            plan changed dropped
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping
 
 import orjson
 
@@ -33,6 +35,9 @@ from gatewayd.daemon.core.graph import AppKey, CacheSettings, Graph, Route
 from gatewayd.daemon.formats.openai import wants_usage
 from gatewayd.daemon.state.cache import CachedAnswer, LocalResponseStore
 from gatewayd.daemon.state.vectors import VectorIndex
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.state.redis_cache import RedisAnswers
 
 log = logging.getLogger("gatewayd")
 
@@ -113,6 +118,7 @@ class ResponseCache:
         self.settings: CacheSettings | None = None
         self.counts: dict[str, RouteCounts] = {}  # by route name, a name from the config
         self.index: VectorIndex | None = None  # the semantic routes' embeddings
+        self.shared: RedisAnswers | None = None  # exact entries shared through Redis (state.backend: redis)
 
     def install(self, graph: Graph) -> None:
         """Follow a graph's `cache:`: a store with its bounds (answers kept across reloads), the
@@ -191,6 +197,19 @@ class ResponseCache:
         counts.count(HIT)
         return Lookup(lookup.key, HIT, answer, False, lookup.usage, vector, similarity)
 
+    async def shared_lookup(self, lookup: Lookup, stream: bool) -> Lookup:
+        """After a local miss: the answer stored in Redis by any instance (kept locally too), in
+        the form asked for; Redis away or slow, a miss as it was."""
+        answer = await self.shared.get(lookup.key)
+        store = self.store
+        if answer is None or store is None or not serves(answer, stream, lookup.usage):
+            return lookup
+        store.put(lookup.key, answer)
+        counts = self.counts[lookup.key[0]]
+        counts.misses -= 1  # counted as a miss by the local lookup: a hit after all
+        counts.count(HIT)
+        return Lookup(lookup.key, HIT, answer, False, lookup.usage)
+
     def keep(self, lookup: Lookup, deployment: str, body: bytes | None = None, events: bytes | None = None) -> None:
         """Keep an answer given in full (the JSON body, or a stream that ended cleanly)."""
         store = self.store
@@ -202,6 +221,8 @@ class ResponseCache:
                   else CachedAnswer(body, events, deployment, usage))
         if store.put(lookup.key, answer) and known is None and lookup.vector is not None and self.index is not None:
             self.index.add(lookup.key[:4], lookup.key, lookup.vector)
+        if self.shared is not None:
+            self.shared.put(lookup.key, answer, self.settings.ttl)
 
     def status(self) -> dict | None:
         """`cache` of /admin/status: the store's fill and each cached route's lookups."""

@@ -156,6 +156,7 @@ class Pipeline:
         started = time.monotonic()
         record = AccessRecord(request.method, request.path, config=graph.version, format=inbound.label,
                               request_id=request_id_of(request))
+        trail = runtime.ring.begin(started, request.headers, inbound.operation)  # for /admin/requests, traces
         snapshot.enter()
         ticket: KeyTicket | None = None  # the request's bookings against its key's limits
         try:
@@ -175,18 +176,28 @@ class Pipeline:
                 size = request.content_length or len(orjson.dumps(body))
                 tokens = estimate_tokens(body, size, graph, route, inbound.operation != Operation.EMBEDDINGS)
             if limited:
-                ticket = runtime.router.quotas.admit_key(key, tokens, time.time(), graph.timezone)
+                quotas = runtime.router.quotas
+                if quotas.shared is None:
+                    ticket = quotas.admit_key(key, tokens, time.time(), graph.timezone)
+                else:
+                    ticket = await quotas.admit_key_shared(key, tokens, time.time(), graph.timezone,
+                                                           graph.default_policy.timeouts.total)
+                if trail is not None:
+                    trail.key_limited = True
             lookup = None
             if cached:
                 lookup = runtime.cache.lookup(graph, route, inbound.label, body, key,
                                               request.headers.get("Cache-Control"), call.stream)
+                if lookup.status == MISS and runtime.cache.shared is not None:
+                    lookup = await runtime.cache.shared_lookup(lookup, call.stream)
                 if lookup.status == MISS and route.cache == "semantic" and inbound.operation == Operation.CHAT:
                     lookup = await runtime.cache.similar(lookup, chat_text(call.chat()), call.stream,
                                                          lambda text: self.embed(snapshot, text))
                 record.cache = lookup.status
                 if lookup.answer is not None:
                     return await self.replay(request, snapshot, lookup, call.stream, ticket, record, started)
-            outcome = await runtime.router.route(snapshot, route, call, key.priority if key else "normal", tokens)
+            outcome = await runtime.router.route(snapshot, route, call, key.priority if key else "normal", tokens,
+                                                 trail)
             record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
             headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts)
             if ticket is not None:
@@ -206,6 +217,8 @@ class Pipeline:
             return web.Response(body=answer, content_type="application/json", headers=headers)
         except ApiError as error:
             record.status, record.error = error.status, error.message
+            if trail is not None:
+                trail.code = error.code
             body = inbound.error_body(error.status, error.code, error.message, error.param, record.request_id)
             headers = {**error.headers, **gateway_headers(snapshot, None, record.attempts)}
             if ticket is not None:
@@ -214,8 +227,12 @@ class Pipeline:
                 headers["x-gatewayd-cache"] = record.cache
             return web.Response(status=error.status, body=body, content_type="application/json", headers=headers)
         except Refused as refusal:
+            if trail is not None:
+                trail.code = refusal.code
             return self.refused(snapshot, inbound, refusal, record)
         except RoutingFailed as failure:
+            if trail is not None:
+                trail.code = failure.code
             return self.routing_failed(snapshot, inbound, failure, record, ticket)
         finally:
             snapshot.leave()
@@ -229,6 +246,8 @@ class Pipeline:
             record.latency_ms = (time.monotonic() - started) * 1000
             runtime.metrics.observe(record)
             runtime.access.emit(record, graph.server.log_format)
+            if trail is not None:
+                runtime.ring.keep(trail, record)
 
     async def embed(self, snapshot: Snapshot, text: str) -> list[float] | None:
         """`text` embedded through `cache.semantic.embeddings` (a route like any other: its
@@ -297,28 +316,33 @@ class Pipeline:
             request[ERROR_EVENT] = inbound.error_event
             await write(outcome.first if encode is None else encode(outcome.first))
             record.ttfb_ms = (time.monotonic() - started) * 1000
-            bound, following = self.runtime.router.deadlines.bound, events.__anext__
-            while True:
-                wait = min(timeouts.idle, deadline - time.monotonic())
-                try:
-                    with bound(wait):
-                        event = await following()
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    error = UpstreamError(FailureClass.TIMEOUT, "the upstream stream went silent "
-                                          "(timeouts.idle or timeouts.total passed)")
-                    break
-                except UpstreamError as exc:
-                    error = exc
-                    break
-                except Exception as exc:  # an adapter bug must still end the stream visibly
-                    log.exception("relaying a stream from %s failed", outcome.deployment.name,
-                                  extra={"event": "relay_error", "deployment": outcome.deployment.name})
-                    error = UpstreamError(FailureClass.INTERNAL,
-                                          f"internal error while relaying ({type(exc).__name__})")
-                    break
-                await write(event if encode is None else encode(event))
+            following, idle, clock = events.__anext__, timeouts.idle, asyncio.get_running_loop().time
+            ends = clock() + deadline - time.monotonic()  # timeouts.total, on the clock deadlines sweep by
+            try:
+                # One deadline for the whole relay, moved at each event (a new one per event cost
+                # more than the rest of the gateway's work on it): `idle` from the wait's start, or
+                # `total`; none while writing, where a slow client is not the upstream's silence.
+                with self.runtime.router.deadlines.bound(math.inf) as silence:
+                    while True:
+                        silence.when = min(clock() + idle, ends)
+                        try:
+                            event = await following()
+                        except StopAsyncIteration:
+                            break
+                        except UpstreamError as exc:
+                            error = exc
+                            break
+                        except Exception as exc:  # an adapter bug must still end the stream visibly
+                            log.exception("relaying a stream from %s failed", outcome.deployment.name,
+                                          extra={"event": "relay_error", "deployment": outcome.deployment.name})
+                            error = UpstreamError(FailureClass.INTERNAL,
+                                                  f"internal error while relaying ({type(exc).__name__})")
+                            break
+                        silence.when = math.inf
+                        await write(event if encode is None else encode(event))
+            except TimeoutError:
+                error = UpstreamError(FailureClass.TIMEOUT, "the upstream stream went silent "
+                                      "(timeouts.idle or timeouts.total passed)")
             if error is None and not stream.done:
                 error = UpstreamError(FailureClass.CONNECT, "the upstream closed the stream before it was complete")
             if error is not None:

@@ -1,5 +1,6 @@
 """What serves across reloads: the holder of the serving snapshot, health by deployment
-identity, limit counters by key and deployment identity, connection pools by provider
+identity, what strategy: ucb learned by deployment identity, limit counters by key and
+deployment identity, connection pools by provider
 identity, metrics, the access log, the event bus, and the set of requests in flight (for
 the shutdown drain)."""
 
@@ -7,9 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-from gatewayd.adapters.base import Adapter
+from gatewayd.adapters.base import UPSTREAM_TRACE, Adapter
 from gatewayd.daemon.config.load import Loaded
 from gatewayd.daemon.core.failures import UpstreamError
 from gatewayd.daemon.core.graph import Graph
@@ -17,13 +21,22 @@ from gatewayd.daemon.http.cache import ResponseCache
 from gatewayd.daemon.observe.accesslog import AccessLog
 from gatewayd.daemon.observe.events import EventBus
 from gatewayd.daemon.observe.metrics import Metrics
-from gatewayd.daemon.routing.quota import Quotas
+from gatewayd.daemon.observe.requests import RequestRing
+from gatewayd.daemon.observe.tracing import CLOSE_WAIT, SpanCountCollector, SpanCounts, Tracing
+from gatewayd.daemon.routing.bandit import learning_identities
+from gatewayd.daemon.routing.quota import Quotas, per_instance
 from gatewayd.daemon.routing.router import Router, RoutingObserver
 from gatewayd.daemon.routing.snapshot import AdapterPool, Holder, Snapshot, close_when_drained
 from gatewayd.daemon.routing.status import deployment_states, usable_count
+from gatewayd.daemon.routing.strategies import Strategies
+from gatewayd.daemon.state.bandit import LocalBanditStore
 from gatewayd.daemon.state.counters import LocalCounterStore
 from gatewayd.daemon.state.health import LocalHealthStore
 from gatewayd.daemon.state.store import HealthView
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.state.redis_health import SharedHealth
+    from gatewayd.daemon.state.redis_link import RedisLink
 
 log = logging.getLogger("gatewayd")
 
@@ -77,7 +90,20 @@ class Runtime(RoutingObserver):
         self.health = LocalHealthStore(on_change=self.health_changed)
         self.counters = LocalCounterStore()
         self.cache = ResponseCache()
-        self.router = Router(self.health, observer=self, quotas=Quotas(self.counters))
+        self.ring = RequestRing(loaded.graph.server.recent_requests)  # and the traces, with telemetry on
+        self.span_counts: SpanCounts | None = None  # once telemetry was on
+        self._closing_traces: list = []  # threads that let a replaced Tracing's last spans leave
+        self.bandit = LocalBanditStore()  # what strategy: ucb learns, by deployment identity
+        self._learning = False  # the bandit hears outcomes (from the first graph with a ucb tier on)
+        self.router = Router(self.health, Strategies(bandit=self.bandit), observer=self, quotas=Quotas(self.counters))
+        # `state:` is read at start: shared through Redis, or each process's own (then, with
+        # several workers, every limit is divided among them)
+        self.state = loaded.graph.state
+        self.link: RedisLink | None = None
+        self.shared_health: SharedHealth | None = None
+        self.share_among = 1 if self.state.backend == "redis" else workers_from_env()
+        if self.state.backend == "redis":
+            self.share_state(config_path)
         self._pool = AdapterPool()
         self._closing: set[asyncio.Task] = set()  # pools of providers that left, closing once drained
         self.holder = Holder()
@@ -87,6 +113,7 @@ class Runtime(RoutingObserver):
         self.metrics.watch_cache(self.cache)
         self.metrics.watch_inflight(lambda: len(self.requests))
         self.reloader = None  # server.start_reloader sets it once the daemon listens; tests may run without
+        self.workers = None  # the link to the supervisor when this process is one of several workers
 
     def install(self, graph: Graph) -> Snapshot:
         """Publish `graph`, at start and on every reload: nothing else writes `holder.current`.
@@ -101,13 +128,21 @@ class Runtime(RoutingObserver):
         the new version, and the pools of providers that left close once the old snapshot's last
         request has ended (bounded by the new `shutdown_grace`).
         """
+        graph = per_instance(graph, self.share_among)
         new = self._pool.build(graph)
+        tracing = self.tracing_for(graph)
         old = getattr(self.holder, "current", None)  # None at the first install
         self.holder.current = new  # THE publish
         if old is not None:
             old.retired = True
         self.health.retain(d.identity for d in graph.deployments.values())
         self.cache.install(graph)
+        self.ring.resize(graph.server.recent_requests)
+        if tracing is not self.ring.tracing:
+            if self.ring.tracing is not None:
+                self._closing_traces = [t for t in self._closing_traces if t.is_alive()]
+                self._closing_traces.append(self.ring.tracing.close())
+            self.ring.tracing = tracing
         self.counters.retain((key.identity for key in graph.server.keys or ()),
                              (d.identity for d in graph.deployments.values()))
         for deployment in graph.deployments.values():
@@ -117,11 +152,60 @@ class Runtime(RoutingObserver):
                 concurrency = limits.concurrency if limits is not None else None
                 usage.slots.admit_waiting(concurrency if concurrency is not None else float("inf"))
         self.router.strategies.retain(tier for route in graph.routes.values() for tier in route.tiers)
+        if self.shared_health is not None:
+            self.shared_health.track(graph.deployments.values())
+        if graph.state != self.state:
+            log.warning("state: changed; restart gatewayd to apply it (serving with the state: it started with)",
+                        extra={"event": "state_needs_restart"})
+        learning = learning_identities(graph)
+        self.bandit.track(learning)
+        if learning and not self._learning:  # until a tier learns, no request pays for the listener
+            self.health.subscribe(self.bandit.record)
+            self._learning = True
         gone = self._pool.adopt(new)
         if old is not None and gone:
             self._close_later(old, gone, graph.server.shutdown_grace)
         self.metrics.set_config(graph.version)
         return new
+
+    def share_state(self, config_path: str) -> None:
+        """Health, counters, spend and exact cache entries through Redis, beside the local ones
+        that serve whenever Redis is away. Imported here: redis-py loads OpenTelemetry when it
+        is installed, which a gateway without `state.backend: redis` should not pay for."""
+        from gatewayd.daemon.state.redis_cache import RedisAnswers
+        from gatewayd.daemon.state.redis_counters import RedisCounters
+        from gatewayd.daemon.state.redis_health import SharedHealth
+        from gatewayd.daemon.state.redis_link import LinkCollector, RedisLink
+
+        link = self.link = RedisLink(self.state.redis, os.path.dirname(os.path.abspath(config_path)))
+        shared = self.shared_health = SharedHealth(link, None, self.health_changed)  # type: ignore[arg-type]
+        self.health = shared.store = LocalHealthStore(on_change=shared.changed)
+        self.health.subscribe(shared.settled)
+        self.router.health = self.health
+        self.router.probes = shared
+        self.router.quotas = Quotas(self.counters, RedisCounters(link))
+        self.cache.shared = RedisAnswers(link)
+        self.metrics.registry.register(LinkCollector(link))
+        link.start()
+        shared.start()
+
+    def state_status(self) -> dict:
+        """`state` of /admin/status."""
+        if self.link is not None:
+            return self.link.view()
+        return {"backend": "local", "status": "local", "limits_divided_by": self.share_among}
+
+    def tracing_for(self, graph: Graph) -> Tracing | None:
+        """The tracing for `graph.telemetry`: the serving one while its settings are unchanged,
+        else a new one (which may fail: telemetry configured without OpenTelemetry installed)."""
+        settings = graph.telemetry
+        current = self.ring.tracing
+        if settings is None or (current is not None and current.settings == settings):
+            return current if settings is not None else None
+        if self.span_counts is None:
+            self.span_counts = SpanCounts()
+            self.metrics.registry.register(SpanCountCollector(self.span_counts))
+        return Tracing(settings, self.span_counts, UPSTREAM_TRACE.set)
 
     def _close_later(self, old: Snapshot, gone: list[Adapter], timeout: float) -> None:
         async def close() -> None:
@@ -204,3 +288,19 @@ class Runtime(RoutingObserver):
 
     async def close(self) -> None:
         await self._pool.close_all()
+        if self.link is not None:
+            await self.shared_health.close()
+            await self.link.close()
+        if self.ring.tracing is not None:
+            self._closing_traces.append(self.ring.tracing.close())
+            self.ring.tracing = None
+        closing, self._closing_traces = self._closing_traces, []
+        deadline = time.monotonic() + CLOSE_WAIT
+        for thread in closing:  # the spans still waiting leave, or are given up, within CLOSE_WAIT
+            await asyncio.to_thread(thread.join, max(0.0, deadline - time.monotonic()))
+
+
+def workers_from_env() -> int:
+    """How many worker processes serve (GATEWAYD_WORKERS, set by the supervisor; absent: 1)."""
+    text = os.environ.get("GATEWAYD_WORKERS", "")
+    return int(text) if text.isdigit() and int(text) > 0 else 1

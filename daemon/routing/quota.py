@@ -8,6 +8,12 @@ deployment's quota (its upstream's `rpm`, `tpm`, `concurrency`), booked at each 
     quota_wait        how long a deployment is at its `rpm`/`tpm` (the `limit` verdict's reason)
     Quotas.lease      books one try at a deployment, atomically with the check
     Lease             settles that try's token reservation from the answer's usage
+    Quotas.admit_key_shared, Quotas.lease_shared
+                      the same through Redis (`state.backend: redis`): exact across instances;
+                      while Redis is away, local counters with each limit divided by the
+                      instances last seen (`share`)
+    per_instance      a graph whose limits and budgets are divided among N workers that each
+                      keep their own counters (`state.backend: local`, approximate)
 
 The counters live in a `CounterStore` (daemon/state/counters.py); the limits are read from
 the graph of each request, so a reload's new limit applies at once.
@@ -16,13 +22,20 @@ the graph of each request, so a reload's new limit applies at once.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from datetime import datetime, timedelta
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import msgspec
 
 from gatewayd.daemon.core.graph import AppKey, Budget, Deployment, Graph, Limits, Route
 from gatewayd.daemon.state.counters import WINDOW, CounterStore, DeploymentUsage, Entry, KeyUsage, Window
+from gatewayd.daemon.state.shared import Over, Unavailable
+
+if TYPE_CHECKING:
+    from gatewayd.daemon.state.redis_counters import RedisCounters
 
 BYTES_PER_TOKEN = 4
 DEFAULT_OUTPUT_TOKENS = 1024  # a request's output when neither it nor its deployments name a maximum
@@ -167,11 +180,163 @@ def headroom(window: Window, limit: int, now: float) -> dict:
     return {"limit": limit, "used": used, "remaining": max(0, limit - used)}
 
 
-class Quotas:
-    """Admission against the counters of one `CounterStore`."""
+class SharedTicket(msgspec.Struct, gc=False):
+    """A `KeyTicket` booked in Redis: settled there, in the background, once."""
 
-    def __init__(self, store: CounterStore) -> None:
+    counters: RedisCounters | None  # None once settled
+    identity: tuple
+    booking: str
+    tokens: bool  # a token reservation to settle
+    concurrent: bool
+    headers: dict[str, str]
+    period_start: float = 0.0
+    period_end: float = 0.0
+
+    def settle(self, used_tokens: int | None, cost: float | None, answered: bool) -> None:
+        counters = self.counters
+        if counters is None:
+            return
+        self.counters = None
+        used = None
+        if self.tokens and (used_tokens is not None or not answered):
+            used = used_tokens if used_tokens is not None and used_tokens > 0 else 0
+        if used is not None or self.concurrent or cost:
+            counters.settle(self.identity, self.booking, used, self.concurrent, cost, self.period_start,
+                            self.period_end)
+
+
+class SharedLease(msgspec.Struct, gc=False):
+    """A `Lease` booked in Redis."""
+
+    counters: RedisCounters
+    identity: tuple
+    booking: str
+    tokens: bool  # a token reservation not settled yet
+
+    def settle(self, used_tokens: int | None) -> None:
+        if self.tokens and used_tokens is not None:
+            self.tokens = False
+            self.counters.settle(self.identity, self.booking, used_tokens, False)
+
+    def release(self) -> None:
+        if self.tokens:
+            self.tokens = False
+            self.counters.settle(self.identity, self.booking, 0, False)
+
+
+def divided(limits: Limits | None, by: int) -> Limits | None:
+    """One of `by` instances' share of `limits`: each divided, rounded down, at least 1."""
+    if limits is None or by <= 1:
+        return limits
+
+    def share(limit: int | None) -> int | None:
+        return None if limit is None else max(1, limit // by)
+
+    return Limits(share(limits.rpm), share(limits.tpm), share(limits.concurrency))
+
+
+def divided_key(key: AppKey, by: int) -> AppKey:
+    budget = key.budget
+    return replace(key, limits=divided(key.limits, by),
+                   budget=Budget(budget.usd / by, budget.period) if budget is not None and by > 1 else budget)
+
+
+def per_instance(graph: Graph, by: int) -> Graph:
+    """`graph` with every app key's limits and budget and every deployment's quota divided by
+    `by`: what each of `by` workers keeping its own counters applies."""
+    if by <= 1:
+        return graph
+    deployments = {name: replace(d, limits=divided(d.limits, by)) if d.limits is not None else d
+                   for name, d in graph.deployments.items()}
+    keys = graph.server.keys
+    server = replace(graph.server, keys=tuple(divided_key(k, by) for k in keys)) if keys else graph.server
+    return replace(graph, server=server, deployments=MappingProxyType(deployments))
+
+
+class Quotas:
+    """Admission against the counters of one `CounterStore`, and of Redis when `shared`."""
+
+    def __init__(self, store: CounterStore, shared: RedisCounters | None = None) -> None:
         self.store = store
+        self.shared = shared
+        self._shares: dict[tuple, tuple] = {}  # (id of a key or limits, instances) -> (it, its share)
+
+    def share(self, owner, by_instances=divided):
+        """`owner`'s (an AppKey or Limits) share for one of the instances last seen."""
+        instances = self.shared.link.instances if self.shared is not None else 1
+        found = self._shares.get((id(owner), instances))
+        if found is None or found[0] is not owner:
+            if len(self._shares) > 4096:  # old graphs' keys: start again rather than grow
+                self._shares.clear()
+            found = self._shares[(id(owner), instances)] = (owner, by_instances(owner, instances))
+        return found[1]
+
+    async def admit_key_shared(self, key: AppKey, tokens: int, now: float, zone: str,
+                               hold: float) -> KeyTicket | SharedTicket:
+        """`admit_key` through Redis, exact across instances; `hold` bounds how long a concurrency
+        claim counts if its instance never settles it. Redis away: `admit_key` on local counters
+        with the key's share."""
+        budget, limits = key.budget, key.limits
+        start = end = 0.0
+        if budget is not None:
+            start, end = period_bounds(budget.period, now, zone)
+        try:
+            booked = await self.shared.book(
+                key.identity, now, tokens, limits.rpm if limits else None, limits.tpm if limits else None,
+                limits.concurrency if limits else None, hold, budget.usd if budget else None, start)
+        except Unavailable:
+            return self.admit_key(self.share(key, divided_key), tokens, now, zone)
+        if type(booked) is Over:
+            raise self.shared_refusal(key, booked, tokens, now, zone, end)
+        headers = {}
+        if limits is not None:
+            if limits.rpm is not None:
+                headers["x-ratelimit-limit-requests"] = limits.rpm_text
+                headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - booked.requests))
+                headers["x-ratelimit-reset-requests"] = duration(booked.oldest_request + WINDOW - now)
+            if limits.tpm is not None:
+                headers["x-ratelimit-limit-tokens"] = limits.tpm_text
+                headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - booked.tokens))
+                headers["x-ratelimit-reset-tokens"] = duration(booked.oldest_tokens + WINDOW - now)
+        return SharedTicket(self.shared, key.identity, booked.id, limits is not None and limits.tpm is not None,
+                            limits is not None and limits.concurrency is not None, headers, start, end)
+
+    def shared_refusal(self, key: AppKey, over: Over, tokens: int, now: float, zone: str, end: float) -> Refused:
+        limits = key.limits
+        if over.limit == "budget":
+            usage = KeyUsage()
+            usage.spent, usage.period_end = over.spent, end
+            return self.over_budget(key.name, key.budget, usage, now, zone)
+        headers = {}
+        if over.limit == "rpm":
+            reason, detail = "key_rpm", f"{limits.rpm} requests per minute"
+            headers = {"x-ratelimit-limit-requests": limits.rpm_text, "x-ratelimit-remaining-requests": "0",
+                       "x-ratelimit-reset-requests": duration(over.wait)}
+        elif over.limit == "tpm":
+            reason = "key_tpm"
+            detail = (f"{limits.tpm} tokens per minute" if tokens <= limits.tpm else
+                      f"{limits.tpm} tokens per minute, and this request alone is estimated at {tokens}")
+            headers = {"x-ratelimit-limit-tokens": limits.tpm_text, "x-ratelimit-remaining-tokens": "0",
+                       "x-ratelimit-reset-tokens": duration(over.wait)}
+        else:
+            reason, detail = "key_concurrency", f"{limits.concurrency} requests at a time"
+        wait = over.wait or 1.0
+        return Refused("rate_limit_exceeded", f"the app key '{key.name}' is over its limit of {detail}; "
+                       f"retry in {math.ceil(wait)}s", reason, wait, headers)
+
+    async def lease_shared(self, deployment: Deployment, usage: DeploymentUsage, tokens: int,
+                           now: float) -> Lease | SharedLease | Over | None:
+        """`lease` through Redis: a `SharedLease`, or `Over` (which limit, and when it has room).
+        Redis away: `lease` on local counters with the deployment's share."""
+        limits = deployment.limits
+        try:
+            booked = await self.shared.book(deployment.identity, now, tokens if limits.tpm is not None else 0,
+                                            limits.rpm, limits.tpm)
+        except Unavailable:
+            return self.lease(self.share(limits), usage, tokens, now)
+        if type(booked) is Over:
+            return booked
+        return SharedLease(self.shared, deployment.identity, booked.id, limits.tpm is not None)
 
     def admit_key(self, key: AppKey, tokens: int, now: float, zone: str) -> KeyTicket:
         """Book a request against its key's limits and budget, all or nothing; raise `Refused`."""

@@ -22,7 +22,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gatewayd.daemon.core.exchange import Request
 from gatewayd.daemon.core.failures import FailureClass, UpstreamError
@@ -34,6 +34,7 @@ from gatewayd.daemon.routing.quota import Lease, Quotas
 from gatewayd.daemon.routing.retry import Action, decide
 from gatewayd.daemon.routing.strategies import Strategies
 from gatewayd.daemon.state.counters import LocalCounterStore, Slots
+from gatewayd.daemon.state.shared import Over
 from gatewayd.daemon.state.store import DeploymentHealth, HealthStore
 
 if TYPE_CHECKING:
@@ -144,34 +145,44 @@ class Trip:
     rate_limited: list[bool] = field(default_factory=list)
     cooldown_ends: list[float] = field(default_factory=list)  # wall clock
     last_error: UpstreamError | None = None
+    trail: Any = None  # observe/requests.Trail: the request ring's (and traces') notes of each attempt
 
 
 class Router:
     def __init__(self, health: HealthStore, strategies: Strategies | None = None,
                  observer: RoutingObserver | None = None, deadlines: Deadlines | None = None,
-                 quotas: Quotas | None = None) -> None:
+                 quotas: Quotas | None = None, probes=None) -> None:
         self.health = health
+        # with shared state: `claim(deployment)`, awaited for a half-open probe, says whether
+        # this instance may be the one that probes it (None: this process decides alone)
+        self.probes = probes
         self.strategies = strategies or Strategies()
         self.observer = observer or RoutingObserver()
         self.deadlines = deadlines or Deadlines()
         self.quotas = quotas or Quotas(LocalCounterStore())
 
     async def route(self, snapshot: Snapshot, route: Route, request: Request, priority: str = "normal",
-                    tokens: int = 0) -> Outcome:
-        """`priority` and `tokens` (the estimate) matter only at deployments with limits."""
+                    tokens: int = 0, trail: Any = None) -> Outcome:
+        """`priority` and `tokens` (the estimate) matter only at deployments with limits; `trail`,
+        when given, is told of each attempt and keeps the reasons candidates were passed over."""
         deployments = snapshot.graph.deployments
         now = time.monotonic()
         trip = Trip(route.name, request, now + snapshot.graph.default_policy.timeouts.total, priority, tokens, now)
+        if trail is not None:
+            trip.trail, trail.skipped = trail, trip.reasons
 
         def health_of(candidate) -> DeploymentHealth:
             return self.health.get(deployments[candidate.deployment])
 
         for tier in route.tiers:
-            for candidate in self.strategies.order(tier, health_of):
+            for candidate in self.strategies.order(tier, health_of, deployments):
                 deployment = deployments[candidate.deployment]
                 adapter = snapshot.adapters[deployment.provider.name]
                 health = self.health.get(deployment)
                 verdict = self.admit(trip, deployment, adapter, health)
+                if verdict.probe and self.probes is not None and not await self.probes.claim(deployment, health):
+                    trip.reasons[deployment.name] = "half-open: another instance is probing it"
+                    continue
                 if verdict.usable:
                     outcome = await self.try_deployment(trip, deployment, adapter, health, verdict.probe)
                     if outcome is not None:
@@ -221,10 +232,12 @@ class Router:
         limits = deployment.limits
         usage = self.quotas.usage_of(deployment) if limits is not None else None
         slot = usage.slots if usage is not None and limits.concurrency is not None else None
+        shared = self.quotas.shared  # Redis books rpm and tpm; a concurrency queue is this instance's share
         holding = False  # this request holds a concurrency slot at the deployment
         try:
             if slot is not None:
-                holding = slot.try_take(limits.concurrency) or await self.take_slot(trip, deployment, slot)
+                capacity = limits.concurrency if shared is None else self.quotas.share(limits).concurrency
+                holding = slot.try_take(capacity) or await self.take_slot(trip, deployment, slot, capacity)
                 if not holding:
                     return None
             for attempt in range(1, policy.retry.attempts + 1):
@@ -233,7 +246,13 @@ class Router:
                     raise self.timed_out(trip, name)
                 lease = None
                 if usage is not None and (limits.rpm is not None or limits.tpm is not None):
-                    lease = self.quotas.lease(limits, usage, trip.tokens, time.time())
+                    if shared is None:
+                        lease = self.quotas.lease(limits, usage, trip.tokens, time.time())
+                    else:
+                        lease = await self.quotas.lease_shared(deployment, usage, trip.tokens, time.time())
+                        if type(lease) is Over:
+                            self.at_shared_quota(trip, deployment, lease)
+                            return None
                     if lease is None:
                         self.at_quota(trip, deployment, usage)
                         return None
@@ -243,6 +262,7 @@ class Router:
                 first_byte = min(policy.timeouts.first_byte, policy.timeouts.total)
                 total_bound = remaining < first_byte  # this attempt ends with the request's deadline
                 health.started()
+                noted = trip.trail.attempt(deployment) if trip.trail is not None else None
                 try:
                     outcome = await self.attempt(adapter, deployment, trip.request, min(first_byte, remaining))
                 except UpstreamError as exc:
@@ -261,6 +281,8 @@ class Router:
                 if error is None:
                     outcome.deployment, outcome.health, outcome.attempts = deployment, health, trip.attempts
                     outcome.probe = probe
+                    if noted is not None:
+                        trip.trail.answered(noted)
                     outcome.latency = time.monotonic() - began
                     if outcome.stream is None:
                         health.succeed(outcome.latency)
@@ -276,10 +298,14 @@ class Router:
                     lease.release()
                 self.observer.attempt_failed(name, error)
                 decision = decide(error, policy.retry, attempt)
+                retrying = decision.action is Action.RETRY and time.monotonic() + decision.delay < trip.deadline
+                if noted is not None:
+                    trip.trail.failed(noted, error, decision.action.value, decision.delay, attempt, policy.retry,
+                                      retrying)
                 if decision.action is Action.RETURN:
                     raise RoutingFailed(error.status or 400, "upstream_client_error", error.message, trip.attempts,
                                         upstream_error=error, deployment=name)
-                if decision.action is Action.RETRY and time.monotonic() + decision.delay < trip.deadline:
+                if retrying:
                     await asyncio.sleep(decision.delay)
                     continue
                 break
@@ -303,11 +329,18 @@ class Router:
         self.observer.fell_back(trip.route, name, error)
         return None
 
-    async def take_slot(self, trip: Trip, deployment: Deployment, slots: Slots) -> bool:
+    def at_shared_quota(self, trip: Trip, deployment: Deployment, over: Over) -> None:
+        """`at_quota` for a quota booked in Redis, which said which limit and when it has room."""
+        limit = deployment.limits.rpm if over.limit == "rpm" else deployment.limits.tpm
+        trip.reasons[deployment.name] = f"limit {over.limit} {limit}"
+        trip.rate_limited.append(True)
+        trip.cooldown_ends.append(time.time() + over.wait)
+        self.observer.rejected(f"deployment_{over.limit}")
+
+    async def take_slot(self, trip: Trip, deployment: Deployment, slots: Slots, limit: int) -> bool:
         """A concurrency slot at `deployment`: free now, or after waiting in its queue up to
         `queue.max_wait` (within the request's total deadline). False, with the reason noted,
         when none came: the next candidate is tried."""
-        limit = deployment.limits.concurrency
         wait = min(deployment.queue_wait, trip.deadline - time.monotonic())
         began = time.monotonic()
         taken = wait > 0 and await slots.take(limit, trip.priority, trip.arrival, wait)
