@@ -1,4 +1,4 @@
-"""The `gatewayd` command: run, check (--diff), explain, reload, schema, hash-key, --version."""
+"""The `gatewayd` command: run, check (--diff), explain, reload, requests, schema, hash-key, --version."""
 
 from __future__ import annotations
 
@@ -35,6 +35,11 @@ def parser() -> argparse.ArgumentParser:
     explain.add_argument("alias", metavar="ALIAS")
     explain.add_argument("--at", metavar="ISO8601", help="the instant to evaluate (default: now)")
     with_config("reload", "ask the running daemon to reload and wait; exit 1 if rejected")
+    requests = with_config("requests", "what a recent request did (every attempt, and why the next one), "
+                           "or the latest requests")
+    requests.add_argument("id", metavar="ID", nargs="?", help="a request's x-request-id (default: list the latest)")
+    requests.add_argument("--limit", type=int, default=20, help="how many of the latest to list (default 20)")
+    requests.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
     commands.add_parser("schema", help="print the JSON Schema of the config")
     commands.add_parser("hash-key", help="read an app key on stdin, print the key_sha256 line for the config",
                         description="Read an app key on stdin (one trailing newline is dropped) and print "
@@ -113,6 +118,12 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return reload_running(args.config)
 
 
+def cmd_requests(args: argparse.Namespace) -> int:
+    from gatewayd.daemon.requests_client import show_requests
+
+    return show_requests(args.config, args.id, args.limit, args.json)
+
+
 def cmd_hash_key(args: argparse.Namespace) -> int:
     key = sys.stdin.buffer.read()
     key = key[:-2] if key.endswith(b"\r\n") else key.removesuffix(b"\n")  # what `echo KEY |` adds
@@ -124,7 +135,7 @@ def cmd_hash_key(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"check": cmd_check, "explain": cmd_explain, "schema": cmd_schema,
-            "run": cmd_run, "reload": cmd_reload, "hash-key": cmd_hash_key}
+            "run": cmd_run, "reload": cmd_reload, "requests": cmd_requests, "hash-key": cmd_hash_key}
 
 
 def main(argv: list[str] | None = None) -> int:
