@@ -282,16 +282,25 @@ def read_config_text(path: str) -> str:
         return ""
 
 
-def reload_running(config_path: str | None, env: Mapping[str, str] = os.environ) -> int:
+def find_daemon(command: str, config_path: str | None, env: Mapping[str, str]) -> tuple[str, Target] | None:
+    """The config file (absolute) a command asks about and how to reach its daemon; None, with
+    the reason printed, when there is no file or no admin key to present."""
     try:
         path = find_config(config_path)
     except ConfigError as error:
         for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return 1
-    config_file = os.path.abspath(path)
+        return None
     target = read_target(read_config_text(path), env)
     if target.missing_key is not None:
-        print(f"gatewayd reload: {path}: {target.missing_key}", file=sys.stderr)
+        print(f"gatewayd {command}: {path}: {target.missing_key}", file=sys.stderr)
+        return None
+    return os.path.abspath(path), target
+
+
+def reload_running(config_path: str | None, env: Mapping[str, str] = os.environ) -> int:
+    found = find_daemon("reload", config_path, env)
+    if found is None:
         return 1
+    config_file, target = found
     return asyncio.run(reload_serving(config_file, addresses(config_file, target.listen, env), target.key))

@@ -18,18 +18,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from gatewayd.daemon.config.load import find_config
-from gatewayd.daemon.core.problems import ConfigError
-from gatewayd.daemon.reload_client import (
-    TIMEOUT,
-    UNREACHABLE,
-    addresses,
-    call,
-    endpoint,
-    read_config_text,
-    read_target,
-    reason,
-)
+from gatewayd.daemon.reload_client import TIMEOUT, UNREACHABLE, addresses, call, endpoint, find_daemon, reason
 
 
 def attempt_line(attempt: dict) -> str:
@@ -82,21 +71,15 @@ async def ask(candidates: list[str], path: str, key: str | None) -> tuple[str, i
 
 def show_requests(config_path: str | None, request_id: str | None, limit: int, as_json: bool,
                   env: Mapping[str, str] = os.environ) -> int:
-    try:
-        path = find_config(config_path)
-    except ConfigError as error:
-        for problem in error.problems:
-            print(f"error: {problem}", file=sys.stderr)
-        return 1
-    target = read_target(read_config_text(path), env)
-    if target.missing_key is not None:
-        print(f"gatewayd requests: {path}: {target.missing_key}", file=sys.stderr)
-        return 1
-    asked = f"/admin/requests/{quote(request_id, safe='')}" if request_id else f"/admin/requests?limit={limit}"
-    found = asyncio.run(ask(addresses(os.path.abspath(path), target.listen, env), asked, target.key))
+    found = find_daemon("requests", config_path, env)
     if found is None:
         return 1
-    listen, status, answer = found
+    config_file, target = found
+    asked = f"/admin/requests/{quote(request_id, safe='')}" if request_id else f"/admin/requests?limit={limit}"
+    answered = asyncio.run(ask(addresses(config_file, target.listen, env), asked, target.key))
+    if answered is None:
+        return 1
+    listen, status, answer = answered
     if status != 200 or not isinstance(answer, dict):
         error = answer.get("error") if isinstance(answer, dict) else answer
         message = error.get("message") if isinstance(error, dict) else error

@@ -269,12 +269,18 @@ async def read_stream(response: aiohttp.ClientResponse) -> tuple[str, bool]:
 
 
 async def gatewayd_reload(path: Path, env: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """Run `gatewayd reload -c PATH` with `env` over this process's environment, less the admin
-    key and the runtime and credentials folders (a test names those it wants)."""
+    """Run `gatewayd reload -c PATH` (see `gatewayd_command`)."""
+    return await gatewayd_command("reload", path, env=env)
+
+
+async def gatewayd_command(command: str, path: Path, *args: str,
+                           env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `gatewayd COMMAND -c PATH ARGS` with `env` over this process's environment, less the
+    admin key and the runtime and credentials folders (a test names those it wants)."""
     theirs = ("GATEWAYD_ADMIN_KEY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY")
     ours = {k: v for k, v in os.environ.items() if k not in theirs}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd.daemon.cli", "reload", "-c", str(path),
+        sys.executable, "-m", "gatewayd.daemon.cli", command, "-c", str(path), *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=path.parent,
         env={**ours, **(env or {})})
     try:

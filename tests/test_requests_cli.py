@@ -4,15 +4,12 @@ The real daemon and the real command run as subprocesses."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import aiohttp
 
-from tests.daemon_proc import Daemon, Upstream, config_dir, free_port
+from tests.daemon_proc import Daemon, Upstream, config_dir, free_port, gatewayd_command
 
 OPS_KEY, APP_KEY = "ops-key-c41d2e", "app-key-77b0a9"
 
@@ -37,18 +34,7 @@ aliases:
 
 
 async def gatewayd_requests(path: Path, *args: str, env: dict[str, str]) -> tuple[int, str, str]:
-    theirs = ("GATEWAYD_ADMIN_KEY", "RUNTIME_DIRECTORY", "CREDENTIALS_DIRECTORY", "OPS_KEY")
-    ours = {k: v for k, v in os.environ.items() if k not in theirs}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gatewayd.daemon.cli", "requests", "-c", str(path), *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=path.parent, env={**ours, **env})
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), 40)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    return proc.returncode, out.decode(), err.decode()
+    return await gatewayd_command("requests", path, *args, env={"OPS_KEY": "", **env})
 
 
 async def test_one_command_tells_where_a_request_went_and_why(tmp_path):
