@@ -4,7 +4,8 @@
                       bounded by `state.redis.timeout`; `status` is `shared` while Redis answers,
                       `degraded` from the first error or timeout until the background probe
                       (every PROBE_EVERY seconds, with or without traffic) is answered again
-    Unavailable       what a caller gets instead of a Redis error: its cue to go on with local state
+    Unavailable       (daemon/state/shared.py) what a caller gets instead of a Redis error: its
+                      cue to go on with local state
     identity_digest   the name a state's identity has in Redis (a digest: never a key or credential)
 
 Each instance registers itself at every probe (a sorted set of instance ids by last probe);
