@@ -13,7 +13,6 @@ import resource
 import subprocess
 import sys
 
-import aiohttp
 import httpx2
 import openai
 from aiohttp import web
@@ -21,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gatewayd.adapters.sse import relay_data_events
-from gatewayd.daemon.core.failures import FailureClass, UpstreamError
+from gatewayd.daemon.core.failures import FailureClass
 from tests.daemon_proc import Daemon, config_dir, free_port, routed_config
-from tests.test_sse import LINES, Protocol, reference
+from tests.test_sse import LINES, cut, read_in_pieces, reference
 
 STREAMS = 200  # past the old default pool of 100 connections a provider, which queued the rest
 HOLD_LIMIT = 60.0  # how long the upstream holds its streams waiting for all of them to be open
@@ -183,11 +182,6 @@ def test_the_relay_sends_what_the_line_by_line_reading_does_however_the_body_is_
     written as `data: ...` (the bytes as they came when the upstream wrote them so); a line or
     an event past `limit` fails as the line-by-line reading fails, after the events before it."""
     body = b"".join(parts)
-    pieces, at = [], 0
-    for cut in cuts:
-        pieces.append(body[at:at + cut])
-        at += cut
-    pieces.append(body[at:])
     expected: list = []
     for item in reference(body, limit):
         if item is FailureClass.PROTOCOL:
@@ -202,28 +196,8 @@ def test_the_relay_sends_what_the_line_by_line_reading_does_however_the_body_is_
         checked.append(data)
         return data == b"[DONE]"
 
-    async def relay() -> list:
-        content = aiohttp.StreamReader(Protocol(), 2 ** 16, loop=asyncio.get_running_loop())
-        out: list = []
-
-        async def consume() -> None:
-            try:
-                async for item in relay_data_events(content, limit, lambda data: data, check):
-                    out.append(item)
-            except UpstreamError as error:
-                out.append(error.failure)
-
-        task = asyncio.create_task(consume())
-        for piece in pieces:  # each piece read on its own
-            if piece:
-                content.feed_data(piece)
-            for _ in range(3):
-                await asyncio.sleep(0)
-        content.feed_eof()
-        await asyncio.wait_for(task, 10)
-        return out
-
-    out = asyncio.run(relay())
+    out = asyncio.run(read_in_pieces(cut(body, cuts),
+                                     lambda content: relay_data_events(content, limit, lambda data: data, check)))
     relayed = b"".join(item for item in out if isinstance(item, bytes))
     failed = [item for item in out if not isinstance(item, bytes)]
     assert relayed == b"".join(item for item in expected if isinstance(item, bytes))

@@ -122,39 +122,47 @@ LINES = st.sampled_from([b"data: a", b"data:b", b"data:  c", b"data", b"data: " 
                          b"event:", b"id: 1", b"", b"\r", b"data: d\r", b"dat: y"])
 
 
+def cut(body: bytes, cuts: list[int]) -> list[bytes]:
+    """`body` in pieces of the lengths `cuts`, and the rest as the last."""
+    pieces, at = [], 0
+    for length in cuts:
+        pieces.append(body[at:at + length])
+        at += length
+    pieces.append(body[at:])
+    return pieces
+
+
+async def read_in_pieces(pieces: list[bytes], items) -> list:
+    """What `items(content)` yields while `pieces` arrive one read at a time, then the failure
+    class it raised, if any."""
+    content = aiohttp.StreamReader(Protocol(), 2 ** 16, loop=asyncio.get_running_loop())
+    out: list = []
+
+    async def consume() -> None:
+        try:
+            async for item in items(content):
+                out.append(item)
+        except UpstreamError as error:
+            out.append(error.failure)
+
+    task = asyncio.create_task(consume())
+    for piece in pieces:  # each piece read on its own
+        if piece:
+            content.feed_data(piece)
+        for _ in range(3):
+            await asyncio.sleep(0)
+    content.feed_eof()
+    await asyncio.wait_for(task, 10)
+    return out
+
+
 @settings(max_examples=300, deadline=None)
 @given(lines=st.lists(LINES, max_size=14), ends=st.booleans(), cuts=st.lists(st.integers(1, 40), max_size=8),
        limit=st.sampled_from([16, 32, 64]))
 def test_read_events_is_the_line_by_line_reading_however_the_body_is_cut(lines, ends, cuts, limit):
     body = b"\n".join(lines) + (b"\n" if ends else b"")
-    pieces, at = [], 0
-    for cut in cuts:
-        pieces.append(body[at:at + cut])
-        at += cut
-    pieces.append(body[at:])
-
-    async def read() -> list:
-        content = aiohttp.StreamReader(Protocol(), 2 ** 16, loop=asyncio.get_running_loop())
-        out = []
-
-        async def consume() -> None:
-            try:
-                async for item in read_events(content, limit):
-                    out.append(item)
-            except UpstreamError as error:
-                out.append(error.failure)
-
-        task = asyncio.create_task(consume())
-        for piece in pieces:  # each piece read on its own
-            if piece:
-                content.feed_data(piece)
-            for _ in range(3):
-                await asyncio.sleep(0)
-        content.feed_eof()
-        await task
-        return out
-
-    assert asyncio.run(read()) == reference(body, limit)
+    read = read_in_pieces(cut(body, cuts), lambda content: read_events(content, limit))
+    assert asyncio.run(read) == reference(body, limit)
 
 
 class Response:
