@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +38,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from instructions import main_thread_total, stop  # bench/ is the script's folder: sys.path[0]
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "bench" / "gateway.bench.yaml"
@@ -139,15 +138,6 @@ class LockStep:
                 raise SystemExit(f"a stream of {n} chunks ended after {seen}: {raw[-200:]!r}")
 
 
-def main_thread_total(out_dir: str, pid: int) -> int:
-    dumps = glob.glob(f"{out_dir}/callgrind.out.{pid}.*-01")
-    newest = max(dumps, key=lambda path: int(path.rsplit(".", 1)[1].split("-")[0]))
-    for line in Path(newest).read_text().splitlines():
-        if line.startswith(("summary:", "totals:")):
-            return int(line.split()[1])
-    raise SystemExit(f"no totals in {newest}")
-
-
 def command(target: str, args: argparse.Namespace) -> list[str]:
     if target == "gatewayd":
         return [args.gatewayd, "run", "-c", str(CONFIG)]
@@ -186,13 +176,7 @@ async def measure(target: str, args: argparse.Namespace, lockstep: LockStep, out
                 totals.append(main_thread_total(out_dir, process.pid))
                 subprocess.run(["callgrind_control", "-z", str(process.pid)], check=True, capture_output=True)
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, 60)
     per_chunk = (totals[1] - totals[0]) / (args.streams * args.chunks)
     per_stream = totals[0] / args.streams - args.chunks * per_chunk
     return per_chunk, per_stream

@@ -198,6 +198,17 @@ def bench_config(offset: int, overrides: dict | None = None) -> str:
     return json.dumps(document)
 
 
+def stop(process: subprocess.Popen | None, wait: float = 30) -> None:
+    """SIGTERM, and SIGKILL when it has not exited within `wait` seconds."""
+    if process is not None and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(wait)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def main_thread_total(out_dir: str, pid: int) -> int:
     """Instructions of the gateway's main thread in the newest dump (callgrind.out.PID.N-01)."""
     dumps = glob.glob(f"{out_dir}/callgrind.out.{pid}.*-01")
@@ -262,13 +273,7 @@ def main() -> int:
             print(f"{kind}: {per_request:,.0f} instructions per request ({args.requests} requests)", flush=True)
     finally:
         for process in (gateway, upstream):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop(process)
         shutil.rmtree(out_dir, ignore_errors=True)
     return 0
 

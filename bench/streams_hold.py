@@ -34,7 +34,6 @@ import json
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ import urllib.request
 from pathlib import Path
 
 import aiohttp
+from instructions import stop  # bench/ is the script's folder: sys.path[0]
 
 UPSTREAM = r'''
 import asyncio, json, sys, time
@@ -120,16 +120,6 @@ def cpu_rss(pid: int) -> tuple[float, int]:
         fields = f.read().rsplit(b")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks, int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def stop(process: subprocess.Popen | None) -> None:
-    if process is not None and process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 async def one_stream(session: aiohttp.ClientSession, url: str, chunks: int, gaps: list[float],
