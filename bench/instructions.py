@@ -166,33 +166,37 @@ for _strategy in ("ordered", "ucb"):  # two deployments, one upstream: what orde
     KINDS[_strategy] = ("/v1/chat/completions", {"model": f"bench-{_strategy}",
                                                  "messages": [{"role": "user", "content": "hello"}]})
 
-# Added to bench/gateway.bench.yaml for the kinds above: deployments of their own (identities no
-# other kind uses), so the other kinds pay only for the outcome listener that ucb subscribes.
+# Added to bench/gateway.bench.yaml when their kinds run: deployments of their own (identities no
+# other kind uses). A `ucb` alias subscribes its outcome listener, which every request then pays,
+# so it is there only when the `ucb` kind runs (and `ordered`, measured beside it, pays it too).
 STRATEGY_MODELS = {"bench-model-a": {"provider": "up", "model": "gpt-4o-mini-a"},
                    "bench-model-b": {"provider": "up", "model": "gpt-4o-mini-b"}}
 STRATEGY_ALIASES = {f"bench-{strategy}": {"targets": list(STRATEGY_MODELS), "strategy": strategy}
                     for strategy in ("ordered", "ucb")}
 
 
-def bench_config(offset: int, overrides: dict | None = None) -> str:
-    """bench/gateway.bench.yaml with the strategies' aliases, its ports shifted by `offset`, and
-    `overrides` (`--with`) set over its top-level sections, key by key."""
+def bench_config(offset: int, kinds: list[str], overrides: dict | None = None) -> str:
+    """bench/gateway.bench.yaml with what `kinds` need beyond it (the strategies' aliases, the
+    Gemini and Bedrock deployments), its ports shifted by `offset`, and `overrides` (`--with`)
+    set over its top-level sections, key by key."""
     text = CONFIG.read_text()
     for port in (18080, 18100, 18101):
         text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{port + offset}")
     document = yaml.safe_load(text)
-    document["models"].update(STRATEGY_MODELS)
-    document["aliases"].update(STRATEGY_ALIASES)
-    # chat-gemini's deployment: the fake upstream answers generateContent too
-    document["providers"]["up-gemini"] = {"type": "gemini", "base_url": f"http://127.0.0.1:{18100 + offset}",
-                                          "api_key": "sk-bench"}
-    document["models"]["bench-gemini"] = {"provider": "up-gemini", "model": "gemini-2.5-flash"}
-    # chat-bedrock's: each request signed (SigV4) with these made-up keys, which the fake does not check
-    document["providers"]["up-bedrock"] = {"type": "bedrock", "base_url": f"http://127.0.0.1:{18100 + offset}",
-                                           "region": "us-east-1", "access_key_id": "AKIAIOSFODNN7BENCH00",
-                                           "secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYBENCHKEY0"}
-    document["models"]["bench-bedrock"] = {"provider": "up-bedrock",
-                                           "model": "anthropic.claude-3-5-haiku-20241022-v1:0"}
+    strategies = [strategy for strategy in STRATEGY_ALIASES if strategy.removeprefix("bench-") in kinds]
+    if strategies:
+        document["models"].update(STRATEGY_MODELS)
+        document["aliases"].update({name: STRATEGY_ALIASES[name] for name in strategies})
+    if "chat-gemini" in kinds:  # the fake upstream answers generateContent too
+        document["providers"]["up-gemini"] = {"type": "gemini", "base_url": f"http://127.0.0.1:{18100 + offset}",
+                                              "api_key": "sk-bench"}
+        document["models"]["bench-gemini"] = {"provider": "up-gemini", "model": "gemini-2.5-flash"}
+    if "chat-bedrock" in kinds:  # each request signed (SigV4) with made-up keys, which the fake does not check
+        document["providers"]["up-bedrock"] = {"type": "bedrock", "base_url": f"http://127.0.0.1:{18100 + offset}",
+                                               "region": "us-east-1", "access_key_id": "AKIAIOSFODNN7BENCH00",
+                                               "secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYBENCHKEY0"}
+        document["models"]["bench-bedrock"] = {"provider": "up-bedrock",
+                                               "model": "anthropic.claude-3-5-haiku-20241022-v1:0"}
     for section, values in (overrides or {}).items():
         document[section] = {**(document.get(section) or {}), **values}
     return json.dumps(document)
@@ -236,7 +240,7 @@ def main() -> int:
     out_dir = tempfile.mkdtemp(prefix="gatewayd-callgrind-")
     offset = args.port_offset
     config = Path(out_dir) / CONFIG.name
-    config.write_text(bench_config(offset, args.overrides))
+    config.write_text(bench_config(offset, args.kinds.split(","), args.overrides))
     port = 18080 + offset
     upstream = subprocess.Popen([sys.executable, "-c", UPSTREAM, answer, events, str(offset)], stdout=subprocess.PIPE)
     gateway = None
