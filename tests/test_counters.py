@@ -921,6 +921,42 @@ def test_a_lease_books_all_or_nothing():
     assert quota_wait(Limits(rpm=2, tpm=100), usage, 1, at(2))[0] == "limit rpm 2"  # rpm named first
 
 
+@settings(max_examples=150, deadline=None)
+@given(pattern=st.lists(st.tuples(GAPS, AMOUNTS, st.booleans()), min_size=1, max_size=50),
+       rpm=st.integers(1, 8), tpm=st.integers(1, 60))
+def test_a_lease_is_granted_exactly_when_both_windows_have_room(pattern, rpm, tpm):
+    """A lease expires its deployment's windows only when that changes the answer: its answers
+    are still the reference's, whatever the arrival pattern and whichever tries failed."""
+    limits = Limits(rpm=rpm, tpm=tpm)
+    usage = DeploymentUsage()
+    requests: list[tuple[int, int]] = []  # (tick, 1) per try booked
+    tokens: list[tuple[int, int]] = []  # (tick, tokens) it holds: 0 once released
+    now = 0
+    for gap, amount, failed in pattern:
+        now += gap
+        fits = held(requests, now) < rpm and held(tokens, now) + amount <= tpm
+        lease = Quotas.lease(limits, usage, amount, at(now))
+        assert (lease is not None) is fits
+        if lease is not None:
+            requests.append((now, 1))
+            if failed:
+                lease.release()
+            tokens.append((now, 0 if failed else amount))
+    assert usage.requests.used(at(now)) == held(requests, now)
+    assert usage.tokens.used(at(now)) == held(tokens, now)
+
+
+def test_a_deployments_token_window_keeps_nothing_two_windows_old():
+    """Released reservations add nothing to the total that would make a lease expire the
+    window: it is expired once its oldest entry is two windows old, so it stays bounded."""
+    usage = DeploymentUsage()
+    for second in range(0, 600, 5):
+        Quotas.lease(Limits(tpm=1000), usage, 100, at(second * SECOND)).release()
+    entries = usage.tokens.entries
+    assert entries[0].at > at(595 * SECOND) - 2 * WINDOW
+    assert len(entries) <= 2 * WINDOW / 5 + 1
+
+
 def test_a_lease_without_tpm_reserves_no_tokens():
     limits = Limits(rpm=3, concurrency=2)
     usage = DeploymentUsage()

@@ -129,9 +129,17 @@ def route_of(body: dict, graph: Graph, key: AppKey | None, record: AccessRecord)
     return route
 
 
-def gateway_headers(snapshot: Snapshot, deployment: str | None, attempts: int) -> dict[str, str]:
-    return {"x-gatewayd-deployment": deployment or "", "x-gatewayd-attempts": str(attempts),
-            "x-gatewayd-config": snapshot.graph.version}
+def gateway_headers(snapshot: Snapshot, deployment: str | None, attempts: int,
+                    limits: dict[str, str] | None = None) -> dict[str, str]:
+    """The headers every answer carries; after `limits` (a limited key's `x-ratelimit-*`) when given."""
+    if limits is None:
+        return {"x-gatewayd-deployment": deployment or "", "x-gatewayd-attempts": str(attempts),
+                "x-gatewayd-config": snapshot.graph.version}
+    headers = limits.copy()  # a copy clones the dict's table: cheaper than adding six headers to another
+    headers["x-gatewayd-deployment"] = deployment or ""
+    headers["x-gatewayd-attempts"] = str(attempts)
+    headers["x-gatewayd-config"] = snapshot.graph.version
+    return headers
 
 
 class EventStreamResponse(web.StreamResponse):
@@ -199,9 +207,8 @@ class Pipeline:
             outcome = await runtime.router.route(snapshot, route, call, key.priority if key else "normal", tokens,
                                                  trail)
             record.deployment, record.attempts = outcome.deployment.name, outcome.attempts
-            headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts)
-            if ticket is not None:
-                headers.update(ticket.headers)
+            headers = gateway_headers(snapshot, outcome.deployment.name, outcome.attempts,
+                                      ticket.headers if ticket is not None else None)
             if lookup is not None:
                 headers["x-gatewayd-cache"] = lookup.status
             if outcome.stream is not None:

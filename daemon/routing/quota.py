@@ -24,11 +24,13 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from datetime import datetime, timedelta
+from math import ceil
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
 import msgspec
+from multidict import istr
 
 from gatewayd.daemon.core.graph import AppKey, Budget, Deployment, Graph, Limits, Route
 from gatewayd.daemon.state.counters import WINDOW, CounterStore, DeploymentUsage, Entry, KeyUsage, Window
@@ -62,6 +64,15 @@ def estimate_tokens(body: dict, size: int, graph: Graph, route: Route, answers: 
         output = requested_output(body) or graph.output_tokens.get(route.name) or DEFAULT_OUTPUT_TOKENS
     return size // BYTES_PER_TOKEN + output
 
+
+# The header names, made once as `istr` (multidict's case-insensitive str): CIMultiDict and
+# aiohttp's header writer take one for less than a plain str, on every answer to a limited key.
+LIMIT_REQUESTS = istr("x-ratelimit-limit-requests")
+REMAINING_REQUESTS = istr("x-ratelimit-remaining-requests")
+RESET_REQUESTS = istr("x-ratelimit-reset-requests")
+LIMIT_TOKENS = istr("x-ratelimit-limit-tokens")
+REMAINING_TOKENS = istr("x-ratelimit-remaining-tokens")
+RESET_TOKENS = istr("x-ratelimit-reset-tokens")
 
 SECONDS = tuple(f"{n}s" if n < 60 else f"{n // 60}m{n % 60}s" for n in range(61))  # duration()'s usual answers
 
@@ -291,13 +302,13 @@ class Quotas:
         headers = {}
         if limits is not None:
             if limits.rpm is not None:
-                headers["x-ratelimit-limit-requests"] = limits.rpm_text
-                headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - booked.requests))
-                headers["x-ratelimit-reset-requests"] = duration(booked.oldest_request + WINDOW - now)
+                headers[LIMIT_REQUESTS] = limits.rpm_text
+                headers[REMAINING_REQUESTS] = str(max(0, limits.rpm - booked.requests))
+                headers[RESET_REQUESTS] = duration(booked.oldest_request + WINDOW - now)
             if limits.tpm is not None:
-                headers["x-ratelimit-limit-tokens"] = limits.tpm_text
-                headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - booked.tokens))
-                headers["x-ratelimit-reset-tokens"] = duration(booked.oldest_tokens + WINDOW - now)
+                headers[LIMIT_TOKENS] = limits.tpm_text
+                headers[REMAINING_TOKENS] = str(max(0, limits.tpm - booked.tokens))
+                headers[RESET_TOKENS] = duration(booked.oldest_tokens + WINDOW - now)
         return SharedTicket(self.shared, key.identity, booked.id, limits is not None and limits.tpm is not None,
                             limits is not None and limits.concurrency is not None, headers, start, end)
 
@@ -310,14 +321,14 @@ class Quotas:
         headers = {}
         if over.limit == "rpm":
             reason, detail = "key_rpm", f"{limits.rpm} requests per minute"
-            headers = {"x-ratelimit-limit-requests": limits.rpm_text, "x-ratelimit-remaining-requests": "0",
-                       "x-ratelimit-reset-requests": duration(over.wait)}
+            headers = {LIMIT_REQUESTS: limits.rpm_text, REMAINING_REQUESTS: "0",
+                       RESET_REQUESTS: duration(over.wait)}
         elif over.limit == "tpm":
             reason = "key_tpm"
             detail = (f"{limits.tpm} tokens per minute" if tokens <= limits.tpm else
                       f"{limits.tpm} tokens per minute, and this request alone is estimated at {tokens}")
-            headers = {"x-ratelimit-limit-tokens": limits.tpm_text, "x-ratelimit-remaining-tokens": "0",
-                       "x-ratelimit-reset-tokens": duration(over.wait)}
+            headers = {LIMIT_TOKENS: limits.tpm_text, REMAINING_TOKENS: "0",
+                       RESET_TOKENS: duration(over.wait)}
         else:
             reason, detail = "key_concurrency", f"{limits.concurrency} requests at a time"
         wait = over.wait or 1.0
@@ -354,14 +365,14 @@ class Quotas:
         rpm, tpm, concurrency = limits.rpm, limits.tpm, limits.concurrency
         horizon = now - WINDOW
         requests, reserved = usage.requests, usage.tokens
+        times = requests.entries
         if rpm is not None:
-            entries = requests.entries
-            if entries and entries[0] <= horizon:
+            if times and times[0] <= horizon:
                 requests.expire(now)
             if requests.total >= rpm:
                 raise self.over_limit(key.name, limits, usage, tokens, now)
+        entries = reserved.entries
         if tpm is not None:
-            entries = reserved.entries
             if entries and entries[0].at <= horizon:
                 reserved.expire(now)
             if reserved.total + tokens > tpm:
@@ -370,25 +381,31 @@ class Quotas:
             if usage.inflight >= concurrency:
                 raise self.over_limit(key.name, limits, usage, tokens, now)
             usage.inflight += 1
-        headers = {}
         entry = None
         if rpm is not None:
-            requests.entries.append(now)
-            requests.total += 1
-            left = rpm - requests.total
-            headers["x-ratelimit-limit-requests"] = limits.rpm_text
-            headers["x-ratelimit-remaining-requests"] = str(left) if left > 0 else "0"
-            reset = requests.entries[0] - horizon
-            headers["x-ratelimit-reset-requests"] = SECONDS[math.ceil(reset)] if reset >= 1 else duration(reset)
+            times.append(now)
+            total = requests.total = requests.total + 1
+            remaining_requests = str(rpm - total) if total < rpm else "0"
+            reset = times[0] - horizon
+            reset_requests = SECONDS[ceil(reset)] if reset >= 1 else duration(reset)
         if tpm is not None:
-            entry = Entry(now, tokens)
-            reserved.entries.append(entry)
-            reserved.total += tokens
-            left = tpm - reserved.total
-            headers["x-ratelimit-limit-tokens"] = limits.tpm_text
-            headers["x-ratelimit-remaining-tokens"] = str(left) if left > 0 else "0"
-            reset = reserved.entries[0].at - horizon
-            headers["x-ratelimit-reset-tokens"] = SECONDS[math.ceil(reset)] if reset >= 1 else duration(reset)
+            entries.append(entry := Entry(now, tokens))
+            total = reserved.total = reserved.total + tokens
+            remaining_tokens = str(tpm - total) if total < tpm else "0"
+            reset = entries[0].at - horizon
+            reset_tokens = SECONDS[ceil(reset)] if reset >= 1 else duration(reset)
+        # each as one dict display: the dict is made at its size, not grown as headers are added
+        if rpm is not None and tpm is not None:
+            headers = {LIMIT_REQUESTS: limits.rpm_text, REMAINING_REQUESTS: remaining_requests,
+                       RESET_REQUESTS: reset_requests, LIMIT_TOKENS: limits.tpm_text,
+                       REMAINING_TOKENS: remaining_tokens, RESET_TOKENS: reset_tokens}
+        elif rpm is not None:
+            headers = {LIMIT_REQUESTS: limits.rpm_text, REMAINING_REQUESTS: remaining_requests,
+                       RESET_REQUESTS: reset_requests}
+        elif tpm is not None:
+            headers = {LIMIT_TOKENS: limits.tpm_text, REMAINING_TOKENS: remaining_tokens, RESET_TOKENS: reset_tokens}
+        else:
+            headers = {}
         return KeyTicket(usage, entry, concurrency is not None, headers)
 
     def over_limit(self, name: str, limits: Limits, usage: KeyUsage, tokens: int, now: float) -> Refused:
@@ -428,43 +445,43 @@ class Quotas:
         if limits.rpm is not None:
             window = usage.requests
             window.expire(now)
-            headers["x-ratelimit-limit-requests"] = str(limits.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(0, limits.rpm - window.total))
-            headers["x-ratelimit-reset-requests"] = duration(window.oldest() + WINDOW - now
+            headers[LIMIT_REQUESTS] = str(limits.rpm)
+            headers[REMAINING_REQUESTS] = str(max(0, limits.rpm - window.total))
+            headers[RESET_REQUESTS] = duration(window.oldest() + WINDOW - now
                                                              if window.entries else 0.0)
         if limits.tpm is not None:
             window = usage.tokens
             window.expire(now)
-            headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(max(0, limits.tpm - window.total))
-            headers["x-ratelimit-reset-tokens"] = duration(window.oldest() + WINDOW - now
+            headers[LIMIT_TOKENS] = str(limits.tpm)
+            headers[REMAINING_TOKENS] = str(max(0, limits.tpm - window.total))
+            headers[RESET_TOKENS] = duration(window.oldest() + WINDOW - now
                                                            if window.entries else 0.0)
         return headers
 
-    def usage_of(self, deployment: Deployment) -> DeploymentUsage | None:
-        """A deployment's counters, when it has a quota (None: nothing to count)."""
-        return self.store.deployment(deployment.identity) if deployment.limits is not None else None
-
     @staticmethod
     def lease(limits: Limits, usage: DeploymentUsage, tokens: int, now: float) -> Lease | None:
-        """Book one try at a deployment if its `rpm`/`tpm` have room now, else None."""
+        """Book one try at a deployment if its `rpm`/`tpm` have room now, else None.
+
+        Its windows are expired only when that changes the answer: what they hold, counting
+        entries past the window, is never less than what is in it, so room by that count is
+        room. (A key's windows are expired at each request: its `x-ratelimit-remaining-*`
+        says what is in them.) The token window is also expired once its oldest entry is
+        two windows old, which bounds it when released reservations add nothing to its total."""
         rpm, tpm = limits.rpm, limits.tpm
-        horizon = now - WINDOW
         requests, reserved = usage.requests, usage.tokens
-        if rpm is not None:
-            entries = requests.entries
-            if entries and entries[0] <= horizon:
-                requests.expire(now)
+        if rpm is not None and requests.total >= rpm:
+            requests.expire(now)
             if requests.total >= rpm:
                 return None
         entry = None
         if tpm is not None:
             entries = reserved.entries
-            if entries and entries[0].at <= horizon:
+            if reserved.total + tokens > tpm or (entries and entries[0].at <= now - 2 * WINDOW):
                 reserved.expire(now)
-            if reserved.total + tokens > tpm:
-                return None
-            entry = reserved.add(tokens, now)
+                if reserved.total + tokens > tpm:
+                    return None
+            entries.append(entry := Entry(now, tokens))  # Window.add, written out
+            reserved.total += tokens
         if rpm is not None:
             requests.entries.append(now)
             requests.total += 1

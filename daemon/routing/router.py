@@ -230,16 +230,22 @@ class Router:
         deadline_hit = False  # the request's total deadline cut the last attempt short
         settled = False  # the attempt's verdict is booked (success or failure)
         limits = deployment.limits
-        usage = self.quotas.usage_of(deployment) if limits is not None else None
+        quotas = self.quotas
+        usage = quotas.store.deployment(deployment.identity) if limits is not None else None
         slot = usage.slots if usage is not None and limits.concurrency is not None else None
-        shared = self.quotas.shared  # Redis books rpm and tpm; a concurrency queue is this instance's share
+        shared = quotas.shared  # Redis books rpm and tpm; a concurrency queue is this instance's share
         holding = False  # this request holds a concurrency slot at the deployment
         try:
             if slot is not None:
-                capacity = limits.concurrency if shared is None else self.quotas.share(limits).concurrency
-                holding = slot.try_take(capacity) or await self.take_slot(trip, deployment, slot, capacity)
-                if not holding:
-                    return None
+                capacity = limits.concurrency if shared is None else quotas.share(limits).concurrency
+                slot.limit = capacity
+                if slot.inflight < capacity and not slot.waiters:  # Slots.try_take, written out: every try
+                    slot.inflight += 1
+                    holding = True
+                else:
+                    holding = await self.take_slot(trip, deployment, slot, capacity)
+                    if not holding:
+                        return None
             for attempt in range(1, policy.retry.attempts + 1):
                 remaining = trip.deadline - time.monotonic()
                 if remaining <= 0:
@@ -247,9 +253,9 @@ class Router:
                 lease = None
                 if usage is not None and (limits.rpm is not None or limits.tpm is not None):
                     if shared is None:
-                        lease = self.quotas.lease(limits, usage, trip.tokens, time.time())
+                        lease = quotas.lease(limits, usage, trip.tokens, time.time())
                     else:
-                        lease = await self.quotas.lease_shared(deployment, usage, trip.tokens, time.time())
+                        lease = await quotas.lease_shared(deployment, usage, trip.tokens, time.time())
                         if type(lease) is Over:
                             self.at_shared_quota(trip, deployment, lease)
                             return None
@@ -317,7 +323,10 @@ class Router:
             if probe and not settled:
                 health.abandon_probe()
             if holding:
-                slot.release()
+                if slot.waiters:
+                    slot.release()
+                else:  # Slots.release, written out: nobody waits for the slot
+                    slot.inflight -= 1
         trip.reasons[name] = error.describe()
         if deadline_hit:
             raise self.timed_out(trip, name)
