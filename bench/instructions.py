@@ -13,11 +13,14 @@ for Anthropic, Gemini and Bedrock upstreams;
 chat-limited: a key with every limit, to a deployment with every quota;
 ordered and ucb: the same chat to an alias of two deployments under each strategy),
 dumps the counters (`callgrind_control -d`) after each kind and divides the main
-thread's instructions by the count.
+thread's instructions by the count; it also gives that figure without what the
+timers and the garbage collector's collections did (`clock_driven_total`).
 
 Times on a shared machine drift from run to run; instruction counts move by
-about 1 % (the timers fire by the clock), so two builds compare closely (run
-it once per build, on the same machine). Under valgrind a request takes ~50x
+about 1 % (the timers fire by the clock, and a collection falls in one
+thousand requests or the next), so two builds compare closely (run it once per
+build, on the same machine), and more closely by the figures without timers
+and collections (which leave out what a change adds to those). Under valgrind a request takes ~50x
 longer, so the 10 ms deadline sweep and the 0.1 s access-log flush fire more
 often per request than at full speed: compare figures from this script with
 each other, not with the docs' "as at full speed" row.
@@ -213,14 +216,35 @@ def stop(process: subprocess.Popen | None, wait: float = 30) -> None:
             process.wait()
 
 
-def main_thread_total(out_dir: str, pid: int) -> int:
-    """Instructions of the gateway's main thread in the newest dump (callgrind.out.PID.N-01)."""
+def newest_dump(out_dir: str, pid: int) -> str:
+    """The newest dump of the gateway's main thread (callgrind.out.PID.N-01)."""
     dumps = glob.glob(f"{out_dir}/callgrind.out.{pid}.*-01")
-    newest = max(dumps, key=lambda path: int(path.rsplit(".", 1)[1].split("-")[0]))
+    return max(dumps, key=lambda path: int(path.rsplit(".", 1)[1].split("-")[0]))
+
+
+def main_thread_total(out_dir: str, pid: int) -> int:
+    """Instructions of the gateway's main thread in the newest dump."""
+    newest = newest_dump(out_dir, pid)
     for line in Path(newest).read_text().splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1])
     raise SystemExit(f"no totals in {newest}")
+
+
+def clock_driven_total(out_dir: str, pid: int) -> int:
+    """Instructions the newest dump spent in what comes by the clock or by allocation counts, not
+    with each request: the event loop's timers (the deadline sweep, the access log's flush,
+    which fire ~50x more often per request under valgrind than at full speed, and more often
+    still when the machine is busy) and the garbage collector's collections (one falls in one
+    thousand requests or the next). Without them, two builds compare to within a few hundred
+    instructions a request even when their figures with them move by 1 %."""
+    report = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100",
+                             newest_dump(out_dir, pid)], check=True, capture_output=True, text=True).stdout
+    total = 0
+    for line in report.splitlines():  # inclusive costs: every timer and every collection, whoever came first
+        if "timer.c:uv__run_timers " in line or "gcmodule.c:gc_collect_main " in line:
+            total += int(line.split()[0].replace(",", ""))
+    return total
 
 
 def main() -> int:
@@ -273,8 +297,10 @@ def main() -> int:
             for _ in range(args.requests):
                 request(conn, path, body, key)
             subprocess.run(["callgrind_control", "-d", str(gateway.pid)], check=True, capture_output=True)
-            per_request = main_thread_total(out_dir, gateway.pid) / args.requests
-            print(f"{kind}: {per_request:,.0f} instructions per request ({args.requests} requests)", flush=True)
+            total = main_thread_total(out_dir, gateway.pid)
+            clocked = clock_driven_total(out_dir, gateway.pid)
+            print(f"{kind}: {total / args.requests:,.0f} instructions per request ({args.requests} requests; "
+                  f"{(total - clocked) / args.requests:,.0f} without timers and collections)", flush=True)
     finally:
         for process in (gateway, upstream):
             stop(process)

@@ -56,7 +56,7 @@ async def test_a_clients_id_is_echoed_in_the_header_the_error_body_and_the_acces
     assert any("request_id=trace-7f3a:span-3" in line for line in lines)  # count_tokens' own access line
 
 
-@pytest.mark.parametrize("sent", ["has space", "x" * 129, "caf\u00e9", "tab\there", ""])
+@pytest.mark.parametrize("sent", ["has space", "x" * 129, "caf\u00e9", "tab\there", "", 'a"quote', "back\\slash"])
 async def test_an_id_a_header_or_a_log_line_cannot_carry_is_replaced(gateway, sent):
     gw = await gateway(MOCK)
     response = await gw.post("/v1/chat/completions", {**ASK, "model": "nope"},

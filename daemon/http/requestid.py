@@ -2,11 +2,11 @@
 every answer (set as the answer is prepared, so streams, errors and /admin/* carry it too), in
 the access line and in error bodies.
 
-A client's id is kept when it is 1 to 128 printable ASCII characters without spaces (what
-a log line and a header can carry as they are); anything else is replaced, never echoed. A
-made id is `req_`, 12 random hex digits drawn once per process, `_` and a counter
-(`req_3f9a61c2d84e_1041`): unique across the processes of a host, and cheap to make (no
-random bytes per request).
+A client's id is kept when it is 1 to 128 printable ASCII characters without spaces, quotes
+or backslashes (what a log line and a header can carry as they are, unescaped); anything else
+is replaced, never echoed. A made id is `req_`, 12 random hex digits drawn once per process,
+`_` and a counter (`req_3f9a61c2d84e_1041`): unique across the processes of a host, and
+cheap to make (no random bytes per request).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from aiohttp import web
 from multidict import istr
 
 HEADER = istr("x-request-id")  # an istr: the answer's header map takes it without folding its case
-USABLE = re.compile(r"[!-~]{1,128}")
+USABLE = re.compile(r'[!#-\[\]-~]{1,128}')  # printable ASCII but space, " and \
 
 
 class RequestIds:
@@ -41,21 +41,19 @@ os.register_at_fork(after_in_child=IDS.reseed)  # a forked process makes ids of 
 class IdentifiedRequest(web.BaseRequest):
     """aiohttp's request, with the request's id and the hook that puts it on its answer."""
 
-    ATTRS = web.BaseRequest.ATTRS | frozenset(["_request_id"])
-    __slots__ = ("_request_id",)  # None until first used: set by whoever makes the request (connection.py)
-
-    @property
-    def request_id(self) -> str:
-        request_id = self._request_id
-        if request_id is None:
-            sent = self.headers.get(HEADER)
-            request_id = self._request_id = sent if sent is not None and USABLE.fullmatch(sent) else IDS.new()
-        return request_id
+    ATTRS = web.BaseRequest.ATTRS | frozenset(["request_id"])
+    __slots__ = ("request_id",)  # set as the request is made (connection.py), as `identify` says
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         response.headers[HEADER] = self.request_id
 
 
+def identify(headers) -> str:
+    """The id of a request with these headers: the client's when usable, else a new one."""
+    sent = headers.get(HEADER)
+    return sent if sent is not None and USABLE.fullmatch(sent) else IDS.new()
+
+
 def request_id_of(request: web.BaseRequest) -> str:
-    """The request's id (a request built elsewhere, as by a test's mock, gets a new one)."""
-    return request.request_id if isinstance(request, IdentifiedRequest) else IDS.new()
+    """The request's id (a request built elsewhere, as by a test's mock, gets one from its headers)."""
+    return request.request_id if type(request) is IdentifiedRequest else identify(request.headers)

@@ -101,10 +101,8 @@ def text_line(r: AccessRecord, values: TextValues) -> str:
     model, deployment, ttfb, prompt, completion, cost, key, config, error, format_, cache, request_id = (
         r.model, r.deployment, r.ttfb_ms, r.prompt_tokens, r.completion_tokens, r.cost, r.key, r.config, r.error,
         r.format, r.cache, r.request_id)
-    # a request id is printable ASCII without spaces already (daemon/http/requestid.py), and not
-    # remembered (each is seen once): only a quote or a backslash needs a JSON string
-    if request_id is not None and ('"' in request_id or "\\" in request_id):
-        request_id = json.dumps(request_id)
+    # a request id is printable ASCII without spaces, quotes or backslashes (daemon/http/requestid.py):
+    # it goes in as it is
     known = values.known.get
     return (
         f"{r.method} {r.path} {r.status}"
