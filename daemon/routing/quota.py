@@ -447,15 +447,13 @@ class Quotas:
             window.expire(now)
             headers[LIMIT_REQUESTS] = str(limits.rpm)
             headers[REMAINING_REQUESTS] = str(max(0, limits.rpm - window.total))
-            headers[RESET_REQUESTS] = duration(window.oldest() + WINDOW - now
-                                                             if window.entries else 0.0)
+            headers[RESET_REQUESTS] = duration(window.oldest() + WINDOW - now if window.entries else 0.0)
         if limits.tpm is not None:
             window = usage.tokens
             window.expire(now)
             headers[LIMIT_TOKENS] = str(limits.tpm)
             headers[REMAINING_TOKENS] = str(max(0, limits.tpm - window.total))
-            headers[RESET_TOKENS] = duration(window.oldest() + WINDOW - now
-                                                           if window.entries else 0.0)
+            headers[RESET_TOKENS] = duration(window.oldest() + WINDOW - now if window.entries else 0.0)
         return headers
 
     @staticmethod
