@@ -348,6 +348,22 @@ def test_a_ticket_settled_after_its_reservation_expired_does_not_go_negative():
     assert usage.inflight == 0
 
 
+def test_a_reservation_the_next_admission_expired_settles_outside_the_window():
+    """The same as above when it is the next admission that finds the old entry past the window
+    (admit_key expires the key's windows itself): settling the old ticket leaves the total alone."""
+    store = LocalCounterStore()
+    quotas = Quotas(store)
+    key = limited_key(limits=Limits(rpm=5, tpm=1000))
+    old = quotas.admit_key(key, 800, at(0), "UTC")
+    fresh = quotas.admit_key(key, 300, at(SPAN + 1), "UTC")  # expires the old reservation
+    assert fresh.headers["x-ratelimit-remaining-tokens"] == "700"
+    assert fresh.headers["x-ratelimit-remaining-requests"] == "4"
+    old.settle(50, None, True)
+    usage = store.key(key.identity)
+    assert usage.tokens.total == 300 and usage.tokens.used(at(SPAN + 2)) == 300
+    assert usage.requests.used(at(SPAN + 2)) == 1
+
+
 # --- Quotas.admit_key: each refusal -----------------------------------------------------------
 
 
