@@ -18,7 +18,7 @@ thread's instructions give
 
 Targets: `gatewayd` (`gatewayd run -c bench/gateway.bench.yaml`, alias `bench-stream`, its
 provider at 127.0.0.1:18101) and `floor`: the aiohttp floor proxy of the peer harness
-(bench/streams/floor.py there; the same 30 lines are below), with uvloop, as gatewayd runs.
+(bench/streams/floor.py there; the same lines are bench/floor.py), with uvloop, as gatewayd runs.
 Both relay the same bytes. gatewayd's periodic timers (the 10 ms deadline sweep while a
 stream waits, the 0.1 s access-log flush) fire by the clock, about 50x more often per chunk
 than at full speed, so its figures lean a little high; compare runs of this script with
@@ -45,33 +45,7 @@ CONFIG = ROOT / "bench" / "gateway.bench.yaml"
 UPSTREAM_PORT = 18101
 KEY = "sk-test"
 
-FLOOR = r'''
-import json, sys
-from aiohttp import web, ClientSession, TCPConnector, ClientTimeout
-import uvloop
-upstream = f"http://127.0.0.1:{sys.argv[2]}/v1/chat/completions"
-async def on_startup(app):
-    app["s"] = ClientSession(connector=TCPConnector(limit=0, keepalive_timeout=60), timeout=ClientTimeout(total=None))
-async def chat(request):
-    d = json.loads(await request.read())
-    d["model"] = "gpt-4o-mini"
-    async with request.app["s"].post(upstream, data=json.dumps(d).encode(),
-                                     headers={"Authorization": "Bearer x", "Content-Type": "application/json"}) as r:
-        if d.get("stream"):
-            resp = web.StreamResponse(status=r.status, headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            async for chunk in r.content.iter_any():
-                await resp.write(chunk)
-            await resp.write_eof()
-            return resp
-        return web.Response(body=await r.read(), status=r.status, content_type="application/json")
-app = web.Application()
-app.on_startup.append(on_startup)
-app.router.add_post("/v1/chat/completions", chat)
-app.router.add_get("/healthz", lambda r: web.Response(text="ok"))
-uvloop.install()
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-'''
+FLOOR = Path(__file__).resolve().parent / "floor.py"
 
 TARGETS = {
     # name: (port, model, command after valgrind's options)
@@ -141,7 +115,7 @@ class LockStep:
 def command(target: str, args: argparse.Namespace) -> list[str]:
     if target == "gatewayd":
         return [args.gatewayd, "run", "-c", str(CONFIG)]
-    return [sys.executable, "-c", FLOOR, str(TARGETS["floor"][0]), str(UPSTREAM_PORT)]
+    return [sys.executable, str(FLOOR), str(TARGETS["floor"][0]), str(UPSTREAM_PORT)]
 
 
 async def measure(target: str, args: argparse.Namespace, lockstep: LockStep, out_dir: str) -> tuple[float, float]:

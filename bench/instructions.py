@@ -216,6 +216,23 @@ def stop(process: subprocess.Popen | None, wait: float = 30) -> None:
             process.wait()
 
 
+def wait_healthy(gateway: subprocess.Popen, port: int, seconds: float, log: str) -> None:
+    """Return once the gatewayd at 127.0.0.1:`port` answers /healthz; exit if it died or took
+    longer than `seconds` (under valgrind it starts in tens of seconds)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=min(60.0, seconds))
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or gateway.poll() is not None:
+            raise SystemExit(f"gatewayd did not start; see {log}")
+        time.sleep(0.2)
+
+
 def newest_dump(out_dir: str, pid: int) -> str:
     """The newest dump of the gateway's main thread (callgrind.out.PID.N-01)."""
     dumps = glob.glob(f"{out_dir}/callgrind.out.{pid}.*-01")
@@ -275,18 +292,7 @@ def main() -> int:
             ["valgrind", "--tool=callgrind", "--separate-threads=yes",
              f"--callgrind-out-file={out_dir}/callgrind.out.%p", args.gatewayd, "run", "-c", str(config)],
             stdout=subprocess.DEVNULL, stderr=open(f"{out_dir}/gatewayd.log", "wb"), cwd=ROOT)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or gateway.poll() is not None:
-                raise SystemExit(f"gatewayd did not start; see {out_dir}/gatewayd.log")
-            time.sleep(0.5)
+        wait_healthy(gateway, port, 120, f"{out_dir}/gatewayd.log")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         for kind in args.kinds.split(","):
             path, body = KINDS[kind]

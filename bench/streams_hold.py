@@ -38,11 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import aiohttp
-from instructions import stop  # bench/ is the script's folder: sys.path[0]
+from instructions import stop, wait_healthy  # bench/ is the script's folder: sys.path[0]
 
 UPSTREAM = r'''
 import asyncio, json, sys, time
@@ -220,17 +219,7 @@ def main() -> int:
             raise SystemExit("the paced upstream did not start")
         log = open(Path(folder) / "gatewayd.log", "wb")
         gateway = subprocess.Popen([args.gatewayd, "run", "-c", str(config)], stdout=log, stderr=log, cwd=folder)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{args.port}/healthz", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline or gateway.poll() is not None:
-                raise SystemExit(f"gatewayd did not start; see {folder}/gatewayd.log")
-            time.sleep(0.2)
+        wait_healthy(gateway, args.port, 30, f"{folder}/gatewayd.log")
         time.sleep(1)  # settled: the idle RSS is read before the first stream
         print(json.dumps(asyncio.run(hold(args, gateway.pid, upstream.pid))), flush=True)
     finally:

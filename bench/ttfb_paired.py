@@ -58,31 +58,7 @@ import uvloop; uvloop.install()
 asyncio.run(main())
 '''
 
-FLOOR = r'''
-import sys
-from aiohttp import web, ClientSession, TCPConnector
-import json, uvloop
-UPSTREAM = sys.argv[2]
-async def on_startup(app):
-    app["s"] = ClientSession(connector=TCPConnector(limit=0, keepalive_timeout=60))
-async def chat(request):
-    d = json.loads(await request.read())
-    d["model"] = "gpt-4o-mini"
-    async with request.app["s"].post(UPSTREAM, data=json.dumps(d).encode(),
-                                      headers={"Authorization": "Bearer x", "Content-Type": "application/json"}) as r:
-        resp = web.StreamResponse(status=r.status, headers={"Content-Type": "text/event-stream"})
-        await resp.prepare(request)
-        async for chunk in r.content.iter_any():
-            await resp.write(chunk)
-        await resp.write_eof()
-        return resp
-app = web.Application()
-app.on_startup.append(on_startup)
-app.router.add_post("/v1/chat/completions", chat)
-app.router.add_get("/", lambda r: web.Response(text="ok"))
-uvloop.install()
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-'''
+FLOOR = BENCH / "floor.py"  # the aiohttp floor, shared with bench/chunk_cost.py
 
 UPSTREAM_PORT, FLOOR_PORT, GATEWAY_PORT = 28001, 28092, 28080
 OTHERS = "pytest|bench/run.sh|ttfb/run|ttfb_paired.py|instructions.py|callgrind|stream_client.py"
@@ -147,8 +123,7 @@ def main() -> int:
     rows = [("direct", UPSTREAM_PORT, "bench-stream"), ("floor", FLOOR_PORT, "bench-model-stream")]
     try:
         start([sys.executable, "-c", UPSTREAM, str(work / "events"), str(UPSTREAM_PORT)], 1)
-        start([sys.executable, "-c", FLOOR, str(FLOOR_PORT),
-               f"http://127.0.0.1:{UPSTREAM_PORT}/v1/chat/completions"], 0)
+        start([sys.executable, str(FLOOR), str(FLOOR_PORT), str(UPSTREAM_PORT)], 0)
         config = (BENCH / "gateway.bench.yaml").read_text().replace(
             "127.0.0.1:18101", f"127.0.0.1:{UPSTREAM_PORT}").replace("127.0.0.1:18100", "127.0.0.1:28000")
         for i, (name, checkout) in enumerate(builds):
@@ -164,7 +139,7 @@ def main() -> int:
                    "run", "-c", str(path)], 0, {**os.environ, "PYTHONPATH": str(work / name)})
             rows.append((name, port, "bench-stream"))
             wait_up(f"http://127.0.0.1:{port}/healthz")
-        wait_up(f"http://127.0.0.1:{FLOOR_PORT}/")
+        wait_up(f"http://127.0.0.1:{FLOOR_PORT}/healthz")
         os.sched_setaffinity(0, {1})
         headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-test"}
         conns = {name: (http.client.HTTPConnection("127.0.0.1", port, timeout=30), json.dumps(
