@@ -42,7 +42,7 @@ class IdentifiedRequest(web.BaseRequest):
     """aiohttp's request, with the request's id and the hook that puts it on its answer."""
 
     ATTRS = web.BaseRequest.ATTRS | frozenset(["request_id"])
-    __slots__ = ("request_id",)  # set as the request is made (connection.py), as `identify` says
+    __slots__ = ("request_id",)  # set by `identify` as the request is made (connection.py)
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         response.headers[HEADER] = self.request_id
