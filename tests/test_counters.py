@@ -300,6 +300,8 @@ def test_key_tickets_book_and_settle_like_the_reference(ops, rpm, tpm, concurren
                 assert snapshot(usage, at(now)) == before  # a refusal books nothing
             else:
                 ticket = quotas.admit_key(key, tokens, at(now), "UTC")
+                # the headers admit_key writes out are what `headers` says of the windows after it
+                assert ticket.headers == Quotas.headers(key.limits, usage, at(now))
                 requests.append((now, 1))
                 tickets.append([ticket, [now, tokens], False])
                 inflight += 1

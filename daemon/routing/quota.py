@@ -74,15 +74,16 @@ LIMIT_TOKENS = istr("x-ratelimit-limit-tokens")
 REMAINING_TOKENS = istr("x-ratelimit-remaining-tokens")
 RESET_TOKENS = istr("x-ratelimit-reset-tokens")
 
-SECONDS = tuple(f"{n}s" if n < 60 else f"{n // 60}m{n % 60}s" for n in range(61))  # duration()'s usual answers
+# duration()'s answers up to a minute, looked up rather than formatted: a limited key's window in
+# steady traffic has its oldest entry leaving within the second, at every request
+SECONDS = tuple(f"{n}s" if n < 60 else f"{n // 60}m{n % 60}s" for n in range(61))
+MILLISECONDS = tuple(f"{n}ms" for n in range(1000)) + ("1s",)  # 999.5 ms rounds up to a second
 
 
 def duration(seconds: float) -> str:
     """A reset time as OpenAI's `x-ratelimit-reset-*` headers write it: `1s`, `6m0s`, `250ms`."""
     if seconds < 1:
-        milliseconds = math.ceil(seconds * 1000)
-        if milliseconds < 1000:
-            return f"{max(0, milliseconds)}ms"
+        return MILLISECONDS[max(0, math.ceil(seconds * 1000))]
     whole = math.ceil(seconds)
     return SECONDS[whole] if whole <= 60 else f"{whole // 60}m{whole % 60}s"
 
@@ -393,13 +394,13 @@ class Quotas:
             total = requests.total = requests.total + 1
             remaining_requests = str(rpm - total) if total < rpm else "0"
             reset = times[0] - horizon
-            reset_requests = SECONDS[ceil(reset)] if reset >= 1 else duration(reset)
+            reset_requests = SECONDS[ceil(reset)] if reset >= 1 else MILLISECONDS[ceil(reset * 1000)]  # 0 < reset <= 60
         if tpm is not None:
             entries.append(entry := Entry(now, tokens))
             total = reserved.total = reserved.total + tokens
             remaining_tokens = str(tpm - total) if total < tpm else "0"
             reset = entries[0].at - horizon
-            reset_tokens = SECONDS[ceil(reset)] if reset >= 1 else duration(reset)
+            reset_tokens = SECONDS[ceil(reset)] if reset >= 1 else MILLISECONDS[ceil(reset * 1000)]
         # each as one dict display: the dict is made at its size, not grown as headers are added
         if rpm is not None and tpm is not None:
             headers = {LIMIT_REQUESTS: limits.rpm_text, REMAINING_REQUESTS: remaining_requests,
