@@ -263,8 +263,7 @@ def settled_value(estimate: int, outcome: tuple) -> int:
 
 
 def snapshot(usage: KeyUsage, now: float) -> tuple:
-    return (usage.requests.used(now), len(usage.requests.entries), usage.tokens.used(now),
-            len(usage.tokens.entries), usage.inflight, usage.spent)
+    return usage.window.count(now), usage.window.used(now), usage.inflight, usage.spent
 
 
 @settings(max_examples=150, deadline=None)
@@ -319,15 +318,15 @@ def test_key_tickets_book_and_settle_like_the_reference(ops, rpm, tpm, concurren
                 inflight -= 1
                 spent += op[3] / 100 if op[2][0] != "failed" else 0.0
         assert usage.inflight == inflight
-        assert usage.tokens.used(at(now)) == held([tuple(t[1]) for t in tickets], now) >= 0
-        assert usage.requests.used(at(now)) == held(requests, now)
+        assert usage.window.used(at(now)) == held([tuple(t[1]) for t in tickets], now) >= 0
+        assert usage.window.count(at(now)) == held(requests, now)
     for entry, outcome in zip([t for t in tickets if not t[2]], finals, strict=False):
         settle(entry[0], outcome, 7)
         entry[1][1] = settled_value(entry[1][1], outcome)
         spent += 0.07 if outcome[0] != "failed" else 0.0
     assert usage.inflight == 0
     assert usage.spent == pytest.approx(spent)
-    total = usage.tokens.used(at(now))
+    total = usage.window.used(at(now))
     assert total == held([tuple(t[1]) for t in tickets], now) >= 0
     if tickets and now - tickets[0][1][0] < SPAN:  # nothing expired: the total is all that was settled
         assert total == sum(t[1][1] for t in tickets)
@@ -340,13 +339,13 @@ def test_a_ticket_settled_after_its_reservation_expired_does_not_go_negative():
     old = quotas.admit_key(key, 800, at(0), "UTC")
     assert isinstance(old.tokens, Entry) and old.tokens.amount == 800
     usage = store.key(key.identity)
-    assert usage.tokens.used(at(SPAN + 1)) == 0  # the reservation left the window
+    assert usage.window.used(at(SPAN + 1)) == 0  # the reservation left the window
     fresh = quotas.admit_key(key, 300, at(SPAN + 1), "UTC")
     old.settle(None, None, False)
     old.settle(5000, None, True)  # a second settlement changes nothing either
-    assert usage.tokens.used(at(SPAN + 2)) == 300
+    assert usage.window.used(at(SPAN + 2)) == 300
     fresh.settle(120, 0.01, True)
-    assert usage.tokens.used(at(SPAN + 2)) == 120
+    assert usage.window.used(at(SPAN + 2)) == 120
     assert usage.inflight == 0
 
 
@@ -362,8 +361,8 @@ def test_a_reservation_the_next_admission_expired_settles_outside_the_window():
     assert fresh.headers["x-ratelimit-remaining-requests"] == "4"
     old.settle(50, None, True)
     usage = store.key(key.identity)
-    assert usage.tokens.total == 300 and usage.tokens.used(at(SPAN + 2)) == 300
-    assert usage.requests.used(at(SPAN + 2)) == 1
+    assert usage.window.total == 300 and usage.window.used(at(SPAN + 2)) == 300
+    assert usage.window.count(at(SPAN + 2)) == 1
 
 
 # --- Quotas.admit_key: each refusal -----------------------------------------------------------
@@ -449,7 +448,7 @@ def test_a_refusal_books_nothing(limits, fill, refused_reason):
             quotas.admit_key(key, 10, at(1), "UTC")
         assert refused.value.reason == refused_reason
     assert snapshot(usage, at(1)) == before
-    assert usage.requests.used(at(1)) == 1
+    assert usage.window.count(at(1)) == 1
 
 
 def test_budget_refusal_names_spend_budget_and_reset_and_resets_next_period():
@@ -498,7 +497,7 @@ def test_a_key_without_limits_books_nothing_and_sends_no_headers():
     assert (ticket.tokens, ticket.concurrent, ticket.headers) == (None, False, {})
     ticket.settle(100, 0.5, True)
     usage = store.key(key.identity)
-    assert (usage.inflight, usage.tokens.used(at(0)), usage.spent) == (0, 0, 0.5)
+    assert (usage.inflight, usage.window.used(at(0)), usage.spent) == (0, 0, 0.5)
 
 
 def test_headers_say_what_remains_after_this_request_and_when_the_window_empties():

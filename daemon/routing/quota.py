@@ -33,7 +33,7 @@ import msgspec
 from multidict import istr
 
 from gatewayd.daemon.core.graph import AppKey, Budget, Deployment, Graph, Limits, Route
-from gatewayd.daemon.state.counters import WINDOW, CounterStore, DeploymentUsage, Entry, KeyUsage, Window
+from gatewayd.daemon.state.counters import WINDOW, CounterStore, DeploymentUsage, Entry, KeyUsage, RequestWindow, Window
 from gatewayd.daemon.state.shared import Over, Unavailable
 
 if TYPE_CHECKING:
@@ -140,8 +140,8 @@ class KeyTicket(msgspec.Struct, gc=False):
         self.usage = None
         if entry is not None and (used_tokens is not None or not answered):
             used = used_tokens if used_tokens is not None and used_tokens > 0 else 0
-            if entry.live:  # Window.settle, written out: every request of a key with a tpm settles
-                usage.tokens.total += used - entry.amount
+            if entry.live:  # Window.settle, written out: every request of a limited key settles
+                usage.window.total += used - entry.amount
             entry.amount = used
         if self.concurrent:
             usage.inflight -= 1
@@ -187,9 +187,12 @@ def quota_wait(limits: Limits, usage: DeploymentUsage | None, tokens: int, now: 
     return None
 
 
-def headroom(window: Window, limit: int, now: float) -> dict:
-    used = window.used(now)
+def counted(used: int, limit: int) -> dict:
     return {"limit": limit, "used": used, "remaining": max(0, limit - used)}
+
+
+def headroom(window: Window | RequestWindow, limit: int, now: float) -> dict:
+    return counted(window.used(now), limit)
 
 
 class SharedTicket(msgspec.Struct, gc=False):
@@ -362,68 +365,54 @@ class Quotas:
         limits = key.limits
         if limits is None:
             return KeyTicket(usage, None, False, {})
-        # the windows' checks written out: this runs for every request of a limited key
+        # the window's checks written out: this runs for every request of a limited key
         rpm, tpm, concurrency = limits.rpm, limits.tpm, limits.concurrency
         horizon = now - WINDOW
-        requests, reserved = usage.requests, usage.tokens
-        # in steady traffic each request expires about one entry from each window: the windows'
-        # `expire`, written out too
-        times = requests.entries
-        if rpm is not None:
-            if times and times[0] <= horizon:
-                while times and times[0] <= horizon:
-                    times.popleft()
-                requests.total = len(times)
-            if requests.total >= rpm:
-                raise self.over_limit(key.name, limits, usage, tokens, now)
-        entries = reserved.entries
-        if tpm is not None:
-            while entries and entries[0].at <= horizon:
-                gone = entries.popleft()
-                gone.live = False
-                reserved.total -= gone.amount
-            if reserved.total + tokens > tpm:
-                raise self.over_limit(key.name, limits, usage, tokens, now)
+        window = usage.window
+        entries = window.entries
+        # in steady traffic each request expires about one entry: the window's `expire`, written out too
+        while entries and entries[0].at <= horizon:
+            gone = entries.popleft()
+            gone.live = False
+            window.total -= gone.amount
+        if (rpm is not None and len(entries) >= rpm) or (tpm is not None and window.total + tokens > tpm):
+            raise self.over_limit(key.name, limits, usage, tokens, now)
         if concurrency is not None:
             if usage.inflight >= concurrency:
                 raise self.over_limit(key.name, limits, usage, tokens, now)
             usage.inflight += 1
         entry = None
-        if rpm is not None:
-            times.append(now)
-            total = requests.total = requests.total + 1
-            remaining_requests = str(rpm - total) if total < rpm else "0"
-            reset = times[0] - horizon
-            reset_requests = SECONDS[ceil(reset)] if reset >= 1 else MILLISECONDS[ceil(reset * 1000)]  # 0 < reset <= 60
-        if tpm is not None:
-            entries.append(entry := Entry(now, tokens))
-            total = reserved.total = reserved.total + tokens
-            remaining_tokens = str(tpm - total) if total < tpm else "0"
-            reset = entries[0].at - horizon
-            reset_tokens = SECONDS[ceil(reset)] if reset >= 1 else MILLISECONDS[ceil(reset * 1000)]
-        # each as one dict display: the dict is made at its size, not grown as headers are added
-        if rpm is not None and tpm is not None:
-            headers = {LIMIT_REQUESTS: limits.rpm_text, REMAINING_REQUESTS: remaining_requests,
-                       RESET_REQUESTS: reset_requests, LIMIT_TOKENS: limits.tpm_text,
-                       REMAINING_TOKENS: remaining_tokens, RESET_TOKENS: reset_tokens}
-        elif rpm is not None:
-            headers = {LIMIT_REQUESTS: limits.rpm_text, REMAINING_REQUESTS: remaining_requests,
-                       RESET_REQUESTS: reset_requests}
-        elif tpm is not None:
-            headers = {LIMIT_TOKENS: limits.tpm_text, REMAINING_TOKENS: remaining_tokens, RESET_TOKENS: reset_tokens}
-        else:
-            headers = {}
+        headers = {}
+        if rpm is not None or tpm is not None:
+            entries.append(entry := Entry(now, tokens))  # Window.add, written out
+            total = window.total = window.total + tokens
+            reset = entries[0].at - horizon  # 0 < reset <= 60: when the oldest entry leaves
+            reset = SECONDS[ceil(reset)] if reset >= 1 else MILLISECONDS[ceil(reset * 1000)]
+            # each as one dict display: the dict is made at its size, not grown as headers are added
+            if rpm is not None:
+                count = len(entries)
+                remaining = str(rpm - count) if count < rpm else "0"
+                if tpm is not None:
+                    headers = {LIMIT_REQUESTS: limits.rpm_text, REMAINING_REQUESTS: remaining,
+                               RESET_REQUESTS: reset, LIMIT_TOKENS: limits.tpm_text,
+                               REMAINING_TOKENS: str(tpm - total) if total < tpm else "0", RESET_TOKENS: reset}
+                else:
+                    headers = {LIMIT_REQUESTS: limits.rpm_text, REMAINING_REQUESTS: remaining, RESET_REQUESTS: reset}
+            else:
+                headers = {LIMIT_TOKENS: limits.tpm_text, REMAINING_TOKENS: str(tpm - total) if total < tpm else "0",
+                           RESET_TOKENS: reset}
         return KeyTicket(usage, entry, concurrency is not None, headers)
 
     def over_limit(self, name: str, limits: Limits, usage: KeyUsage, tokens: int, now: float) -> Refused:
         """The refusal of a request over one of its key's limits: which, and when it has room."""
-        if limits.rpm is not None and not usage.requests.fits(limits.rpm, 1, now):
+        window = usage.window
+        if limits.rpm is not None and window.count(now) >= limits.rpm:
             reason, detail = "key_rpm", f"{limits.rpm} requests per minute"
-            wait = usage.requests.wait(limits.rpm, 1, now)
-        elif limits.tpm is not None and not usage.tokens.fits(limits.tpm, tokens, now):
+            wait = window.wait_count(limits.rpm, now)
+        elif limits.tpm is not None and not window.fits(limits.tpm, tokens, now):
             detail = (f"{limits.tpm} tokens per minute" if tokens <= limits.tpm else
                       f"{limits.tpm} tokens per minute, and this request alone is estimated at {tokens}")
-            reason, wait = "key_tpm", usage.tokens.wait(limits.tpm, tokens, now)
+            reason, wait = "key_tpm", window.wait(limits.tpm, tokens, now)
         else:
             reason, detail, wait = "key_concurrency", f"{limits.concurrency} requests at a time", 1.0
         return Refused("rate_limit_exceeded", f"the app key '{name}' is over its limit of {detail}; "
@@ -447,20 +436,19 @@ class Quotas:
     @staticmethod
     def headers(limits: Limits, usage: KeyUsage, now: float) -> dict[str, str]:
         """`x-ratelimit-*` as OpenAI names them: the limit, what remains after this request, and
-        when room grows again (the oldest request, or tokens, counted leaves the window)."""
+        when room grows again (the oldest request counted leaves the window)."""
+        window = usage.window
+        window.expire(now)
+        reset = duration(window.oldest() + WINDOW - now if window.entries else 0.0)
         headers = {}
         if limits.rpm is not None:
-            window = usage.requests
-            window.expire(now)
             headers[LIMIT_REQUESTS] = str(limits.rpm)
-            headers[REMAINING_REQUESTS] = str(max(0, limits.rpm - window.total))
-            headers[RESET_REQUESTS] = duration(window.oldest() + WINDOW - now if window.entries else 0.0)
+            headers[REMAINING_REQUESTS] = str(max(0, limits.rpm - len(window.entries)))
+            headers[RESET_REQUESTS] = reset
         if limits.tpm is not None:
-            window = usage.tokens
-            window.expire(now)
             headers[LIMIT_TOKENS] = str(limits.tpm)
             headers[REMAINING_TOKENS] = str(max(0, limits.tpm - window.total))
-            headers[RESET_TOKENS] = duration(window.oldest() + WINDOW - now if window.entries else 0.0)
+            headers[RESET_TOKENS] = reset
         return headers
 
     @staticmethod
@@ -501,9 +489,9 @@ def key_status(key: AppKey, usage: KeyUsage | None, now: float, zone: str) -> di
     if limits is not None:
         shown: dict = {}
         if limits.rpm is not None:
-            shown["rpm"] = headroom(usage.requests, limits.rpm, now)
+            shown["rpm"] = counted(usage.window.count(now), limits.rpm)
         if limits.tpm is not None:
-            shown["tpm"] = headroom(usage.tokens, limits.tpm, now)
+            shown["tpm"] = counted(usage.window.used(now), limits.tpm)
         if limits.concurrency is not None:
             shown["concurrency"] = {"limit": limits.concurrency, "used": usage.inflight,
                                     "remaining": max(0, limits.concurrency - usage.inflight)}

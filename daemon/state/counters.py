@@ -1,8 +1,9 @@
 """Counters behind admission control, keyed by stable identities (an app key's digest,
 `Deployment.identity`), whatever keeps them.
 
-    Window           a rolling 60 s log of the tokens admitted, each reservation settled later
-    RequestWindow    the same for requests: only their times
+    Window           a rolling 60 s log of admissions and the tokens each reserved, each
+                     reservation settled later: its length counts requests, its total tokens
+    RequestWindow    a deployment's requests: only their times
     Slots            requests in flight against a `concurrency`, and the queue of those
                      waiting for a slot: ordered by priority, then arrival, with ageing
     KeyUsage         one app key's windows, requests in flight and spend in its budget period
@@ -88,6 +89,19 @@ class Window:
                 return max(entry.at + WINDOW - now, 0.001)
         return WINDOW  # unreachable while total is the sum of the entries
 
+    def count(self, now: float) -> int:
+        """The admissions in the window (a key's requests)."""
+        self.expire(now)
+        return len(self.entries)
+
+    def wait_count(self, limit: int, now: float) -> float:
+        """Seconds until one more admission fits under `limit` admissions: 0 when it fits now."""
+        self.expire(now)
+        excess = len(self.entries) + 1 - limit
+        if excess <= 0:
+            return 0.0
+        return max(self.entries[excess - 1].at + WINDOW - now, 0.001)
+
     def add(self, amount: int, now: float) -> Entry:
         entry = Entry(now, amount)
         self.entries.append(entry)
@@ -106,7 +120,7 @@ class Window:
 
 class RequestWindow:
     """Requests admitted in the last 60 s: each is one, and none is settled later, so the
-    window keeps only their times (a request window is booked on every limited request)."""
+    window keeps only their times (a deployment's `rpm`, booked at each try)."""
 
     __slots__ = ("entries", "total")
 
@@ -240,13 +254,17 @@ class Slots:
 
 
 class KeyUsage:
-    """One app key's counters: its windows, its requests in flight, its spend this period."""
+    """One app key's counters: its window, its requests in flight, its spend this period.
 
-    __slots__ = ("requests", "tokens", "inflight", "spent", "period_start", "period_end", "period", "zone")
+    One window serves its `rpm` and its `tpm`: every admission of a key with either is one
+    entry, its tokens reserved and settled from the answer, so its length is the requests in
+    the last 60 s and its total their tokens. (Each request expires and books one entry, not
+    one in each of two windows; and a reload that adds a `tpm` finds the tokens already counted.)"""
+
+    __slots__ = ("window", "inflight", "spent", "period_start", "period_end", "period", "zone")
 
     def __init__(self) -> None:
-        self.requests = RequestWindow()
-        self.tokens = Window()
+        self.window = Window()
         self.inflight = 0
         self.spent = 0.0  # US dollars since `period_start`
         self.period_start = 0.0  # wall clock; 0: no spend yet
