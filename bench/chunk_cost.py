@@ -22,7 +22,9 @@ provider at 127.0.0.1:18101) and `floor`: the aiohttp floor proxy of the peer ha
 Both relay the same bytes. gatewayd's periodic timers (the 10 ms deadline sweep while a
 stream waits, the 0.1 s access-log flush) fire by the clock, about 50x more often per chunk
 than at full speed, so its figures lean a little high; compare runs of this script with
-each other. Needs valgrind; ports 18080, 18090, 18101 free.
+each other. Each per-chunk figure is also given without what the event loop's timers and the
+garbage collector's collections did (as bench/instructions.py gives it), for both targets.
+Needs valgrind; ports 18080, 18090, 18101 free.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from instructions import main_thread_total, stop  # bench/ is the script's folder: sys.path[0]
+from instructions import clock_driven_total, main_thread_total, stop  # bench/ is the script's folder: sys.path[0]
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "bench" / "gateway.bench.yaml"
@@ -118,7 +120,8 @@ def command(target: str, args: argparse.Namespace) -> list[str]:
     return [sys.executable, str(FLOOR), str(TARGETS["floor"][0]), str(UPSTREAM_PORT)]
 
 
-async def measure(target: str, args: argparse.Namespace, lockstep: LockStep, out_dir: str) -> tuple[float, float]:
+async def measure(target: str, args: argparse.Namespace, lockstep: LockStep,
+                  out_dir: str) -> tuple[float, float, float]:
     port, model, _ = TARGETS[target]
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     process = subprocess.Popen(
@@ -141,19 +144,21 @@ async def measure(target: str, args: argparse.Namespace, lockstep: LockStep, out
                 await asyncio.sleep(0.5)
             for _ in range(args.warmup):
                 await lockstep.stream(session, url, model, args.chunks)
-            totals = []
+            totals, clocked = [], []
             subprocess.run(["callgrind_control", "-z", str(process.pid)], check=True, capture_output=True)
             for n in (args.chunks, 2 * args.chunks):
                 for _ in range(args.streams):
                     await lockstep.stream(session, url, model, n)
                 subprocess.run(["callgrind_control", "-d", str(process.pid)], check=True, capture_output=True)
                 totals.append(main_thread_total(out_dir, process.pid))
+                clocked.append(clock_driven_total(out_dir, process.pid))
                 subprocess.run(["callgrind_control", "-z", str(process.pid)], check=True, capture_output=True)
     finally:
         stop(process, 60)
     per_chunk = (totals[1] - totals[0]) / (args.streams * args.chunks)
     per_stream = totals[0] / args.streams - args.chunks * per_chunk
-    return per_chunk, per_stream
+    quiet = ((totals[1] - clocked[1]) - (totals[0] - clocked[0])) / (args.streams * args.chunks)
+    return per_chunk, per_stream, quiet
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -168,12 +173,14 @@ async def run(args: argparse.Namespace) -> None:
         results = {}
         for target in args.targets.split(","):
             results[target] = await measure(target, args, lockstep, out_dir)
-            per_chunk, per_stream = results[target]
-            print(f"{target}: {per_chunk:,.0f} instructions per chunk, {per_stream:,.0f} per stream "
-                  f"({args.streams} streams of {args.chunks} and of {2 * args.chunks} chunks)", flush=True)
+            per_chunk, per_stream, quiet = results[target]
+            print(f"{target}: {per_chunk:,.0f} instructions per chunk ({quiet:,.0f} without timers and "
+                  f"collections), {per_stream:,.0f} per stream ({args.streams} streams of {args.chunks} "
+                  f"and of {2 * args.chunks} chunks)", flush=True)
         if "gatewayd" in results and "floor" in results:
-            (chunk_g, stream_g), (chunk_f, stream_f) = results["gatewayd"], results["floor"]
-            print(f"gatewayd / floor: {chunk_g / chunk_f:.2f}x per chunk, {stream_g / stream_f:.2f}x per stream")
+            (chunk_g, stream_g, quiet_g), (chunk_f, stream_f, quiet_f) = results["gatewayd"], results["floor"]
+            print(f"gatewayd / floor: {chunk_g / chunk_f:.2f}x per chunk ({quiet_g / quiet_f:.2f}x without timers "
+                  f"and collections), {stream_g / stream_f:.2f}x per stream")
     finally:
         await runner.cleanup()
         if not args.keep:
