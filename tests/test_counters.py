@@ -299,7 +299,7 @@ def test_key_tickets_book_and_settle_like_the_reference(ops, rpm, tpm, concurren
                 assert snapshot(usage, at(now)) == before  # a refusal books nothing
             else:
                 ticket = quotas.admit_key(key, tokens, at(now), "UTC")
-                # the headers admit_key writes out are what `headers` says of the windows after it
+                # the headers admit_key writes out are what `headers` says of the window after it
                 assert ticket.headers == Quotas.headers(key.limits, usage, at(now))
                 requests.append((now, 1))
                 tickets.append([ticket, [now, tokens], False])
@@ -363,6 +363,26 @@ def test_a_reservation_the_next_admission_expired_settles_outside_the_window():
     usage = store.key(key.identity)
     assert usage.window.total == 300 and usage.window.used(at(SPAN + 2)) == 300
     assert usage.window.count(at(SPAN + 2)) == 1
+
+
+def test_a_tpm_added_by_a_reload_finds_the_minutes_tokens_counted():
+    """A key's rpm and tpm count one window: the tokens of requests admitted under an rpm alone
+    are counted (and settled) too, so a `tpm` a reload adds applies to the last minute at once."""
+    store = LocalCounterStore()
+    quotas = Quotas(store)
+    before = limited_key(limits=Limits(rpm=10))
+    first = quotas.admit_key(before, 400, at(0), "UTC")
+    assert "x-ratelimit-remaining-tokens" not in first.headers
+    first.settle(700, None, True)  # the answer used more than the estimate
+    after = limited_key(limits=Limits(rpm=10, tpm=1000))  # the same key, reloaded with a tpm
+    assert after.identity == before.identity
+    second = quotas.admit_key(after, 250, at(SECOND), "UTC")
+    assert second.headers["x-ratelimit-remaining-tokens"] == "50"
+    assert second.headers["x-ratelimit-remaining-requests"] == "8"
+    with pytest.raises(Refused) as refused:
+        quotas.admit_key(after, 100, at(2 * SECOND), "UTC")
+    assert refused.value.reason == "key_tpm"
+    assert refused.value.retry_after == pytest.approx(WINDOW - 2)  # when the first request's 700 leave
 
 
 # --- Quotas.admit_key: each refusal -----------------------------------------------------------

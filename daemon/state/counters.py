@@ -6,7 +6,7 @@
     RequestWindow    a deployment's requests: only their times
     Slots            requests in flight against a `concurrency`, and the queue of those
                      waiting for a slot: ordered by priority, then arrival, with ageing
-    KeyUsage         one app key's windows, requests in flight and spend in its budget period
+    KeyUsage         one app key's window, requests in flight and spend in its budget period
     DeploymentUsage  one deployment's windows and slots
     CounterStore     the interface the router and the pipeline use: `key`, `deployment`
                      (created on first use), `peek_*` (never creates), `retain`
