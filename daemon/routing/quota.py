@@ -77,7 +77,7 @@ RESET_TOKENS = istr("x-ratelimit-reset-tokens")
 # duration()'s answers up to a minute, looked up rather than formatted: a limited key's window in
 # steady traffic has its oldest entry leaving within the second, at every request
 SECONDS = tuple(f"{n}s" if n < 60 else f"{n // 60}m{n % 60}s" for n in range(61))
-MILLISECONDS = tuple(f"{n}ms" for n in range(1000)) + ("1s",)  # 999.5 ms rounds up to a second
+MILLISECONDS = tuple(f"{n}ms" for n in range(1000)) + ("1s",)  # over 999 ms: up to a whole second
 
 
 def duration(seconds: float) -> str:
