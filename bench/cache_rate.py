@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -25,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
+from load import BENCH, start_upstream, wrk  # bench/ is the script's folder: sys.path[0]
 
 
 def wait_ready(deadline: float) -> None:
@@ -41,17 +40,6 @@ def wait_ready(deadline: float) -> None:
     raise SystemExit("gatewayd did not become ready")
 
 
-def wrk(model: str, conns: int, duration: int) -> float:
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t", "1", "-c", str(conns), "-d", f"{duration}s",
-                          "-s", str(BENCH / "chat.lua"), "http://127.0.0.1:18080"],
-                         env={**os.environ, "BENCH_MODEL": model}, capture_output=True, text=True, check=True)
-    line = next(line for line in out.stdout.splitlines() if line.startswith("BENCH_JSON "))
-    result = json.loads(line.removeprefix("BENCH_JSON "))
-    if result["non2xx"] or result["sock_errors"]:
-        raise SystemExit(f"{model}: {result['non2xx']} non-2xx answers, {result['sock_errors']} socket errors")
-    return result["rps"]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -61,22 +49,19 @@ def main() -> int:
     parser.add_argument("--gatewayd", default=shutil.which("gatewayd") or beside_python)
     args = parser.parse_args()
     run = Path(tempfile.mkdtemp(prefix="gatewayd-cache-bench-"))
-    (run / "tmp").mkdir()
     processes = []
     try:
-        processes.append(subprocess.Popen(
-            ["taskset", "-c", "1", "nginx", "-p", str(run), "-e", str(run / "nginx-error.log"),
-             "-c", str(BENCH / "upstream.nginx.conf"), "-g", "daemon off;"], start_new_session=True))
+        processes.append(start_upstream(run, "1"))
         processes.append(subprocess.Popen(
             ["taskset", "-c", "0", args.gatewayd, "run", "-c", str(BENCH / "gateway.bench.yaml")],
             stdout=subprocess.DEVNULL, stderr=open(run / "gatewayd.log", "wb"), start_new_session=True))
         wait_ready(time.monotonic() + 30)
         for model in ("bench", "bench-cached"):  # warm-up; the first bench-cached request stores the answer
-            wrk(model, args.conns, 2)
+            wrk(model, args.conns, 2, "1")
         rates: dict[str, list[float]] = {"bench": [], "bench-cached": []}
         for number in range(1, args.rounds + 1):
             for model in rates:
-                rates[model].append(wrk(model, args.conns, args.duration))
+                rates[model].append(wrk(model, args.conns, args.duration, "1")["rps"])
             print(f"round {number}: relayed {rates['bench'][-1]:,.0f} req/s, "
                   f"cache hits {rates['bench-cached'][-1]:,.0f} req/s", flush=True)
         relayed, hits = statistics.median(rates["bench"]), statistics.median(rates["bench-cached"])

@@ -16,7 +16,6 @@ Needs nginx and wrk; every process it starts is stopped by its PID.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import subprocess
@@ -26,8 +25,8 @@ from pathlib import Path
 
 import yaml
 from instructions import stop, wait_healthy  # bench/ is the script's folder: sys.path[0]
+from load import BENCH, start_upstream, wrk
 
-BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PORT = 18080
 
@@ -40,22 +39,14 @@ def config_with_workers(workers: int, folder: Path) -> Path:
     return path
 
 
-def wrk(conns: int, seconds: int) -> dict:
-    result = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "-s", str(BENCH / "chat.lua"),
-                             f"http://127.0.0.1:{PORT}"], check=True, capture_output=True, text=True,
-                            timeout=seconds + 60)
-    line = next(line for line in result.stdout.splitlines() if line.startswith("BENCH_JSON "))
-    return json.loads(line.split(" ", 1)[1])
-
-
 def measure(gatewayd: str, config: Path, folder: Path, args: argparse.Namespace) -> dict:
     log = folder / f"{config.stem}.log"
     gateway = subprocess.Popen([gatewayd, "run", "-c", str(config)], stdout=subprocess.DEVNULL,
                                stderr=open(log, "ab"), cwd=ROOT)
     try:
         wait_healthy(gateway, PORT, 60, str(log))
-        wrk(args.conns, 2)
-        return wrk(args.conns, args.duration)
+        wrk("bench", args.conns, 2, threads=2)
+        return wrk("bench", args.conns, args.duration, threads=2)
     finally:
         stop(gateway, 60)
 
@@ -71,18 +62,13 @@ def main() -> int:
     args = parser.parse_args()
     counts = [int(count) for count in args.workers.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="gatewayd-workers-"))
-    nginx = subprocess.Popen(["nginx", "-p", f"{folder}/", "-e", f"{folder}/nginx-error.log",
-                              "-c", str(BENCH / "upstream.nginx.conf"), "-g", "daemon off;"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    nginx = start_upstream(folder)
     rates: dict[int, list[float]] = {count: [] for count in counts}
     try:
         configs = {count: config_with_workers(count, folder) for count in counts}
         for round_ in range(1, args.rounds + 1):
             for count in counts:
                 result = measure(args.gatewayd, configs[count], folder, args)
-                if result["non2xx"] or result["sock_errors"]:
-                    raise SystemExit(f"workers {count}: {result['non2xx']} non-2xx answers, "
-                                     f"{result['sock_errors']} socket errors; see {folder}")
                 rates[count].append(result["rps"])
                 print(f"round {round_}, workers {count}: {result['rps']:,.0f} req/s, "
                       f"p50 {result['p50_us'] / 1000:.1f} ms, p99 {result['p99_us'] / 1000:.1f} ms", flush=True)
