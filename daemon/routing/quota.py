@@ -457,8 +457,8 @@ class Quotas:
 
         Its windows are expired only when that changes the answer: what they hold, counting
         entries past the window, is never less than what is in it, so room by that count is
-        room. (A key's windows are expired at each request: its `x-ratelimit-remaining-*`
-        says what is in them.) The token window is also expired once its oldest entry is
+        room. (A key's window is expired at each request: its `x-ratelimit-remaining-*`
+        says what is in it.) The token window is also expired once its oldest entry is
         two windows old, which bounds it when released reservations add nothing to its total."""
         rpm, tpm = limits.rpm, limits.tpm
         requests, reserved = usage.requests, usage.tokens
