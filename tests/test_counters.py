@@ -351,7 +351,7 @@ def test_a_ticket_settled_after_its_reservation_expired_does_not_go_negative():
 
 def test_a_reservation_the_next_admission_expired_settles_outside_the_window():
     """The same as above when it is the next admission that finds the old entry past the window
-    (admit_key expires the key's windows itself): settling the old ticket leaves the total alone."""
+    (admit_key expires the key's window itself): settling the old ticket leaves the total alone."""
     store = LocalCounterStore()
     quotas = Quotas(store)
     key = limited_key(limits=Limits(rpm=5, tpm=1000))
