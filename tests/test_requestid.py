@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from gatewayd.daemon.http.requestid import IDS, USABLE
+from gatewayd.daemon.http.requestid import USABLE, identify
 
 MOCK = """
 version: 1
@@ -47,6 +47,8 @@ async def test_a_clients_id_is_echoed_in_the_header_the_error_body_and_the_acces
         counted = await gw.post("/v1/messages/count_tokens", {"model": "echo", "messages": ASK["messages"]},
                                 headers={"x-request-id": "trace-7f3a:span-3"})
         await counted.read()
+        listed = await gw.session.get(gw.url + "/v1/models", headers={"x-request-id": "trace-7f3a:span-4"})
+        await listed.read()
     assert answered.headers["x-request-id"] == "trace-7f3a:span-1"
     assert refused.status == 404 and refused.headers["x-request-id"] == "trace-7f3a:span-2"
     assert body["request_id"] == "trace-7f3a:span-2" and body["error"]["code"] == "model_not_found"
@@ -54,6 +56,8 @@ async def test_a_clients_id_is_echoed_in_the_header_the_error_body_and_the_acces
     assert any("request_id=trace-7f3a:span-1" in line for line in lines)
     assert any("request_id=trace-7f3a:span-2" in line for line in lines)
     assert any("request_id=trace-7f3a:span-3" in line for line in lines)  # count_tokens' own access line
+    assert any(line.startswith("GET /v1/models 200") and line.endswith("request_id=trace-7f3a:span-4")
+               for line in lines)
 
 
 @pytest.mark.parametrize("sent", ["has space", "x" * 129, "caf\u00e9", "tab\there", "", 'a"quote', "back\\slash"])
@@ -83,12 +87,12 @@ async def test_a_request_the_http_parser_refuses_has_an_id_too(gateway):
 
 
 def test_a_forked_process_makes_ids_of_its_own():
-    parent = IDS.new()
+    parent = identify({})
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: write its first id and leave at once
         try:
-            os.write(write, IDS.new().encode())
+            os.write(write, identify({}).encode())
         finally:
             os._exit(0)
     os.close(write)

@@ -28,7 +28,7 @@ from gatewayd.daemon.formats import anthropic as codec
 from gatewayd.daemon.http.errors import ApiError, error_kind
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.pipeline import Pipeline, gateway_headers, read_json, route_of
-from gatewayd.daemon.http.requestid import request_id_of
+from gatewayd.daemon.http.requestid import IdentifiedRequest
 from gatewayd.daemon.observe.accesslog import AccessRecord
 from gatewayd.daemon.routing.admission import judge
 
@@ -107,15 +107,15 @@ class AnthropicHandlers:
         self.runtime = runtime
         self.pipeline = Pipeline(runtime)
 
-    def messages(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+    def messages(self, request: IdentifiedRequest) -> Awaitable[web.StreamResponse]:
         return self.pipeline.handle(request, MESSAGES)
 
-    async def count_tokens(self, request: web.BaseRequest) -> web.Response:
+    async def count_tokens(self, request: IdentifiedRequest) -> web.Response:
         runtime = self.runtime
         snapshot = runtime.holder.current
         graph = snapshot.graph
         started = time.monotonic()
-        record = AccessRecord(request.method, request.path, config=graph.version, request_id=request_id_of(request))
+        record = AccessRecord(request.method, request.path, config=graph.version, request_id=request.request_id)
         headers = gateway_headers(snapshot, None, 0)
         snapshot.enter()
         try:

@@ -21,7 +21,7 @@ from gatewayd.daemon.http import catalog
 from gatewayd.daemon.http.errors import ApiError, error_body, error_kind
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.pipeline import Pipeline, gateway_headers
-from gatewayd.daemon.http.requestid import request_id_of
+from gatewayd.daemon.http.requestid import IdentifiedRequest
 from gatewayd.daemon.observe.accesslog import AccessRecord
 
 if TYPE_CHECKING:
@@ -105,24 +105,25 @@ class OpenAIHandlers:
         self.runtime = runtime
         self.pipeline = Pipeline(runtime)
 
-    def chat_completions(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+    def chat_completions(self, request: IdentifiedRequest) -> Awaitable[web.StreamResponse]:
         return self.pipeline.handle(request, CHAT)  # the pipeline's own coroutine: one frame less on every resume
 
-    def embeddings(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+    def embeddings(self, request: IdentifiedRequest) -> Awaitable[web.StreamResponse]:
         return self.pipeline.handle(request, EMBEDDINGS)
 
-    def models(self, request: web.BaseRequest) -> Awaitable[web.Response]:
+    def models(self, request: IdentifiedRequest) -> Awaitable[web.Response]:
         """`GET /v1/models`: what the key may use and can be served (catalog.py)."""
-        return self.listing(request, AccessRecord(request.method, request.path), None)
+        return self.listing(request, AccessRecord(request.method, request.path, request_id=request.request_id), None)
 
-    def model(self, request: web.BaseRequest) -> Awaitable[web.Response]:
+    def model(self, request: IdentifiedRequest) -> Awaitable[web.Response]:
         """`GET /v1/models/{id}`: one entry of that list, or 404 `model_not_found`. The id is
         the rest of the decoded path, `/` and `:` included; the access line names it as
         `model` (quoted when it must be) under the route's path, never the raw path."""
         name = request.path[len(MODEL_PATH):]
-        return self.listing(request, AccessRecord(request.method, MODEL_PATH + "{id}", model=name), name)
+        return self.listing(request, AccessRecord(request.method, MODEL_PATH + "{id}", model=name,
+                                                  request_id=request.request_id), name)
 
-    async def listing(self, request: web.BaseRequest, record: AccessRecord, name: str | None) -> web.Response:
+    async def listing(self, request: IdentifiedRequest, record: AccessRecord, name: str | None) -> web.Response:
         """The list (`name` None) or the entry of `name`, after the same checks, with its access line;
         in Anthropic's shapes for a client that sends `anthropic-version` (the `anthropic` SDKs do)."""
         snapshot = self.runtime.holder.current
@@ -145,7 +146,7 @@ class OpenAIHandlers:
         except ApiError as error:
             record.status, record.error = error.status, error.message
             self.runtime.access.emit(record, graph.server.log_format)
-            request_id = request_id_of(request)
+            request_id = record.request_id
             if anthropic:
                 body = anthropic_codec.error_body(error.message, error_kind(error.status), error.code,
                                                   request_id=request_id)

@@ -29,7 +29,7 @@ from gatewayd.daemon.http.cache import HIT, MISS, SKIP, Lookup, chat_text
 from gatewayd.daemon.http.errors import ApiError
 from gatewayd.daemon.http.guard import authenticate, refuse_cross_origin
 from gatewayd.daemon.http.jsonsyntax import explain_invalid_json
-from gatewayd.daemon.http.requestid import request_id_of
+from gatewayd.daemon.http.requestid import IdentifiedRequest
 from gatewayd.daemon.http.streaming import ERROR_EVENT, PREPARED, SSE_HEADERS
 from gatewayd.daemon.observe.accesslog import AccessRecord
 from gatewayd.daemon.routing.quota import KeyTicket, Refused, estimate_tokens
@@ -155,15 +155,16 @@ class Pipeline:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
-    async def handle(self, request: web.BaseRequest, inbound: Inbound) -> web.StreamResponse:
-        """Serve one request. One coroutine from the checks to the answer, and its bookkeeping in
-        `finally`: each frame more on this path is resumed at every await."""
+    async def handle(self, request: IdentifiedRequest, inbound: Inbound) -> web.StreamResponse:
+        """Serve one request (every request the server makes carries its id: connection.py).
+        One coroutine from the checks to the answer, and its bookkeeping in `finally`: each
+        frame more on this path is resumed at every await."""
         runtime = self.runtime
         snapshot = runtime.holder.current
         graph = snapshot.graph
         started = time.monotonic()
         record = AccessRecord(request.method, request.path, config=graph.version, format=inbound.label,
-                              request_id=request_id_of(request))
+                              request_id=request.request_id)
         trail = runtime.ring.begin(started, request.headers, inbound.operation)  # for /admin/requests, traces
         snapshot.enter()
         ticket: KeyTicket | None = None  # the request's bookings against its key's limits

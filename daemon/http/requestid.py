@@ -23,15 +23,17 @@ USABLE = re.compile(r'[!#-\[\]-~]{1,128}')  # printable ASCII but space, " and \
 
 
 class RequestIds:
+    """This process's prefix and counter, which `identify` reads as it makes an id (written
+    there, not as a method here: a call less per request)."""
+
+    __slots__ = ("prefix", "counter")
+
     def __init__(self) -> None:
         self.reseed()
 
     def reseed(self) -> None:
-        self._prefix = f"req_{os.urandom(6).hex()}_"
-        self._counter = itertools.count(1)
-
-    def new(self) -> str:
-        return f"{self._prefix}{next(self._counter)}"  # the counter in decimal: a third of hex's cost
+        self.prefix = f"req_{os.urandom(6).hex()}_"
+        self.counter = itertools.count(1)
 
 
 IDS = RequestIds()
@@ -45,15 +47,18 @@ class IdentifiedRequest(web.BaseRequest):
     __slots__ = ("request_id",)  # set by `identify` as the request is made (connection.py)
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
-        response.headers[HEADER] = self.request_id
+        response._headers[HEADER] = self.request_id  # the map `headers` returns, without the property's call
 
 
 def identify(headers) -> str:
     """The id of a request with these headers: the client's when usable, else a new one."""
     sent = headers.get(HEADER)
-    return sent if sent is not None and USABLE.fullmatch(sent) else IDS.new()
+    if sent is not None and USABLE.fullmatch(sent):
+        return sent
+    return f"{IDS.prefix}{next(IDS.counter)}"  # the counter in decimal: a third of hex's cost
 
 
 def request_id_of(request: web.BaseRequest) -> str:
-    """The request's id (a request built elsewhere, as by a test's mock, gets one from its headers)."""
+    """The request's id, for answers off the API's path (errors, refusals). A request aiohttp
+    made itself, for one it could not parse, has none yet: it gets one from its headers."""
     return request.request_id if type(request) is IdentifiedRequest else identify(request.headers)

@@ -22,6 +22,7 @@ from gatewayd.daemon.core.exchange import Operation, WireFormat
 from gatewayd.daemon.formats import responses as codec
 from gatewayd.daemon.http.errors import ApiError, error_body
 from gatewayd.daemon.http.pipeline import Pipeline
+from gatewayd.daemon.http.requestid import IdentifiedRequest
 
 if TYPE_CHECKING:
     from gatewayd.daemon.http.runtime import Runtime
@@ -80,6 +81,6 @@ class ResponsesHandlers:
     def __init__(self, runtime: Runtime) -> None:
         self.pipeline = Pipeline(runtime)
 
-    def create(self, request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+    def create(self, request: IdentifiedRequest) -> Awaitable[web.StreamResponse]:
         return self.pipeline.handle(request, RESPONSES)
 

@@ -117,7 +117,7 @@ def text_line(r: AccessRecord, values: TextValues) -> str:
         f"{'' if config is None else f' config={config}'}"
         f"{'' if format_ is None else f' format={format_}'}"
         f"{'' if cache is None else f' cache={cache}'}"
-        f"{'' if request_id is None else f' request_id={request_id}'}"
+        f"{'' if request_id is None else ' request_id='}{request_id or ''}"  # no string of its own: it is on every line
         f"{'' if error is None else f' error={json.dumps(clip(error, ERROR_LIMIT))}'}"
     )
 
