@@ -8,7 +8,7 @@ import anthropic
 import openai
 
 from tests.compiling import compiled, in_tmp  # noqa: F401 (in_tmp: autouse)
-from tests.daemon_proc import Daemon, free_port
+from tests.daemon_proc import Daemon, free_port, rename_save
 from tests.fakes import Ok, Status, fakes, gateway_config
 
 ADMIN, APP = "sk-admin-7f3e9d21c0", "sk-app-52b8e4a6d1"
@@ -158,6 +158,35 @@ async def test_the_ring_is_bounded_and_answers_newest_first(tmp_path, fake_opena
             async with gw.session.get(f"{gw.url}/admin/requests", params={"limit": bad}) as response:
                 assert response.status == 400
                 assert (await response.json())["error"]["code"] == "invalid_limit"
+
+
+async def test_a_ring_of_none_keeps_nothing_until_a_reload_gives_it_room(tmp_path, fake_openai):
+    ups = await fakes(fake_openai, "a", "b")
+    async with await start(tmp_path, ups, recent_requests=0) as gw, sdk(gw) as client:
+        await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert await latest(gw, 10) == []
+        rename_save(tmp_path / "gateway.yaml", ring_config(ups, gw.port, recent_requests=2))
+        assert (await gw.reload())["ok"]
+        raw = await client.chat.completions.with_raw_response.create(
+            model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert [e["id"] for e in await latest(gw, 10)] == [raw.headers["x-request-id"]]
+        rename_save(tmp_path / "gateway.yaml", ring_config(ups, gw.port, recent_requests=0))
+        assert (await gw.reload())["ok"]
+        await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        assert await latest(gw, 10) == []
+
+
+async def test_a_client_id_sent_twice_finds_its_latest_request(tmp_path, fake_openai):
+    ups = await fakes(fake_openai, "a", "b")
+    async with await start(tmp_path, ups) as gw:
+        headers = {"Authorization": f"Bearer {APP}", "x-request-id": "retry-of-order-77"}
+        for model, status in (("chat", 200), ("nope", 404)):
+            async with gw.session.post(gw.url + "/v1/chat/completions", headers=headers,
+                                       json={"model": model, "messages": [{"role": "user", "content": "x"}]}) as r:
+                assert r.status == status
+        seen = await entry(gw, "retry-of-order-77")
+        assert len(await latest(gw, 10)) == 2
+    assert seen["model"] == "nope" and seen["outcome"] == "model_not_found"
 
 
 async def test_only_an_admin_key_reads_the_ring(tmp_path, fake_openai):

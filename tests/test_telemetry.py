@@ -128,6 +128,22 @@ async def test_a_stream_and_a_request_without_traceparent_start_their_own_traces
     assert attempt.end <= server.end
 
 
+async def test_traces_begin_with_the_request_ring_off(tmp_path, fake_openai, collector):
+    ups = await fakes(fake_openai, "a", "b")
+    port = free_port()
+    path = tmp_path / "gateway.yaml"
+    document = json.loads(telemetry_config(ups, port, collector.url))
+    document["server"]["recent_requests"] = 0
+    path.write_text(json.dumps(document))
+    async with Daemon(path, port, tmp_path) as gw:
+        async with sdk(gw, {"traceparent": TRACEPARENT}) as client:
+            await client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}])
+        await wait_until(spans_at(collector, 2), timeout=10, what="two spans at the collector")
+    (server,) = collector.of_kind(SERVER)
+    (attempt,) = collector.of_kind(CLIENT)
+    assert server.trace_id == attempt.trace_id == CLIENT_TRACE and attempt.parent_id == server.span_id
+
+
 async def test_a_collector_that_is_stuck_costs_no_request_anything_and_drops_are_counted(
         tmp_path, fake_openai, collector):
     ups = await fakes(fake_openai, "a", "b")

@@ -165,7 +165,8 @@ class Pipeline:
         started = time.monotonic()
         record = AccessRecord(request.method, request.path, config=graph.version, format=inbound.label,
                               request_id=request.request_id)
-        trail = runtime.ring.begin(started, request.headers, inbound.operation)  # for /admin/requests, traces
+        ring = runtime.ring  # for /admin/requests and traces: no call at all when neither is on
+        trail = ring.begin(started, request.headers, inbound.operation) if ring.wanted else None
         snapshot.enter()
         ticket: KeyTicket | None = None  # the request's bookings against its key's limits
         try:

@@ -142,7 +142,7 @@ class Runtime(RoutingObserver):
             if self.ring.tracing is not None:
                 self._closing_traces = [t for t in self._closing_traces if t.is_alive()]
                 self._closing_traces.append(self.ring.tracing.close())
-            self.ring.tracing = tracing
+            self.ring.trace_with(tracing)
         self.counters.retain((key.identity for key in graph.server.keys or ()),
                              (d.identity for d in graph.deployments.values()))
         for deployment in graph.deployments.values():
@@ -293,7 +293,7 @@ class Runtime(RoutingObserver):
             await self.link.close()
         if self.ring.tracing is not None:
             self._closing_traces.append(self.ring.tracing.close())
-            self.ring.tracing = None
+            self.ring.trace_with(None)
         closing, self._closing_traces = self._closing_traces, []
         deadline = time.monotonic() + CLOSE_WAIT
         for thread in closing:  # the spans still waiting leave, or are given up, within CLOSE_WAIT

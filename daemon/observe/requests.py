@@ -18,6 +18,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from gatewayd.daemon.core.failures import FailureClass
 from gatewayd.daemon.observe.logformat import iso_utc
 
@@ -33,35 +35,31 @@ KEY_REFUSALS = frozenset({"rate_limit_exceeded", "budget_exceeded"})
 MAX_LIMIT = 1000  # the most entries one GET /admin/requests answers
 
 
-class Attempt:
-    """One try at one deployment. `then` says what the router did next, and why."""
+class Attempt(msgspec.Struct, gc=False):
+    """One try at one deployment. `then` says what the router did next, and why. (A Struct, as
+    is Trail: one is made for every try, its constructor runs in C, and neither refers to
+    anything that refers back to it, so the garbage collector need not track them.)"""
 
-    __slots__ = ("deployment", "began", "duration", "status", "failure", "retry_after", "then", "span")
-
-    def __init__(self, deployment: str, began: float) -> None:
-        self.deployment = deployment
-        self.began = began  # monotonic
-        self.duration: float | None = None
-        self.status: int | None = None
-        self.failure: str | None = None
-        self.retry_after: float | None = None
-        self.then: str | None = None
-        self.span = None  # its client span, with telemetry on
+    deployment: str
+    began: float  # monotonic
+    duration: float | None = None
+    status: int | None = None
+    failure: str | None = None
+    retry_after: float | None = None
+    then: str | None = None
+    span: Any = None  # its client span, with telemetry on
 
 
-class Trail:
+class Trail(msgspec.Struct, gc=False):
     """What one request's entry in the ring keeps beyond its access record."""
 
-    __slots__ = ("began", "attempts", "skipped", "code", "key_limited", "spans", "record")
-
-    def __init__(self, began: float, spans: RequestSpans | None = None) -> None:
-        self.began = began  # monotonic, as the pipeline's `started`
-        self.attempts: list[Attempt] = []
-        self.skipped: dict[str, str] | None = None  # the router's reasons by candidate (its Trip's, shared)
-        self.code: str | None = None  # the error code the client was told
-        self.key_limited = False  # the app key has limits or a budget, and was admitted
-        self.spans = spans
-        self.record: AccessRecord | None = None
+    began: float  # monotonic, as the pipeline's `started`
+    spans: RequestSpans | None = None
+    attempts: list[Attempt] = msgspec.field(default_factory=list)
+    skipped: dict[str, str] | None = None  # the router's reasons by candidate (its Trip's, shared)
+    code: str | None = None  # the error code the client was told
+    key_limited: bool = False  # the app key has limits or a budget, and was admitted
+    record: AccessRecord | None = None
 
     # -- the router's notes -------------------------------------------------------------
 
@@ -162,26 +160,36 @@ def why_next(error: UpstreamError, action: str, delay: float, tries: int, retry:
 
 
 class RequestRing:
-    """The latest `size` requests' trails, oldest first, and the newest by request id (a
-    client's own id may come twice: its latest request answers)."""
+    """The latest `size` requests' trails, oldest first. One is found by its request id by
+    looking through them, newest first (a client's own id may come twice: its latest request
+    answers): an operator's lookup walks at most `size` trails, so that no request pays for an
+    index by id."""
 
     def __init__(self, size: int = 1000) -> None:
         self.size = size
         self._trails: deque[Trail] = deque(maxlen=size or None)
-        self._by_id: dict[str, Trail] = {}
-        self.tracing: Tracing | None = None  # set while `telemetry:` is on
+        self.tracing: Tracing | None = None  # set by `trace_with` while `telemetry:` is on
+        # whether requests need `begin` at all: read by the pipeline, so that with neither the
+        # ring nor traces on a request makes no call here
+        self.wanted = size > 0
 
     def resize(self, size: int) -> None:
         """`server.recent_requests` as a reload sets it: the newest entries stay."""
         if size == self.size:
             return
         self.size = size
+        self.wanted = size > 0 or self.tracing is not None
         kept = list(self._trails)[-size:] if size else []
         self._trails = deque(kept, maxlen=size or None)
-        self._by_id = {t.record.request_id: t for t in kept}
+
+    def trace_with(self, tracing: Tracing | None) -> None:
+        """`telemetry:` as a reload sets it: each trail from now on begins its spans there."""
+        self.tracing = tracing
+        self.wanted = self.size > 0 or tracing is not None
 
     def begin(self, started: float, headers, operation: str) -> Trail | None:
-        """A request's trail, or None when neither the ring nor traces want one."""
+        """A request's trail, or None when neither the ring nor traces want one (callers that
+        check `wanted` first make no call then)."""
         tracing = self.tracing
         if tracing is None:
             return Trail(started) if self.size else None
@@ -195,19 +203,14 @@ class RequestRing:
             trail.spans = None  # the ring keeps what it shows, not the spans
             for noted in trail.attempts:
                 noted.span = None
-        if not self.size:
-            return
-        trails = self._trails
-        if len(trails) == self.size:
-            oldest = trails[0]
-            if self._by_id.get(oldest.record.request_id) is oldest:
-                del self._by_id[oldest.record.request_id]
-        trails.append(trail)
-        self._by_id[record.request_id] = trail
+        if self.size:
+            self._trails.append(trail)  # when full, the deque lets its oldest go
 
     def find(self, request_id: str) -> dict[str, Any] | None:
-        trail = self._by_id.get(request_id)
-        return None if trail is None else trail.describe(time.monotonic(), time.time())
+        for trail in reversed(self._trails):
+            if trail.record.request_id == request_id:
+                return trail.describe(time.monotonic(), time.time())
+        return None
 
     def latest(self, limit: int) -> list[dict[str, Any]]:
         """The newest `limit` entries, newest first."""
