@@ -1,12 +1,12 @@
 """Two settings of one gatewayd, compared in one process: instructions per request (callgrind).
 
     python bench/ab.py --a YAML --b YAML [--pairs 6] [--requests 1000] [--kind chat] [--port-offset N]
-    python bench/ab.py --request-id [--pairs 6] ...
+    python bench/ab.py --request-id [--with YAML] [--pairs 6] ...
 
 bench/instructions.py compares builds, one process each. Processes of one build differ by up to
-8,000 instructions a request on this bench (where allocations fall, and so which of CPython's
-type-attribute cache entries collide, moves with the hash seed and the address layout), so a cost
-of 1 % takes many processes to see. Here both settings run in one process, in passes that
+8,000 instructions a request on this bench (the hash seed and the address layout move, among
+other things, how often CPython's type-attribute cache misses), so a cost of 1 % takes many
+processes to see. Here both settings run in one process, in passes that
 alternate A B B A A B ... after one pass of warm-up, so a drift over the run falls on both alike.
 
 With `--a` and `--b`, each is set over bench/gateway.bench.yaml's sections (as instructions.py's

@@ -23,8 +23,8 @@ USABLE = re.compile(r'[!#-\[\]-~]{1,128}')  # printable ASCII but space, " and \
 
 
 class RequestIds:
-    """This process's prefix and counter, which `identify` reads as it makes an id (written
-    there, not as a method here: a call less per request)."""
+    """This process's prefix and counter, which `identify` and the server's request factory
+    (connection.py) read as they make an id: no method here, a call less per request."""
 
     __slots__ = ("prefix", "counter")
 
@@ -44,7 +44,7 @@ class IdentifiedRequest(web.BaseRequest):
     """aiohttp's request, with the request's id and the hook that puts it on its answer."""
 
     ATTRS = web.BaseRequest.ATTRS | frozenset(["request_id"])
-    __slots__ = ("request_id",)  # set by `identify` as the request is made (connection.py)
+    __slots__ = ("request_id",)  # set as the request is made (connection.py)
 
     async def _prepare_hook(self, response: web.StreamResponse) -> None:
         response._headers[HEADER] = self.request_id  # the map `headers` returns, without the property's call
