@@ -256,7 +256,7 @@ class Pipeline:
             runtime.metrics.observe(record)
             runtime.access.emit(record, graph.server.log_format)
             if trail is not None:
-                runtime.ring.keep(trail, record)
+                ring.keep(trail, record)
 
     async def embed(self, snapshot: Snapshot, text: str) -> list[float] | None:
         """`text` embedded through `cache.semantic.embeddings` (a route like any other: its
