@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -77,14 +76,6 @@ def serve(argv: list[str]) -> int:
     return main()
 
 
-def config_version(conn: http.client.HTTPConnection, path: str, body: dict) -> str:
-    conn.request("POST", path, body=json.dumps(body),
-                 headers={"Authorization": f"Bearer {instructions.KEY}", "Content-Type": "application/json"})
-    response = conn.getresponse()
-    response.read()
-    return response.getheader("x-gatewayd-config")
-
-
 def measure(args: argparse.Namespace) -> int:
     offset, kind = args.port_offset, args.kind
     out_dir = tempfile.mkdtemp(prefix="gatewayd-ab-")
@@ -116,6 +107,11 @@ def measure(args: argparse.Namespace) -> int:
     path, body = instructions.KINDS[kind]
     key = instructions.KEYS.get(kind, instructions.KEY)
     figures: dict[str, list[tuple[float, float]]] = {"a": [], "b": []}
+
+    def config_version(conn: http.client.HTTPConnection) -> str:
+        """The version of the config that answers (`x-gatewayd-config`), asked by one request."""
+        return instructions.request(conn, path, body, key).getheader("x-gatewayd-config")
+
     try:
         if upstream.stdout.readline().strip() != b"ready":
             raise SystemExit("the fake upstream did not start")
@@ -142,11 +138,11 @@ def measure(args: argparse.Namespace) -> int:
                     conn.close()  # the switch holds for connections accepted after it
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                 else:
-                    before = config_version(conn, path, body)
+                    before = config_version(conn)
                     write(wanted)
                     gateway.send_signal(signal.SIGHUP)
                     deadline = time.monotonic() + 120
-                    while config_version(conn, path, body) == before:
+                    while config_version(conn) == before:
                         if time.monotonic() > deadline or gateway.poll() is not None:
                             raise SystemExit(f"the reload was not applied; see {out_dir}/gatewayd.log")
                         time.sleep(0.2)

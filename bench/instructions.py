@@ -130,13 +130,15 @@ def fixed_bodies() -> tuple[str, str]:
     return bodies[0], bodies[1]
 
 
-def request(conn: http.client.HTTPConnection, path: str, body: dict, key: str = KEY) -> None:
+def request(conn: http.client.HTTPConnection, path: str, body: dict, key: str = KEY) -> http.client.HTTPResponse:
+    """One request, its answer read whole; the response (its headers) for a caller that wants them."""
     conn.request("POST", path, json.dumps(body), {"Authorization": f"Bearer {key}",
                                                   "Content-Type": "application/json"})
     response = conn.getresponse()
     data = response.read()
     if response.status != 200:
         raise SystemExit(f"{path} answered {response.status}: {data[:300]!r}")
+    return response
 
 
 KINDS = {
